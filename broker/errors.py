@@ -1,0 +1,63 @@
+"""One exception base for the package, and the script result codes that map onto it."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ScriptCode(IntEnum):
+    """What a state-change script answers; the first element of every script's reply."""
+
+    OK = 0
+    NOT_FOUND = 1
+    BAD_TRANSITION = 2
+    STALE = 3
+    DUPLICATE = 4
+    QUOTA = 5
+    SKIPPED = 6
+
+
+class JobstreamError(Exception):
+    """Base of every error jobstream raises on purpose."""
+
+
+class JobNotFound(JobstreamError):
+    """No such job, or it expired, or it belongs to someone else."""
+
+
+class IllegalTransition(JobstreamError):
+    """The job's current status does not allow the requested change."""
+
+    def __init__(self, job_id: str, status: str, wanted: str) -> None:
+        super().__init__(f"job {job_id} is {status}; cannot {wanted}")
+        self.job_id = job_id
+        self.status = status
+        self.wanted = wanted
+
+
+class StaleAttempt(JobstreamError):
+    """The caller's attempt lost the job (its lease ran out and another worker took it)."""
+
+
+class QuotaExceeded(JobstreamError):
+    """The owner has too many active jobs."""
+
+
+class UnknownTask(JobstreamError):
+    """No task is registered under that name."""
+
+
+def raise_for_code(code: int, job_id: str, wanted: str, detail: bytes | str | None = None) -> None:
+    """Turn a script's result code into the matching exception (``OK`` raises nothing)."""
+    match ScriptCode(code):
+        case ScriptCode.OK | ScriptCode.DUPLICATE | ScriptCode.SKIPPED:
+            return
+        case ScriptCode.NOT_FOUND:
+            raise JobNotFound(job_id)
+        case ScriptCode.BAD_TRANSITION:
+            status = detail.decode() if isinstance(detail, bytes) else str(detail)
+            raise IllegalTransition(job_id, status, wanted)
+        case ScriptCode.STALE:
+            raise StaleAttempt(job_id)
+        case ScriptCode.QUOTA:
+            raise QuotaExceeded(job_id)

@@ -1,0 +1,187 @@
+"""Runs one delivered job: start it, run the task under its timeout and cancel handle, and
+write the final state (which also acknowledges the entry), or schedule a retry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from broker.errors import JobstreamError, StaleAttempt, UnknownTask
+from broker.models import JobError
+from broker.store import Delivery, JobStore, Started
+from broker.tasks import JobContext, TaskRegistry, TaskSpec
+
+log = logging.getLogger("jobstream.worker")
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(slots=True)
+class Counters:
+    """What this worker has done, for its heartbeat and metrics."""
+
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    lost: int = 0
+
+
+@dataclass(slots=True)
+class Running:
+    """A job running in this process: its asyncio task and its context."""
+
+    task: asyncio.Task[Any]
+    ctx: JobContext
+    delivery: Delivery
+    abandoned: bool = False
+
+
+@dataclass(slots=True)
+class JobExecutor:
+    """Executes deliveries for one worker process (one consumer)."""
+
+    store: JobStore
+    registry: TaskRegistry
+    consumer: str
+    running: dict[str, Running] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+
+    async def run(self, delivery: Delivery) -> None:
+        """Run the job a delivery names, from start to its final state."""
+        if delivery.job_id in self.running:
+            return  # already running here: the entry came back to us, leave it be
+        started = await self.store.start(delivery, self.consumer)
+        if started is None:
+            return
+        self.counters.started += 1
+        try:
+            spec = self.registry.get(started.job.type)
+        except UnknownTask:
+            await self._fail(started, delivery, None, JobError("UnknownTask", started.job.type))
+            return
+        if started.job.cancel_requested:
+            await self._end_cancelled(started, delivery, spec)
+            return
+        await self._run_started(spec, started, delivery)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job running here (a cancel request arrived); False if not here."""
+        running = self.running.get(job_id)
+        if running is None:
+            return False
+        running.ctx.request_cancel()
+        return True
+
+    def abandon(self, job_id: str) -> None:
+        """Stop a job without writing a state: its lease was lost or the worker is leaving."""
+        running = self.running.get(job_id)
+        if running is not None:
+            running.abandoned = True
+            running.task.cancel()
+
+    async def _run_started(self, spec: TaskSpec, started: Started, delivery: Delivery) -> None:
+        try:
+            data = spec.decode_input(started.job.input)
+        except msgspec.ValidationError as err:
+            await self._fail(started, delivery, spec, JobError("InvalidInput", str(err)))
+            return
+        holder: list[asyncio.Task[Any]] = []
+        ctx = JobContext(self.store, started, _canceller(holder))
+        task = asyncio.create_task(spec.fn(ctx, data), name=f"job:{started.job.id}")
+        holder.append(task)
+        running = Running(task, ctx, delivery)
+        self.running[started.job.id] = running
+        try:
+            timed_out = not (await asyncio.wait({task}, timeout=spec.options.timeout))[0]
+            if timed_out:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            del self.running[started.job.id]
+        await self._record(spec, started, delivery, running, timed_out)
+
+    async def _record(  # noqa: PLR0911 - one return per outcome
+        self, spec: TaskSpec, started: Started, delivery: Delivery, running: Running, timed_out: bool
+    ) -> None:
+        task = running.task
+        try:
+            if running.abandoned:
+                self.counters.lost += 1
+                return
+            if timed_out:
+                error = JobError("Timeout", f"ran longer than {spec.options.timeout} s")
+                await self._fail_or_retry(spec, started, delivery, error)
+                return
+            if task.cancelled() or running.ctx.cancelled:
+                await self._end_cancelled(started, delivery, spec)
+                return
+            exc = task.exception()
+            if isinstance(exc, StaleAttempt):
+                self.counters.lost += 1
+                return
+            if exc is not None:
+                await self._fail_or_retry(spec, started, delivery, _error_of(exc))
+                return
+            await self._succeed(spec, started, delivery, task.result())
+        except StaleAttempt:
+            self.counters.lost += 1
+            log.warning("job %s: lost its lease before it could record its end", started.job.id)
+
+    async def _succeed(self, spec: TaskSpec, started: Started, delivery: Delivery, result: Any) -> None:
+        try:
+            payload = _encode(result)
+        except (TypeError, msgspec.EncodeError) as err:
+            await self._fail(started, delivery, spec, JobError("BadResult", str(err)))
+            return
+        await self.store.succeed(started, delivery, payload, self._retention(spec))
+        self.counters.succeeded += 1
+
+    async def _fail_or_retry(
+        self, spec: TaskSpec, started: Started, delivery: Delivery, error: JobError
+    ) -> None:
+        options = spec.options
+        if started.attempt <= options.retries:
+            delay = min(options.backoff_max, options.backoff * 2 ** (started.attempt - 1))
+            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+            run_at_ms = int((time.time() + delay) * 1000)
+            await self.store.retry(started, delivery, error, run_at_ms)
+            self.counters.retried += 1
+            return
+        await self._fail(started, delivery, spec, error)
+
+    async def _fail(
+        self, started: Started, delivery: Delivery, spec: TaskSpec | None, error: JobError
+    ) -> None:
+        await self.store.fail(started, delivery, error, self._retention(spec))
+        self.counters.failed += 1
+
+    async def _end_cancelled(self, started: Started, delivery: Delivery, spec: TaskSpec) -> None:
+        await self.store.cancelled(started, delivery, self._retention(spec))
+        self.counters.cancelled += 1
+
+    def _retention(self, spec: TaskSpec | None) -> int:
+        if spec is not None and spec.options.retention is not None:
+            return spec.options.retention
+        return self.store.settings.retention_seconds
+
+
+def _canceller(holder: list[asyncio.Task[Any]]) -> Callable[[], None]:
+    def cancel() -> None:
+        if holder:
+            holder[0].cancel()
+
+    return cancel
+
+
+def _error_of(exc: BaseException) -> JobError:
+    if isinstance(exc, JobstreamError):
+        return JobError(type(exc).__name__, str(exc))
+    return JobError(type(exc).__name__, str(exc) or repr(exc))

@@ -1,0 +1,52 @@
+-- _lib.lua: shared by every state-change script; scripts.py prepends it at load time.
+-- Result codes (must match broker.errors.ScriptCode).
+local OK, NOT_FOUND, BAD_TRANSITION, STALE, DUPLICATE, QUOTA, SKIPPED = 0, 1, 2, 3, 4, 5, 6
+
+-- Server time in epoch milliseconds, so every process shares one clock.
+local function js_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local TERMINAL = {SUCCESS = true, FAILURE = true, CANCELLED = true}
+
+-- Apply `changes` (field -> string; false deletes the field), bump `version`, set
+-- EXPIRE to `ttl` seconds and publish the whole record to the job's channel and its
+-- owner's channel. The only way a script writes a job, so no change goes unpublished.
+-- Returns the record as a flat HGETALL array.
+local function js_commit(key, changes, ttl, now, owner_prefix)
+  local set, del = {}, {}
+  for field, value in pairs(changes) do
+    if value == false then
+      del[#del + 1] = field
+    else
+      set[#set + 1] = field
+      set[#set + 1] = value
+    end
+  end
+  if #del > 0 then
+    redis.call('HDEL', key, unpack(del))
+  end
+  set[#set + 1] = 'expires_at'
+  set[#set + 1] = tostring(now + ttl * 1000)
+  redis.call('HSET', key, unpack(set))
+  redis.call('HINCRBY', key, 'version', 1)
+  redis.call('EXPIRE', key, ttl)
+  local flat = redis.call('HGETALL', key)
+  local payload = cjson.encode(flat)
+  redis.call('PUBLISH', key .. ':events', payload)
+  local owner = redis.call('HGET', key, 'owner')
+  redis.call('PUBLISH', owner_prefix .. owner .. ':events', payload)
+  return flat
+end
+
+-- Acknowledge and delete a stream entry: the stream holds in-flight work only.
+local function js_ack(stream, group, id)
+  redis.call('XACK', stream, group, id)
+  redis.call('XDEL', stream, id)
+end
+
+-- True while `consumer` still holds the entry `id` (its lease was not taken over).
+local function js_owns(stream, group, id, consumer)
+  return #redis.call('XPENDING', stream, group, id, id, 1, consumer) == 1
+end

@@ -1,0 +1,45 @@
+-- create_job: a new PENDING job, indexed for its owner and queued (or scheduled).
+-- KEYS: 1 job hash, 2 owner index (zset), 3 owner active set, 4 idempotency key,
+--       5 queue stream, 6 queue delayed zset
+-- ARGV: 1 owner channel prefix, 2 id, 3 type, 4 owner, 5 queue, 6 input JSON,
+--       7 active TTL s, 8 active-job quota (0 = none), 9 idempotency TTL s (0 = no key),
+--       10 Taskiq message, 11 run_at ms (0 = now), 12 '1' to replace a dangling idempotency key
+-- Returns: {OK, flat record} | {DUPLICATE, existing id} | {QUOTA}
+-- Publishes: the PENDING job.
+local job, index, active, idem, stream, delayed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, ttl, quota, idem_ttl = ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+
+if idem_ttl > 0 and ARGV[12] ~= '1' then
+  local existing = redis.call('GET', idem)
+  if existing then
+    return {DUPLICATE, existing}
+  end
+end
+if quota > 0 and redis.call('SCARD', active) >= quota then
+  return {QUOTA}
+end
+if redis.call('EXISTS', job) == 1 then
+  return {DUPLICATE, id}
+end
+
+local now = js_now()
+local run_at = tonumber(ARGV[11])
+local changes = {
+  id = id, type = ARGV[3], status = 'PENDING', progress = '0', owner = ARGV[4],
+  queue = ARGV[5], input = ARGV[6], attempts = '0', created_at = tostring(now), dispatch = '1',
+}
+if run_at > now then
+  changes.run_at = tostring(run_at)
+end
+local flat = js_commit(job, changes, ttl, now, ARGV[1])
+redis.call('ZADD', index, now, id)
+redis.call('SADD', active, id)
+if idem_ttl > 0 then
+  redis.call('SET', idem, id, 'EX', idem_ttl)
+end
+if run_at > now then
+  redis.call('ZADD', delayed, run_at, ARGV[10])
+else
+  redis.call('XADD', stream, '*', 'data', ARGV[10])
+end
+return {OK, flat}

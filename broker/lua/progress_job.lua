@@ -1,0 +1,23 @@
+-- progress_job: the running attempt reports progress, its current step and an ETA.
+-- KEYS: 1 job hash
+-- ARGV: 1 owner channel prefix, 2 attempt, 3 progress (0-100), 4 message ('' keeps it),
+--       5 eta seconds ('' clears it), 6 active TTL s
+-- Returns: {OK, cancel_requested 0|1} | {NOT_FOUND} | {BAD_TRANSITION, status} | {STALE}
+-- Publishes: the job with its new progress.
+local job = KEYS[1]
+local cur = redis.call('HMGET', job, 'status', 'attempts', 'cancel_requested')
+if not cur[1] then
+  return {NOT_FOUND}
+end
+if cur[1] ~= 'PROCESSING' then
+  return {BAD_TRANSITION, cur[1]}
+end
+if cur[2] ~= ARGV[2] then
+  return {STALE}
+end
+local changes = {progress = ARGV[3], eta = ARGV[5] ~= '' and ARGV[5] or false}
+if ARGV[4] ~= '' then
+  changes.message = ARGV[4]
+end
+js_commit(job, changes, tonumber(ARGV[6]), js_now(), ARGV[1])
+return {OK, cur[3] and 1 or 0}

@@ -1,0 +1,26 @@
+-- retry_job: the attempt failed and the task allows another: PROCESSING -> PENDING with
+-- the failed attempt's error kept; a new message (next dispatch) waits in the delayed
+-- set until its backoff is over; the current entry is acknowledged and deleted.
+-- KEYS: 1 job hash, 2 queue stream, 3 queue delayed zset
+-- ARGV: 1 owner channel prefix, 2 attempt, 3 error JSON, 4 run_at ms, 5 new message,
+--       6 new dispatch, 7 active TTL s, 8 group, 9 entry id
+-- Returns: {OK} | {NOT_FOUND} | {BAD_TRANSITION, status} | {STALE}
+-- Publishes: the PENDING job with its error and run_at.
+local job, stream, delayed = KEYS[1], KEYS[2], KEYS[3]
+local cur = redis.call('HMGET', job, 'status', 'attempts')
+if not cur[1] then
+  return {NOT_FOUND}
+end
+if cur[1] ~= 'PROCESSING' then
+  return {BAD_TRANSITION, cur[1]}
+end
+if cur[2] ~= ARGV[2] then
+  return {STALE}
+end
+js_commit(job, {
+  status = 'PENDING', error = ARGV[3], run_at = ARGV[4], dispatch = ARGV[6],
+  progress = '0', message = false, eta = false, worker = false,
+}, tonumber(ARGV[7]), js_now(), ARGV[1])
+redis.call('ZADD', delayed, tonumber(ARGV[4]), ARGV[5])
+js_ack(stream, ARGV[8], ARGV[9])
+return {OK}

@@ -1,0 +1,139 @@
+"""The job record: its states, its wire shape, and its conversion from the Redis hash."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life. Terminal states never change again."""
+
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job can never change again."""
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCESS, JobStatus.FAILURE, JobStatus.CANCELLED})
+ACTIVE = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
+
+
+class JobError(msgspec.Struct, omit_defaults=True):
+    """Why a job failed or was cancelled (or why its last attempt failed, while a retry waits)."""
+
+    type: str
+    message: str
+    details: Any = None
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """A job as clients see it: the same shape in HTTP bodies and SSE events."""
+
+    id: str
+    type: str
+    status: JobStatus
+    progress: float = 0.0
+    message: str | None = None
+    eta_seconds: float | None = None
+    input: msgspec.Raw = msgspec.Raw(b"null")
+    result: msgspec.Raw | None = None
+    error: JobError | None = None
+    owner: str
+    queue: str
+    attempts: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    expires_at: datetime | None = None
+    run_at: datetime | None = None
+    version: int
+    cancel_requested: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job can never change again."""
+        return self.status in TERMINAL
+
+    @property
+    def etag(self) -> str:
+        """The strong ETag of this state: its version, quoted."""
+        return f'"{self.version}"'
+
+
+_error_decoder = msgspec.json.Decoder(JobError)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _time(ms: bytes | str | None) -> datetime | None:
+    if not ms:
+        return None
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _raw(raw: bytes | str | None) -> msgspec.Raw | None:
+    if raw is None:
+        return None
+    return msgspec.Raw(raw.encode() if isinstance(raw, str) else raw)
+
+
+def _num(raw: bytes | str | None) -> float | None:
+    return None if raw is None or raw == b"" else float(raw)
+
+
+def job_from_fields(fields: dict[bytes, bytes] | dict[str, str]) -> Job:
+    """Build a :class:`Job` from the hash's fields (HGETALL, or a script's published state).
+
+    Keys may be bytes or str; numbers and times are stored as text, times in epoch ms.
+    """
+    f: dict[str, Any] = {
+        (k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()
+    }
+    error = f.get("error")
+    eta = _num(f.get("eta"))
+    return Job(
+        id=_text(f["id"]) or "",
+        type=_text(f["type"]) or "",
+        status=JobStatus(_text(f["status"])),
+        progress=_num(f.get("progress")) or 0.0,
+        message=_text(f.get("message")),
+        eta_seconds=None if eta is None or eta < 0 else eta,
+        input=_raw(f.get("input")) or msgspec.Raw(b"null"),
+        result=_raw(f.get("result")),
+        error=_error_decoder.decode(error) if error else None,
+        owner=_text(f["owner"]) or "",
+        queue=_text(f["queue"]) or "",
+        attempts=int(f.get("attempts") or 0),
+        created_at=_time(f.get("created_at")) or _EPOCH,
+        started_at=_time(f.get("started_at")),
+        completed_at=_time(f.get("completed_at")),
+        expires_at=_time(f.get("expires_at")),
+        run_at=_time(f.get("run_at")),
+        version=int(f.get("version") or 0),
+        cancel_requested=bool(f.get("cancel_requested")),
+    )
+
+
+def pairs_to_fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """Turn a flat ``[field, value, ...]`` reply (HGETALL in Lua) into a dict."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+job_encoder = msgspec.json.Encoder()
+"""Shared encoder for wire shapes (jobs, events, problem bodies)."""

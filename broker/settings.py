@@ -1,0 +1,80 @@
+"""One typed settings object, read from ``JOBSTREAM_*`` environment variables in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+AuthMode = Literal["jwt", "none"]
+
+_ENV_PREFIX = "JOBSTREAM_"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a jobstream process can be configured with.
+
+    Each field maps to ``JOBSTREAM_<FIELD_NAME_UPPERCASE>``; values are converted and
+    validated by msgspec, so a typo in a number fails at start-up, not mid-request.
+    """
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "js:"
+    # Auth: "jwt" needs jwt_secret; "none" serves one local user and is for trusted
+    # networks and ``jobstream dev`` only.
+    auth: AuthMode = "jwt"
+    jwt_secret: str | None = None
+    jwt_algorithm: str = "HS256"
+    local_user: str = "local"
+    admin_role: str = "admin"
+    # Job lifetimes.
+    active_ttl_seconds: int = 86_400
+    retention_seconds: int = 7 * 86_400
+    max_body_bytes: int = 1_048_576
+    max_active_per_owner: int = 10_000
+    default_queue: str = "default"
+    # Comma-separated modules whose import registers the tasks (web and workers both load them).
+    task_modules: str = "workers.tasks"
+    # Workers.
+    lease_seconds: float = 30.0
+    max_deliveries: int = 5
+    shutdown_grace_seconds: float = 30.0
+    worker_concurrency: int = 100
+    worker_queues: str = ""
+    # Live updates.
+    stream_token_ttl_seconds: int = 300
+    sse_keepalive_seconds: float = 15.0
+    sse_retry_ms: int = 2_000
+    long_poll_max_seconds: float = 30.0
+    poll_retry_after_seconds: int = 1
+    # Scheduler.
+    cleanup_interval_seconds: int = 60
+    dead_retention_seconds: int = 7 * 86_400
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            raise msgspec.ValidationError("lease_seconds must be positive")
+        if self.max_deliveries < 1:
+            raise msgspec.ValidationError("max_deliveries must be at least 1")
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues a worker of this process consumes (``JOBSTREAM_WORKER_QUEUES``)."""
+        names = tuple(q.strip() for q in self.worker_queues.split(",") if q.strip())
+        return names or (self.default_queue,)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build :class:`Settings` from the environment (or ``environ``) plus explicit overrides."""
+    env = os.environ if environ is None else environ
+    fields = {f.lower() for f in Settings.__struct_fields__}
+    raw: dict[str, object] = {}
+    for name, value in env.items():
+        if name.startswith(_ENV_PREFIX):
+            field = name[len(_ENV_PREFIX) :].lower()
+            if field in fields:
+                raw[field] = value
+    raw.update(overrides)
+    return msgspec.convert(raw, Settings, strict=False)

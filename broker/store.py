@@ -1,0 +1,348 @@
+"""``JobStore``: one typed method per state-change script, plus reads of job records."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from broker.errors import IllegalTransition, JobNotFound, ScriptCode, raise_for_code
+from broker.keys import Keys
+from broker.message import encode_message
+from broker.models import Job, JobError, JobStatus, job_from_fields, pairs_to_fields
+from broker.scripts import Scripts
+from broker.settings import Settings
+
+GROUP = "workers"
+"""The consumer group every queue stream is read through."""
+
+_encode = msgspec.json.Encoder().encode
+_CANCELLED = _encode(JobError(type="Cancelled", message="cancelled by request"))
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where a worker got a job's message: needed to acknowledge it with the final state."""
+
+    job_id: str
+    stream: str
+    entry_id: str
+    dispatch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A job a worker has just started: its record and the attempt number that fences it."""
+
+    job: Job
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a job listing, and the cursor of the next (None at the end)."""
+
+    jobs: list[Job]
+    cursor: str | None
+
+
+class JobStore:
+    """Every job state change goes through here, each as one atomic Lua script."""
+
+    def __init__(self, redis: Redis[Any], settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.scripts = Scripts.register(redis)
+        self._owner_prefix = self.keys.owner_channel_prefix
+
+    # -- creating and reading -------------------------------------------------------
+
+    async def create(  # noqa: PLR0913 - a job has this many facets
+        self,
+        *,
+        task: str,
+        input_json: bytes,
+        owner: str,
+        queue: str,
+        idempotency_key: str | None = None,
+        run_at_ms: int = 0,
+    ) -> tuple[Job, bool]:
+        """Create and queue a job; returns it and whether it is new (False: idempotent replay)."""
+        replace_dangling = False
+        while True:
+            job_id = str(uuid.uuid4())
+            code, detail = await self._create(
+                job_id, task, input_json, owner, queue, idempotency_key, run_at_ms, replace_dangling
+            )
+            if code == ScriptCode.OK:
+                return job_from_fields(pairs_to_fields(detail)), True
+            if code == ScriptCode.QUOTA:
+                raise_for_code(code, job_id, "create")
+            existing = detail.decode() if isinstance(detail, bytes) else str(detail)
+            if existing != job_id:
+                try:
+                    return await self.get(existing, owner=owner), False
+                except JobNotFound:
+                    replace_dangling = True  # the key outlived its job: take it over
+
+    async def _create(  # noqa: PLR0913
+        self,
+        job_id: str,
+        task: str,
+        input_json: bytes,
+        owner: str,
+        queue: str,
+        idempotency_key: str | None,
+        run_at_ms: int,
+        replace_dangling: bool,
+    ) -> tuple[int, Any]:
+        k, s = self.keys, self.settings
+        idem_ttl = s.active_ttl_seconds + s.retention_seconds if idempotency_key else 0
+        reply = await self.scripts.create_job(
+            keys=[
+                k.job(job_id),
+                k.owner_jobs(owner),
+                k.owner_active(owner),
+                k.idempotency(owner, idempotency_key or ""),
+                k.queue(queue),
+                k.delayed(queue),
+            ],
+            args=[
+                self._owner_prefix,
+                job_id,
+                task,
+                owner,
+                queue,
+                input_json,
+                s.active_ttl_seconds,
+                s.max_active_per_owner,
+                idem_ttl,
+                encode_message(job_id, task, 1),
+                run_at_ms,
+                "1" if replace_dangling else "0",
+            ],
+        )
+        return int(reply[0]), (reply[1] if len(reply) > 1 else None)
+
+    async def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job, if it exists and ``owner`` (None: any, for admins) may see it."""
+        fields = await self.redis.hgetall(self.keys.job(job_id))
+        if not fields:
+            raise JobNotFound(job_id)
+        job = job_from_fields(fields)
+        if owner is not None and job.owner != owner:
+            raise JobNotFound(job_id)
+        return job
+
+    async def list(
+        self,
+        owner: str,
+        *,
+        status: JobStatus | None = None,
+        task: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page:
+        """The owner's jobs, newest first, optionally filtered; resumable with ``cursor``.
+
+        Reads the owner index in bounded batches; ids whose record expired are skipped
+        (the cleanup task prunes them). A page may hold fewer than ``limit`` jobs when a
+        filter matches rarely; the cursor then continues the scan.
+        """
+        index = self.keys.owner_jobs(owner)
+        offset = int(cursor) if cursor else 0
+        batch = max(limit * 2, 50)
+        found: list[Job] = []
+        scanned = 0
+        while len(found) < limit and scanned < batch * 10:
+            ids = await self.redis.zrange(index, offset, offset + batch - 1, desc=True)
+            if not ids:
+                return Page(found, None)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(self.keys.job(job_id.decode()))
+                records = await pipe.execute()
+            for position, fields in enumerate(records):
+                offset_here = offset + position + 1
+                if not fields:
+                    continue
+                job = job_from_fields(fields)
+                if (status is None or job.status == status) and (task is None or job.type == task):
+                    found.append(job)
+                    if len(found) == limit:
+                        return Page(found, str(offset_here))
+            offset += len(ids)
+            scanned += len(ids)
+        return Page(found, str(offset))
+
+    # -- the worker's side -------------------------------------------------------------
+
+    async def start(self, delivery: Delivery, consumer: str) -> Started | None:
+        """Take the job for this delivery: PROCESSING, attempts + 1. None if it is not to run."""
+        reply = await self.scripts.start_job(
+            keys=[self.keys.job(delivery.job_id), delivery.stream],
+            args=[
+                self._owner_prefix,
+                GROUP,
+                consumer,
+                delivery.entry_id,
+                delivery.dispatch,
+                self.settings.active_ttl_seconds,
+            ],
+        )
+        if int(reply[0]) != ScriptCode.OK:
+            return None
+        job = job_from_fields(pairs_to_fields(reply[1]))
+        return Started(job, job.attempts)
+
+    async def progress(
+        self,
+        job_id: str,
+        attempt: int,
+        progress: float,
+        message: str | None = None,
+        eta_seconds: float | None = None,
+    ) -> bool:
+        """Record progress of the running attempt; returns whether a cancel was requested."""
+        reply = await self.scripts.progress_job(
+            keys=[self.keys.job(job_id)],
+            args=[
+                self._owner_prefix,
+                attempt,
+                repr(float(progress)),
+                message or "",
+                "" if eta_seconds is None else repr(round(float(eta_seconds), 3)),
+                self.settings.active_ttl_seconds,
+            ],
+        )
+        raise_for_code(int(reply[0]), job_id, "report progress", reply[1] if len(reply) > 1 else None)
+        return bool(reply[1])
+
+    async def succeed(
+        self, started: Started, delivery: Delivery, result_json: bytes, retention: int
+    ) -> None:
+        """PROCESSING -> SUCCESS with the result, then ack and delete the entry."""
+        await self._finish(started, delivery, JobStatus.SUCCESS, result_json, b"", retention)
+
+    async def fail(
+        self, started: Started, delivery: Delivery, error: JobError, retention: int
+    ) -> None:
+        """PROCESSING -> FAILURE with the error, then ack and delete the entry."""
+        await self._finish(started, delivery, JobStatus.FAILURE, b"", _encode(error), retention)
+
+    async def cancelled(self, started: Started, delivery: Delivery, retention: int) -> None:
+        """PROCESSING -> CANCELLED once the running code has stopped, then ack and delete."""
+        await self._finish(started, delivery, JobStatus.CANCELLED, b"", _CANCELLED, retention)
+
+    async def _finish(  # noqa: PLR0913
+        self,
+        started: Started,
+        delivery: Delivery,
+        status: JobStatus,
+        result_json: bytes,
+        error_json: bytes,
+        retention: int,
+    ) -> None:
+        job = started.job
+        reply = await self.scripts.finish_job(
+            keys=[self.keys.job(job.id), self.keys.owner_active(job.owner), delivery.stream],
+            args=[
+                self._owner_prefix,
+                started.attempt,
+                status.value,
+                result_json,
+                error_json,
+                retention,
+                GROUP,
+                delivery.entry_id,
+                job.id,
+            ],
+        )
+        raise_for_code(int(reply[0]), job.id, status.value, reply[1] if len(reply) > 1 else None)
+
+    async def retry(
+        self, started: Started, delivery: Delivery, error: JobError, run_at_ms: int
+    ) -> None:
+        """PROCESSING -> PENDING keeping ``error``; the next dispatch is due at ``run_at_ms``."""
+        job = started.job
+        dispatch = delivery.dispatch + 1
+        reply = await self.scripts.retry_job(
+            keys=[self.keys.job(job.id), delivery.stream, self.keys.delayed(job.queue)],
+            args=[
+                self._owner_prefix,
+                started.attempt,
+                _encode(error),
+                run_at_ms,
+                encode_message(job.id, job.type, dispatch),
+                dispatch,
+                self.settings.active_ttl_seconds,
+                GROUP,
+                delivery.entry_id,
+            ],
+        )
+        raise_for_code(int(reply[0]), job.id, "retry", reply[1] if len(reply) > 1 else None)
+
+    async def dead_letter(  # noqa: PLR0913
+        self,
+        delivery: Delivery,
+        consumer: str,
+        message: bytes,
+        deliveries: int,
+        owner: str,
+        retention: int,
+    ) -> bool:
+        """Move an over-delivered entry to the dead stream; fail its job. True if it failed."""
+        queue = delivery.stream.removeprefix(self.keys.queue(""))
+        error = JobError(
+            type="DeliveryLimit",
+            message=(
+                f"delivered {deliveries} times (max_deliveries={self.settings.max_deliveries}); "
+                "its worker probably died each time. Moved to the dead-letter stream."
+            ),
+        )
+        reply = await self.scripts.dead_letter_job(
+            keys=[
+                self.keys.job(delivery.job_id),
+                self.keys.owner_active(owner),
+                delivery.stream,
+                self.keys.dead(queue),
+            ],
+            args=[
+                self._owner_prefix,
+                GROUP,
+                consumer,
+                delivery.entry_id,
+                message,
+                _encode(error),
+                retention,
+                delivery.job_id,
+                deliveries,
+            ],
+        )
+        return int(reply[0]) == ScriptCode.OK
+
+    # -- the user's side ---------------------------------------------------------------
+
+    async def cancel(self, job_id: str, owner: str | None, retention: int) -> Job:
+        """Cancel a job: at once if PENDING, by asking its worker if PROCESSING."""
+        job = await self.get(job_id, owner)
+        reply = await self.scripts.cancel_job(
+            keys=[self.keys.job(job_id), self.keys.owner_active(job.owner)],
+            args=[
+                self._owner_prefix,
+                owner or "",
+                retention,
+                self.keys.cancel_channel,
+                job_id,
+                _CANCELLED,
+            ],
+        )
+        code = int(reply[0])
+        if code == ScriptCode.BAD_TRANSITION:
+            raise IllegalTransition(job_id, reply[1].decode(), "cancel")
+        raise_for_code(code, job_id, "cancel")
+        return await self.get(job_id, owner)

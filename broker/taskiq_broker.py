@@ -1,0 +1,330 @@
+"""``JobBroker``: taskiq-redis's ``RedisStreamBroker`` made safe for long jobs.
+
+What it changes, and why (see DESIGN.md, "Workers"):
+- leases: entries this worker holds are renewed every lease/3, so a live worker's long
+  job is never reclaimed; idle entries are reclaimed after one lease with XAUTOCLAIM
+  (atomic, so no lock that could outlive a killed holder);
+- the group is created from id 0 before anything reads, by every role;
+- entries are acknowledged and deleted by the same script that writes the final state;
+- entries delivered more than ``max_deliveries`` times go to the dead stream;
+- running jobs can be cancelled (a pub/sub channel), and on shutdown the entries still
+  held are handed back at once for other workers to reclaim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from taskiq import AckableMessage
+from taskiq.abc.formatter import TaskiqFormatter
+from taskiq.message import BrokerMessage, TaskiqMessage
+from taskiq_redis import RedisStreamBroker
+
+from broker.executor import JobExecutor
+from broker.keys import Keys
+from broker.message import decode_message
+from broker.queues import ensure_groups
+from broker.settings import Settings
+from broker.store import GROUP, Delivery, JobStore
+from broker.tasks import TaskRegistry
+
+log = logging.getLogger("jobstream.broker")
+_SEP = b"\x00"
+_HEARTBEAT_FIELDS_TTL_LEASES = 3
+
+
+class JobFormatter(TaskiqFormatter):
+    """Reads the framed deliveries ``JobBroker.listen`` yields into Taskiq messages.
+
+    The frame carries the stream and entry id beside the job id, so the task entry
+    point knows exactly which delivery it runs, with no shared lookup table.
+    """
+
+    def dumps(self, message: TaskiqMessage) -> BrokerMessage:
+        """Encode a message for ``kick`` (plain Taskiq use of the broker)."""
+        return BrokerMessage(
+            task_id=message.task_id,
+            task_name=message.task_name,
+            message=msgspec.json.encode(message.model_dump()),
+            labels=message.labels,
+        )
+
+    def loads(self, message: bytes) -> TaskiqMessage:
+        """Parse ``stream NUL entry NUL payload`` into a message for the job entry point."""
+        stream, entry, payload = message.split(_SEP, 2)
+        parsed = decode_message(payload)
+        return TaskiqMessage.model_construct(
+            task_id=parsed.task_id,
+            task_name=parsed.task_name,
+            labels={},
+            labels_types=None,
+            args=[parsed.task_id, stream.decode(), entry.decode(), parsed.labels.dispatch],
+            kwargs={},
+        )
+
+
+class JobBroker(RedisStreamBroker):
+    """The jobstream worker broker (``taskiq worker workers.app:broker``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: TaskRegistry,
+        queues: Sequence[str] | None = None,
+    ) -> None:
+        keys = Keys(settings.prefix)
+        self.settings = settings
+        self.keys = keys
+        self.registry = registry
+        self.queues = tuple(queues or settings.queues)
+        streams = [keys.queue(q) for q in self.queues]
+        lease_ms = int(settings.lease_seconds * 1000)
+        super().__init__(
+            url=settings.redis_url,
+            queue_name=streams[0],
+            consumer_group_name=GROUP,
+            consumer_id="0",
+            idle_timeout=lease_ms,
+            xread_block=min(1000, lease_ms),
+            xread_count=10,
+            additional_streams=dict.fromkeys(streams[1:], ">"),
+            max_connection_pool_size=None,
+        )
+        self.formatter = JobFormatter()
+        self.streams = streams
+        self.inflight: dict[str, set[str]] = {stream: set() for stream in streams}
+        self.executor: JobExecutor | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._redis: Redis[Any] | None = None
+        for spec in registry:
+            self.register_task(self._entry_point(), task_name=spec.name)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Name this consumer, create the groups, and start leases, heartbeat and cancels."""
+        await super(RedisStreamBroker, self).startup()
+        if not self.is_worker_process:
+            return
+        self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._redis = Redis(connection_pool=self.connection_pool)
+        store = JobStore(self._redis, self.settings)
+        await store.scripts.load_all(self._redis)
+        await ensure_groups(self._redis, self.keys, self.queues)
+        self.executor = JobExecutor(store, self.registry, self.consumer_name)
+        self._background = [
+            asyncio.create_task(self._keep_leases(), name="jobstream-leases"),
+            asyncio.create_task(self._promote_due(), name="jobstream-delayed"),
+            asyncio.create_task(self._listen_cancels(), name="jobstream-cancels"),
+        ]
+        log.info("worker %s consuming %s", self.consumer_name, ", ".join(self.queues))
+
+    async def shutdown(self) -> None:
+        """Stop what still runs, hand its entries back for prompt reclaim, then close."""
+        if self.executor is not None and self._redis is not None:
+            for job_id in list(self.executor.running):
+                self.executor.abandon(job_id)
+            await asyncio.sleep(0)
+            with contextlib.suppress(Exception):
+                await self._renew(idle_ms=int(self.settings.lease_seconds * 1000) * 10)
+                await self._redis.delete(self.keys.worker(self.consumer_name))
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await super().shutdown()
+
+    # -- the task entry point --------------------------------------------------------------
+
+    def _entry_point(self) -> Callable[[str, str, str, int], Awaitable[None]]:
+        """A fresh entry function per task name (Taskiq renames the function it registers)."""
+
+        async def run_job(job_id: str, stream: str, entry_id: str, dispatch: int) -> None:
+            """What Taskiq calls for every delivery: run the job, then forget the entry."""
+            try:
+                if self.executor is not None:
+                    await self.executor.run(Delivery(job_id, stream, entry_id, int(dispatch)))
+            finally:
+                self.inflight.get(stream, set()).discard(entry_id)
+
+        return run_job
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        """New entries from this worker's streams, and entries reclaimed from dead workers."""
+        redis = Redis(connection_pool=self.connection_pool)
+        reclaim_every = self.settings.lease_seconds / 3
+        next_reclaim = 0.0
+        read = dict.fromkeys(self.streams, ">")
+        try:
+            while True:
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + reclaim_every
+                    async for message in self._reclaim(redis):
+                        yield message
+                fetched = await redis.xreadgroup(
+                    GROUP, self.consumer_name, read, count=self.count, block=self.block  # type: ignore[arg-type]
+                )
+                for stream, entries in fetched or ():
+                    for entry_id, fields in entries:
+                        yield self._accept(stream.decode(), entry_id.decode(), fields[b"data"])
+        finally:
+            await redis.aclose(close_connection_pool=False)
+
+    def _accept(self, stream: str, entry_id: str, payload: bytes) -> AckableMessage:
+        self.inflight[stream].add(entry_id)
+        frame = stream.encode() + _SEP + entry_id.encode() + _SEP + payload
+        return AckableMessage(data=frame, ack=self._releaser(stream, entry_id))
+
+    def _releaser(self, stream: str, entry_id: str) -> Callable[[], Awaitable[None]]:
+        async def release() -> None:
+            # The final-state script already acked a finished job; an entry nobody ran
+            # (unknown task, unreadable) stops being renewed and is redelivered later,
+            # until max_deliveries sends it to the dead stream.
+            self.inflight.get(stream, set()).discard(entry_id)
+
+        return release
+
+    async def _reclaim(self, redis: Redis[Any]) -> AsyncGenerator[AckableMessage, None]:
+        assert self.executor is not None
+        scripts = self.executor.store.scripts
+        lease_ms = int(self.settings.lease_seconds * 1000)
+        for stream in self.streams:
+            claimed = await scripts.reclaim(
+                keys=[stream], args=[GROUP, self.consumer_name, lease_ms, 100], client=redis
+            )
+            for raw_id, raw_fields, deliveries in claimed:
+                entry_id = raw_id.decode()
+                if entry_id in self.inflight[stream]:
+                    continue  # ours already (the loop stalled past a lease): keep it
+                fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=True))
+                payload = fields.get(b"data", b"")
+                if int(deliveries) > self.settings.max_deliveries:
+                    await self._dead_letter(stream, entry_id, payload, int(deliveries))
+                    continue
+                log.info("reclaimed %s %s (delivery %s)", stream, entry_id, deliveries)
+                yield self._accept(stream, entry_id, payload)
+
+    async def _dead_letter(self, stream: str, entry_id: str, payload: bytes, deliveries: int) -> None:
+        assert self.executor is not None and self._redis is not None
+        store = self.executor.store
+        try:
+            message = decode_message(payload)
+            job_id, dispatch = message.task_id, message.labels.dispatch
+        except msgspec.DecodeError:
+            job_id, dispatch = "", 0
+        owner = await self._redis.hget(self.keys.job(job_id), "owner") or b""
+        spec_retention = store.settings.retention_seconds
+        with contextlib.suppress(Exception):
+            spec = self.registry.get(message.task_name)
+            spec_retention = spec.options.retention or spec_retention
+        await store.dead_letter(
+            Delivery(job_id, stream, entry_id, dispatch),
+            self.consumer_name,
+            payload,
+            deliveries,
+            owner.decode(),
+            spec_retention,
+        )
+        log.warning("dead-lettered %s %s after %d deliveries (job %s)", stream, entry_id, deliveries, job_id)
+
+    # -- background loops --------------------------------------------------------------------
+
+    async def _keep_leases(self) -> None:
+        """Renew held entries and refresh the heartbeat every lease/3."""
+        while True:
+            try:
+                await self._renew(idle_ms=0)
+                await self._heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease renewal failed; retrying")
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+
+    async def _renew(self, idle_ms: int) -> None:
+        assert self.executor is not None and self._redis is not None
+        scripts = self.executor.store.scripts
+        for stream, held in self.inflight.items():
+            if not held:
+                continue
+            lost = await scripts.renew_leases(
+                keys=[stream], args=[GROUP, self.consumer_name, idle_ms, *held], client=self._redis
+            )
+            for entry_id in lost:
+                self._lost(stream, entry_id.decode())
+
+    def _lost(self, stream: str, entry_id: str) -> None:
+        assert self.executor is not None
+        self.inflight[stream].discard(entry_id)
+        for job_id, running in list(self.executor.running.items()):
+            if running.delivery.entry_id == entry_id and running.delivery.stream == stream:
+                log.warning("job %s: lease lost to another worker; stopping it here", job_id)
+                self.executor.abandon(job_id)
+
+    async def _heartbeat(self) -> None:
+        assert self.executor is not None and self._redis is not None
+        key = self.keys.worker(self.consumer_name)
+        counters = dataclasses.asdict(self.executor.counters)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "consumer": self.consumer_name,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "queues": ",".join(self.queues),
+                    "running": ",".join(self.executor.running),
+                    "seen_at": int(time.time() * 1000),
+                    **counters,
+                },
+            )
+            pipe.expire(key, max(1, int(self.settings.lease_seconds * _HEARTBEAT_FIELDS_TTL_LEASES)))
+            await pipe.execute()
+
+    async def _promote_due(self) -> None:
+        """Move due delayed messages (delayed jobs, retry backoff) onto their streams."""
+        assert self.executor is not None and self._redis is not None
+        scripts = self.executor.store.scripts
+        while True:
+            wait = 0.25
+            try:
+                for queue in self.queues:
+                    _, next_ms = await scripts.promote_due(
+                        keys=[self.keys.delayed(queue), self.keys.queue(queue)],
+                        args=[100],
+                        client=self._redis,
+                    )
+                    if int(next_ms) >= 0:
+                        wait = min(wait, int(next_ms) / 1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("promoting delayed jobs failed; retrying")
+            await asyncio.sleep(max(wait, 0.01))
+
+    async def _listen_cancels(self) -> None:
+        """Cancel requests for running jobs arrive here, by pub/sub, within milliseconds."""
+        assert self.executor is not None and self._redis is not None
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.keys.cancel_channel)
+                    async for message in pubsub.listen():
+                        self.executor.cancel(message["data"].decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cancel listener lost its connection; reconnecting")
+                await asyncio.sleep(1)

@@ -1,0 +1,166 @@
+"""The task decorator: typed msgspec input and output, per-task options, and ``JobContext``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, get_type_hints
+
+import msgspec
+
+from broker.errors import UnknownTask
+
+if TYPE_CHECKING:
+    from broker.store import JobStore, Started
+
+TaskFn = Callable[["JobContext", Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """How jobs of one task are queued, limited, retried and kept."""
+
+    queue: str | None = None
+    timeout: float | None = None
+    retries: int = 0
+    backoff: float = 1.0
+    backoff_max: float = 300.0
+    retention: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A registered task: its function, its typed input and output, and its options."""
+
+    name: str
+    fn: TaskFn
+    input_type: Any
+    output_type: Any
+    options: TaskOptions
+    decoder: msgspec.json.Decoder[Any] = field(repr=False)
+
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON schema of the task's input, as ``GET /tasks`` shows it."""
+        return msgspec.json.schema(self.input_type)
+
+    def output_schema(self) -> dict[str, Any]:
+        """The JSON schema of the task's result."""
+        return msgspec.json.schema(self.output_type)
+
+    def decode_input(self, raw: bytes) -> Any:
+        """Validate raw JSON input (raises ``msgspec.ValidationError`` naming the bad field)."""
+        return self.decoder.decode(raw)
+
+
+class TaskRegistry:
+    """Task name -> spec. Workers run what is here; the web app validates against it."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskSpec] = {}
+
+    def task(  # noqa: PLR0913 - the per-task options
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+        retention: int | None = None,
+    ) -> Callable[[TaskFn], TaskFn]:
+        """Register ``async def fn(ctx: JobContext, data: In) -> Out`` as task ``name``."""
+        options = TaskOptions(queue, timeout, retries, backoff, backoff_max, retention)
+
+        def register(fn: TaskFn) -> TaskFn:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"task {name}: {fn.__qualname__} must be an async function")
+            input_type, output_type = _signature_types(fn)
+            if name in self._tasks and self._tasks[name].fn is not fn:
+                raise ValueError(f"task {name} is registered twice")
+            self._tasks[name] = TaskSpec(
+                name, fn, input_type, output_type, options, msgspec.json.Decoder(input_type)
+            )
+            return fn
+
+        return register
+
+    def get(self, name: str) -> TaskSpec:
+        """The spec of task ``name``; raises :class:`UnknownTask`."""
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise UnknownTask(name) from None
+
+    def __iter__(self) -> Iterator[TaskSpec]:
+        return iter(sorted(self._tasks.values(), key=lambda spec: spec.name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def queues(self, default: str) -> set[str]:
+        """Every queue a registered task uses (``default`` for those that name none)."""
+        return {spec.options.queue or default for spec in self._tasks.values()} | {default}
+
+
+def _signature_types(fn: TaskFn) -> tuple[Any, Any]:
+    hints = get_type_hints(fn)
+    params = list(inspect.signature(fn).parameters)
+    if len(params) != 2:
+        raise TypeError(f"{fn.__qualname__} must take (ctx: JobContext, data: <msgspec type>)")
+    return hints.get(params[1], Any), hints.get("return", Any)
+
+
+registry = TaskRegistry()
+"""The default registry that :func:`task` registers into."""
+
+task = registry.task
+
+
+def load_task_modules(modules: str) -> None:
+    """Import the comma-separated task modules so their tasks register themselves."""
+    for name in modules.split(","):
+        if name.strip():
+            importlib.import_module(name.strip())
+
+
+class JobContext:
+    """What a running task knows about its job, and how it reports back.
+
+    ``await ctx.progress(40, "Parsing")`` records progress (and an ETA, estimated from
+    the rate so far unless given); ``ctx.cancelled`` turns true when a cancel was asked.
+    """
+
+    __slots__ = ("_cancel", "_started_at", "_store", "attempt", "cancelled", "job_id", "owner", "task")
+
+    def __init__(self, store: JobStore, started: Started, cancel: Callable[[], None]) -> None:
+        self._store = store
+        self._cancel = cancel
+        self._started_at = time.monotonic()
+        self.job_id = started.job.id
+        self.owner = started.job.owner
+        self.task = started.job.type
+        self.attempt = started.attempt
+        self.cancelled = False
+
+    async def progress(
+        self, percent: float, message: str | None = None, *, eta_seconds: float | None = None
+    ) -> None:
+        """Record ``percent`` (0-100) and the current step; a requested cancel stops the task."""
+        percent = min(100.0, max(0.0, float(percent)))
+        if eta_seconds is None and percent > 0:
+            elapsed = time.monotonic() - self._started_at
+            eta_seconds = elapsed * (100.0 - percent) / percent
+        if await self._store.progress(self.job_id, self.attempt, percent, message, eta_seconds):
+            self.request_cancel()
+            await asyncio.sleep(0)  # let the cancellation land here, at a clean point
+
+    def request_cancel(self) -> None:
+        """Mark the job cancelled and cancel its running code (called by the worker)."""
+        if not self.cancelled:
+            self.cancelled = True
+            self._cancel()
