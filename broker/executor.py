@@ -95,7 +95,7 @@ class JobExecutor:
             return
         holder: list[asyncio.Task[Any]] = []
         ctx = JobContext(self.store, started, _canceller(holder))
-        task = asyncio.create_task(spec.fn(ctx, data), name=f"job:{started.job.id}")
+        task: asyncio.Task[Any] = asyncio.ensure_future(spec.fn(ctx, data))
         holder.append(task)
         running = Running(task, ctx, delivery)
         self.running[started.job.id] = running
@@ -108,7 +108,7 @@ class JobExecutor:
             del self.running[started.job.id]
         await self._record(spec, started, delivery, running, timed_out)
 
-    async def _record(  # noqa: PLR0911 - one return per outcome
+    async def _record(
         self, spec: TaskSpec, started: Started, delivery: Delivery, running: Running, timed_out: bool
     ) -> None:
         task = running.task

@@ -32,9 +32,7 @@ _decoder = msgspec.json.Decoder(TaskMessage)
 
 def encode_message(job_id: str, task_name: str, dispatch: int) -> bytes:
     """The message that asks a worker to run dispatch ``dispatch`` of job ``job_id``."""
-    return _encoder.encode(
-        TaskMessage(job_id, task_name, DispatchLabels(dispatch), [job_id])
-    )
+    return _encoder.encode(TaskMessage(job_id, task_name, DispatchLabels(dispatch), [job_id]))
 
 
 def decode_message(data: bytes) -> TaskMessage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -96,20 +97,18 @@ def _num(raw: bytes | str | None) -> float | None:
     return None if raw is None or raw == b"" else float(raw)
 
 
-def job_from_fields(fields: dict[bytes, bytes] | dict[str, str]) -> Job:
+def job_from_fields(fields: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[Any, Any]) -> Job:
     """Build a :class:`Job` from the hash's fields (HGETALL, or a script's published state).
 
     Keys may be bytes or str; numbers and times are stored as text, times in epoch ms.
     """
-    f: dict[str, Any] = {
-        (k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()
-    }
+    f: dict[str, Any] = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
     error = f.get("error")
     eta = _num(f.get("eta"))
     return Job(
         id=_text(f["id"]) or "",
         type=_text(f["type"]) or "",
-        status=JobStatus(_text(f["status"])),
+        status=JobStatus(_text(f["status"]) or "PENDING"),
         progress=_num(f.get("progress")) or 0.0,
         message=_text(f.get("message")),
         eta_seconds=None if eta is None or eta < 0 else eta,

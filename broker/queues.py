@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -12,7 +11,7 @@ from broker.keys import Keys
 from broker.store import GROUP
 
 
-async def ensure_groups(redis: Redis[Any], keys: Keys, queues: Iterable[str]) -> None:
+async def ensure_groups(redis: Redis, keys: Keys, queues: Iterable[str]) -> None:
     """Create each queue's stream and consumer group from id 0, idempotently.
 
     Every role calls this at start-up, so a job queued before any worker ever ran is

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -48,12 +47,12 @@ class Scripts:
     promote_due: AsyncScript
 
     @classmethod
-    def register(cls, redis: Redis[Any]) -> Scripts:
+    def register(cls, redis: Redis) -> Scripts:
         """Register every script with ``redis`` (no round trip until first use)."""
         made = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
-        return cls(**made)  # type: ignore[arg-type]
+        return cls(**made)
 
-    async def load_all(self, redis: Redis[Any]) -> None:
+    async def load_all(self, redis: Redis) -> None:
         """SCRIPT LOAD every script up front, so the first EVALSHA of each never misses."""
         for name in SCRIPT_NAMES:
             script: AsyncScript = getattr(self, name)

@@ -52,7 +52,7 @@ class Page:
 class JobStore:
     """Every job state change goes through here, each as one atomic Lua script."""
 
-    def __init__(self, redis: Redis[Any], settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.prefix)
@@ -61,7 +61,7 @@ class JobStore:
 
     # -- creating and reading -------------------------------------------------------
 
-    async def create(  # noqa: PLR0913 - a job has this many facets
+    async def create(
         self,
         *,
         task: str,
@@ -89,7 +89,7 @@ class JobStore:
                 except JobNotFound:
                     replace_dangling = True  # the key outlived its job: take it over
 
-    async def _create(  # noqa: PLR0913
+    async def _create(
         self,
         job_id: str,
         task: str,
@@ -130,7 +130,7 @@ class JobStore:
 
     async def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job, if it exists and ``owner`` (None: any, for admins) may see it."""
-        fields = await self.redis.hgetall(self.keys.job(job_id))
+        fields: Any = await self.redis.hgetall(self.keys.job(job_id))
         if not fields:
             raise JobNotFound(job_id)
         job = job_from_fields(fields)
@@ -159,7 +159,7 @@ class JobStore:
         found: list[Job] = []
         scanned = 0
         while len(found) < limit and scanned < batch * 10:
-            ids = await self.redis.zrange(index, offset, offset + batch - 1, desc=True)
+            ids: Any = await self.redis.zrange(index, offset, offset + batch - 1, desc=True)
             if not ids:
                 return Page(found, None)
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -222,15 +222,11 @@ class JobStore:
         raise_for_code(int(reply[0]), job_id, "report progress", reply[1] if len(reply) > 1 else None)
         return bool(reply[1])
 
-    async def succeed(
-        self, started: Started, delivery: Delivery, result_json: bytes, retention: int
-    ) -> None:
+    async def succeed(self, started: Started, delivery: Delivery, result_json: bytes, retention: int) -> None:
         """PROCESSING -> SUCCESS with the result, then ack and delete the entry."""
         await self._finish(started, delivery, JobStatus.SUCCESS, result_json, b"", retention)
 
-    async def fail(
-        self, started: Started, delivery: Delivery, error: JobError, retention: int
-    ) -> None:
+    async def fail(self, started: Started, delivery: Delivery, error: JobError, retention: int) -> None:
         """PROCESSING -> FAILURE with the error, then ack and delete the entry."""
         await self._finish(started, delivery, JobStatus.FAILURE, b"", _encode(error), retention)
 
@@ -238,7 +234,7 @@ class JobStore:
         """PROCESSING -> CANCELLED once the running code has stopped, then ack and delete."""
         await self._finish(started, delivery, JobStatus.CANCELLED, b"", _CANCELLED, retention)
 
-    async def _finish(  # noqa: PLR0913
+    async def _finish(
         self,
         started: Started,
         delivery: Delivery,
@@ -264,9 +260,7 @@ class JobStore:
         )
         raise_for_code(int(reply[0]), job.id, status.value, reply[1] if len(reply) > 1 else None)
 
-    async def retry(
-        self, started: Started, delivery: Delivery, error: JobError, run_at_ms: int
-    ) -> None:
+    async def retry(self, started: Started, delivery: Delivery, error: JobError, run_at_ms: int) -> None:
         """PROCESSING -> PENDING keeping ``error``; the next dispatch is due at ``run_at_ms``."""
         job = started.job
         dispatch = delivery.dispatch + 1
@@ -286,7 +280,7 @@ class JobStore:
         )
         raise_for_code(int(reply[0]), job.id, "retry", reply[1] if len(reply) > 1 else None)
 
-    async def dead_letter(  # noqa: PLR0913
+    async def dead_letter(
         self,
         delivery: Delivery,
         consumer: str,

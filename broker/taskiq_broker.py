@@ -14,8 +14,8 @@ What it changes, and why (see DESIGN.md, "Workers"):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -106,7 +106,7 @@ class JobBroker(RedisStreamBroker):
         self.inflight: dict[str, set[str]] = {stream: set() for stream in streams}
         self.executor: JobExecutor | None = None
         self._background: list[asyncio.Task[None]] = []
-        self._redis: Redis[Any] | None = None
+        self._redis: Redis | None = None
         for spec in registry:
             self.register_task(self._entry_point(), task_name=spec.name)
 
@@ -166,15 +166,15 @@ class JobBroker(RedisStreamBroker):
         redis = Redis(connection_pool=self.connection_pool)
         reclaim_every = self.settings.lease_seconds / 3
         next_reclaim = 0.0
-        read = dict.fromkeys(self.streams, ">")
+        read: Any = dict.fromkeys(self.streams, ">")
         try:
             while True:
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + reclaim_every
                     async for message in self._reclaim(redis):
                         yield message
-                fetched = await redis.xreadgroup(
-                    GROUP, self.consumer_name, read, count=self.count, block=self.block  # type: ignore[arg-type]
+                fetched: Any = await redis.xreadgroup(
+                    GROUP, self.consumer_name, read, count=self.count, block=self.block
                 )
                 for stream, entries in fetched or ():
                     for entry_id, fields in entries:
@@ -196,7 +196,7 @@ class JobBroker(RedisStreamBroker):
 
         return release
 
-    async def _reclaim(self, redis: Redis[Any]) -> AsyncGenerator[AckableMessage, None]:
+    async def _reclaim(self, redis: Redis) -> AsyncGenerator[AckableMessage, None]:
         assert self.executor is not None
         scripts = self.executor.store.scripts
         lease_ms = int(self.settings.lease_seconds * 1000)
@@ -224,7 +224,7 @@ class JobBroker(RedisStreamBroker):
             job_id, dispatch = message.task_id, message.labels.dispatch
         except msgspec.DecodeError:
             job_id, dispatch = "", 0
-        owner = await self._redis.hget(self.keys.job(job_id), "owner") or b""
+        owner: Any = await self._redis.hget(self.keys.job(job_id), "owner") or b""
         spec_retention = store.settings.retention_seconds
         with contextlib.suppress(Exception):
             spec = self.registry.get(message.task_name)
@@ -276,20 +276,18 @@ class JobBroker(RedisStreamBroker):
     async def _heartbeat(self) -> None:
         assert self.executor is not None and self._redis is not None
         key = self.keys.worker(self.consumer_name)
-        counters = dataclasses.asdict(self.executor.counters)
+        counters: dict[str, Any] = dataclasses.asdict(self.executor.counters)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "consumer": self.consumer_name,
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "queues": ",".join(self.queues),
-                    "running": ",".join(self.executor.running),
-                    "seen_at": int(time.time() * 1000),
-                    **counters,
-                },
-            )
+            mapping: Any = {
+                "consumer": self.consumer_name,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": ",".join(self.queues),
+                "running": ",".join(self.executor.running),
+                "seen_at": int(time.time() * 1000),
+                **counters,
+            }
+            pipe.hset(key, mapping=mapping)
             pipe.expire(key, max(1, int(self.settings.lease_seconds * _HEARTBEAT_FIELDS_TTL_LEASES)))
             await pipe.execute()
 

@@ -62,7 +62,7 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, TaskSpec] = {}
 
-    def task(  # noqa: PLR0913 - the per-task options
+    def task(
         self,
         name: str,
         *,

@@ -18,8 +18,12 @@ from taskiq.cli.worker.run import start_listen
 def main(argv: list[str] | None = None) -> None:
     """Parse ``--queues``/``--concurrency``/``--grace`` and run one Taskiq worker process."""
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
-    parser.add_argument("--queues", help="comma-separated queues (default: JOBSTREAM_WORKER_QUEUES or the default queue)")
-    parser.add_argument("--concurrency", type=int, help="jobs run at once (default: JOBSTREAM_WORKER_CONCURRENCY)")
+    parser.add_argument(
+        "--queues", help="comma-separated queues (default: JOBSTREAM_WORKER_QUEUES or the default queue)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, help="jobs run at once (default: JOBSTREAM_WORKER_CONCURRENCY)"
+    )
     parser.add_argument("--grace", type=float, help="seconds running jobs get to finish on SIGTERM")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
