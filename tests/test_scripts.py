@@ -1,0 +1,319 @@
+"""Every state-change script, directly on a real redis-server: allowed and refused transitions."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from broker.errors import IllegalTransition, JobNotFound, QuotaExceeded, ScriptCode, StaleAttempt
+from broker.message import decode_message
+from broker.models import JobError, JobStatus
+from broker.queues import ensure_groups
+from broker.scripts import script_source
+from broker.settings import Settings, load_settings
+from broker.store import GROUP, Delivery, JobStore, Started
+
+ACTIVE_TTL = 5000
+RETENTION = 900
+
+
+@pytest.fixture
+async def store(redis: Redis, redis_url: str, prefix: str) -> AsyncIterator[JobStore]:
+    settings = load_settings(
+        {},
+        redis_url=redis_url,
+        prefix=prefix,
+        active_ttl_seconds=ACTIVE_TTL,
+        retention_seconds=RETENTION,
+        max_active_per_owner=3,
+    )
+    store = JobStore(redis, settings)
+    await ensure_groups(redis, store.keys, ["default"])
+    yield store
+
+
+async def make(store: JobStore, owner: str = "alice", **kw: Any) -> str:
+    job, created = await store.create(
+        task="demo.sleep", input_json=b'{"seconds":1}', owner=owner, queue="default", **kw
+    )
+    assert created
+    return job.id
+
+
+async def take(store: JobStore, consumer: str = "c1") -> Delivery:
+    """Read the next entry as a worker would."""
+    stream = store.keys.queue("default")
+    reply: Any = await store.redis.xreadgroup(GROUP, consumer, {stream: ">"}, count=1)
+    entry_id, fields = reply[0][1][0]
+    message = decode_message(fields[b"data"])
+    return Delivery(message.task_id, stream, entry_id.decode(), message.labels.dispatch)
+
+
+async def running(store: JobStore) -> tuple[Started, Delivery]:
+    await make(store)
+    delivery = await take(store)
+    started = await store.start(delivery, "c1")
+    assert started is not None
+    return started, delivery
+
+
+async def raw(store: JobStore, job_id: str) -> dict[bytes, bytes]:
+    fields: Any = await store.redis.hgetall(store.keys.job(job_id))
+    return dict(fields)
+
+
+def test_result_codes_match_the_lua_constants() -> None:
+    line = next(ln for ln in script_source("start_job").splitlines() if ln.startswith("local OK,"))
+    names = re.findall(r"[A-Z_]+", line.split("=")[0])
+    values = [int(v) for v in re.findall(r"\d+", line.split("=")[1])]
+    assert dict(zip(names, values, strict=True)) == {c.name: c.value for c in ScriptCode}
+
+
+async def test_create_writes_record_index_stream_and_publishes(store: JobStore) -> None:
+    pubsub = store.redis.pubsub()
+    await pubsub.psubscribe(store.keys.prefix + "*")
+    await pubsub.get_message(timeout=1)
+    job_id = await make(store)
+    job = await store.get(job_id)
+    assert (job.status, job.version, job.attempts, job.owner) == (JobStatus.PENDING, 1, 0, "alice")
+    assert ACTIVE_TTL - 5 <= await store.redis.ttl(store.keys.job(job_id)) <= ACTIVE_TTL
+    assert await store.redis.zscore(store.keys.owner_jobs("alice"), job_id) is not None
+    assert await store.redis.sismember(store.keys.owner_active("alice"), job_id)
+    assert await store.redis.xlen(store.keys.queue("default")) == 1
+    channels = set()
+    for _ in range(2):
+        message = await pubsub.get_message(timeout=2)
+        assert message is not None
+        channels.add(message["channel"].decode())
+        flat = msgspec.json.decode(message["data"])
+        assert dict(zip(flat[::2], flat[1::2], strict=True))["status"] == "PENDING"
+    assert channels == {store.keys.job_channel(job_id), store.keys.owner_channel("alice")}
+    await pubsub.aclose()
+
+
+async def test_idempotency_key_returns_the_same_job(store: JobStore) -> None:
+    first, created = await store.create(
+        task="demo.noop", input_json=b"{}", owner="alice", queue="default", idempotency_key="k1"
+    )
+    again, created_again = await store.create(
+        task="demo.noop", input_json=b"{}", owner="alice", queue="default", idempotency_key="k1"
+    )
+    other, _ = await store.create(
+        task="demo.noop", input_json=b"{}", owner="bob", queue="default", idempotency_key="k1"
+    )
+    assert created and not created_again
+    assert again.id == first.id != other.id
+    assert await store.redis.xlen(store.keys.queue("default")) == 2
+
+
+async def test_a_dangling_idempotency_key_is_replaced(store: JobStore) -> None:
+    first, _ = await store.create(
+        task="demo.noop", input_json=b"{}", owner="alice", queue="default", idempotency_key="k"
+    )
+    await store.redis.delete(store.keys.job(first.id))
+    second, created = await store.create(
+        task="demo.noop", input_json=b"{}", owner="alice", queue="default", idempotency_key="k"
+    )
+    assert created and second.id != first.id
+
+
+async def test_quota_counts_active_jobs_only(store: JobStore) -> None:
+    for _ in range(3):
+        await make(store)
+    with pytest.raises(QuotaExceeded):
+        await make(store)
+    await make(store, owner="bob")
+    victim = (await store.list("alice")).jobs[0]
+    await store.cancel(victim.id, "alice", RETENTION)
+    await make(store)
+
+
+async def test_start_takes_a_pending_job(store: JobStore) -> None:
+    job_id = await make(store)
+    delivery = await take(store)
+    started = await store.start(delivery, "c1")
+    assert started is not None and started.attempt == 1
+    record = await raw(store, job_id)
+    assert record[b"status"] == b"PROCESSING"
+    assert record[b"worker"] == b"c1"
+    assert record[b"version"] == b"2"
+
+
+async def test_start_refuses_an_entry_held_by_another_consumer(store: JobStore) -> None:
+    job_id = await make(store)
+    delivery = await take(store, "c1")
+    before = await raw(store, job_id)
+    assert await store.start(delivery, "c2") is None
+    assert await raw(store, job_id) == before
+
+
+async def test_start_skips_and_acks_a_cancelled_job(store: JobStore) -> None:
+    job_id = await make(store)
+    await store.cancel(job_id, "alice", RETENTION)
+    delivery = await take(store)
+    assert await store.start(delivery, "c1") is None
+    assert (await store.get(job_id)).status == JobStatus.CANCELLED
+    assert await store.redis.xlen(delivery.stream) == 0
+    pending: Any = await store.redis.xpending(delivery.stream, GROUP)
+    assert pending["pending"] == 0
+
+
+async def test_start_skips_a_stale_dispatch(store: JobStore) -> None:
+    job_id = await make(store)
+    delivery = await take(store)
+    stale = Delivery(job_id, delivery.stream, delivery.entry_id, dispatch=7)
+    assert await store.start(stale, "c1") is None
+    assert (await store.get(job_id)).status == JobStatus.PENDING
+    assert await store.redis.xlen(delivery.stream) == 0
+
+
+async def test_start_of_a_missing_job_acks_its_entry(store: JobStore) -> None:
+    job_id = await make(store)
+    await store.redis.delete(store.keys.job(job_id))
+    delivery = await take(store)
+    assert await store.start(delivery, "c1") is None
+    assert await store.redis.xlen(delivery.stream) == 0
+
+
+async def test_progress_updates_the_running_attempt_only(store: JobStore) -> None:
+    started, _ = await running(store)
+    job_id = started.job.id
+    assert await store.progress(job_id, 1, 40, "Parsing", 12.5) is False
+    job = await store.get(job_id)
+    assert (job.progress, job.message, job.eta_seconds, job.version) == (40.0, "Parsing", 12.5, 3)
+    before = await raw(store, job_id)
+    with pytest.raises(StaleAttempt):
+        await store.progress(job_id, 2, 50, "late")
+    assert await raw(store, job_id) == before
+
+
+async def test_progress_refused_while_pending(store: JobStore) -> None:
+    job_id = await make(store)
+    before = await raw(store, job_id)
+    with pytest.raises(IllegalTransition):
+        await store.progress(job_id, 0, 10)
+    with pytest.raises(JobNotFound):
+        await store.progress("no-such-job", 1, 10)
+    assert await raw(store, job_id) == before
+
+
+async def test_succeed_stores_result_sets_retention_and_empties_the_stream(store: JobStore) -> None:
+    started, delivery = await running(store)
+    await store.succeed(started, delivery, b'{"slept":1}', RETENTION)
+    job = await store.get(started.job.id)
+    assert job.status == JobStatus.SUCCESS and job.progress == 100
+    assert job.result is not None and bytes(job.result) == b'{"slept":1}'
+    assert job.completed_at is not None
+    assert RETENTION - 5 <= await store.redis.ttl(store.keys.job(job.id)) <= RETENTION
+    assert await store.redis.xlen(delivery.stream) == 0
+    assert not await store.redis.sismember(store.keys.owner_active("alice"), job.id)
+
+
+async def test_terminal_states_never_change(store: JobStore) -> None:
+    started, delivery = await running(store)
+    await store.fail(started, delivery, JobError("Boom", "it broke"), RETENTION)
+    job_id = started.job.id
+    job = await store.get(job_id)
+    assert job.status == JobStatus.FAILURE and job.error == JobError("Boom", "it broke")
+    before = await raw(store, job_id)
+    with pytest.raises(IllegalTransition):
+        await store.succeed(started, delivery, b"1", RETENTION)
+    with pytest.raises(IllegalTransition):
+        await store.cancel(job_id, "alice", RETENTION)
+    with pytest.raises(IllegalTransition):
+        await store.progress(job_id, 1, 99)
+    assert await raw(store, job_id) == before
+
+
+async def test_retry_goes_back_to_pending_with_the_error_and_a_delayed_dispatch(store: JobStore) -> None:
+    started, delivery = await running(store)
+    job_id = started.job.id
+    await store.retry(started, delivery, JobError("Flaky", "try again"), run_at_ms=1)
+    job = await store.get(job_id)
+    assert job.status == JobStatus.PENDING and job.error == JobError("Flaky", "try again")
+    assert job.attempts == 1
+    assert await store.redis.xlen(delivery.stream) == 0
+    moved, _ = await store.scripts.promote_due(
+        keys=[store.keys.delayed("default"), delivery.stream], args=[10]
+    )
+    assert moved == 1
+    again = await take(store, "c2")
+    assert again.dispatch == 2
+    restarted = await store.start(again, "c2")
+    assert restarted is not None and restarted.attempt == 2
+
+
+async def test_promote_leaves_messages_that_are_not_due(store: JobStore) -> None:
+    await make(store, run_at_ms=2**42)
+    assert await store.redis.xlen(store.keys.queue("default")) == 0
+    moved, next_ms = await store.scripts.promote_due(
+        keys=[store.keys.delayed("default"), store.keys.queue("default")], args=[10]
+    )
+    assert moved == 0 and next_ms > 0
+
+
+async def test_cancel_pending_processing_and_other_owner(store: JobStore) -> None:
+    pending_id = await make(store)
+    with pytest.raises(JobNotFound):
+        await store.cancel(pending_id, "mallory", RETENTION)
+    cancelled = await store.cancel(pending_id, "alice", RETENTION)
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.error is not None and cancelled.error.type == "Cancelled"
+
+    assert await store.start(await take(store), "c1") is None  # its entry is skipped
+    pubsub = store.redis.pubsub()
+    await pubsub.subscribe(store.keys.cancel_channel)
+    await pubsub.get_message(timeout=1)
+    started, _ = await running(store)
+    job = await store.cancel(started.job.id, None, RETENTION)
+    assert job.status == JobStatus.PROCESSING and job.cancel_requested
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+    assert message is not None and message["data"].decode() == started.job.id
+    assert await store.progress(started.job.id, 1, 10) is True
+    await pubsub.aclose()
+
+
+async def test_reclaimed_entry_restarts_and_fences_the_old_attempt(store: JobStore) -> None:
+    old, delivery = await running(store)
+    await asyncio.sleep(0.01)
+    claimed = await store.scripts.reclaim(keys=[delivery.stream], args=[GROUP, "c2", 1, 10])
+    assert [c[0].decode() for c in claimed] == [delivery.entry_id]
+    assert int(claimed[0][2]) == 2
+    lost = await store.scripts.renew_leases(
+        keys=[delivery.stream], args=[GROUP, "c1", 0, delivery.entry_id]
+    )
+    assert [x.decode() for x in lost] == [delivery.entry_id]
+    new = await store.start(delivery, "c2")
+    assert new is not None and new.attempt == 2
+    with pytest.raises(StaleAttempt):
+        await store.progress(old.job.id, old.attempt, 50)
+    with pytest.raises(StaleAttempt):
+        await store.succeed(old, delivery, b"1", RETENTION)
+    assert await store.redis.xlen(delivery.stream) == 1
+    await store.succeed(new, delivery, b"1", RETENTION)
+    assert await store.redis.xlen(delivery.stream) == 0
+
+
+async def test_dead_letter_moves_the_entry_and_fails_the_job(store: JobStore) -> None:
+    started, delivery = await running(store)
+    assert await store.dead_letter(delivery, "c1", b"payload", 6, "alice", RETENTION)
+    job = await store.get(started.job.id)
+    assert job.status == JobStatus.FAILURE
+    assert job.error is not None and job.error.type == "DeliveryLimit"
+    dead: Any = await store.redis.xrange(store.keys.dead("default"))
+    assert len(dead) == 1 and dead[0][1][b"job"].decode() == job.id
+    assert await store.redis.xlen(delivery.stream) == 0
+
+
+def test_settings_read_the_environment() -> None:
+    settings = load_settings({"JOBSTREAM_PREFIX": "x:", "JOBSTREAM_LEASE_SECONDS": "2.5", "OTHER": "1"})
+    assert (settings.prefix, settings.lease_seconds) == ("x:", 2.5)
+    with pytest.raises(msgspec.ValidationError):
+        load_settings({"JOBSTREAM_LEASE_SECONDS": "soon"})
+    assert Settings().queues == ("default",)
