@@ -53,6 +53,8 @@ class JobExecutor:
     consumer: str
     running: dict[str, Running] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
+    # Cancel requests that arrived between a job's start script and its registration here.
+    early_cancels: dict[str, float] = field(default_factory=dict)
 
     async def run(self, delivery: Delivery) -> None:
         """Run the job a delivery names, from start to its final state."""
@@ -76,6 +78,9 @@ class JobExecutor:
         """Cancel a job running here (a cancel request arrived); False if not here."""
         running = self.running.get(job_id)
         if running is None:
+            now = time.monotonic()
+            self.early_cancels = {j: t for j, t in self.early_cancels.items() if now - t < 60}
+            self.early_cancels[job_id] = now
             return False
         running.ctx.request_cancel()
         return True
@@ -99,6 +104,8 @@ class JobExecutor:
         holder.append(task)
         running = Running(task, ctx, delivery)
         self.running[started.job.id] = running
+        if self.early_cancels.pop(started.job.id, None) is not None:
+            ctx.request_cancel()
         try:
             timed_out = not (await asyncio.wait({task}, timeout=spec.options.timeout))[0]
             if timed_out:

@@ -285,9 +285,7 @@ async def test_reclaimed_entry_restarts_and_fences_the_old_attempt(store: JobSto
     claimed = await store.scripts.reclaim(keys=[delivery.stream], args=[GROUP, "c2", 1, 10])
     assert [c[0].decode() for c in claimed] == [delivery.entry_id]
     assert int(claimed[0][2]) == 2
-    lost = await store.scripts.renew_leases(
-        keys=[delivery.stream], args=[GROUP, "c1", 0, delivery.entry_id]
-    )
+    lost = await store.scripts.renew_leases(keys=[delivery.stream], args=[GROUP, "c1", 0, delivery.entry_id])
     assert [x.decode() for x in lost] == [delivery.entry_id]
     new = await store.start(delivery, "c2")
     assert new is not None and new.attempt == 2

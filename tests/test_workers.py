@@ -1,0 +1,246 @@
+"""Workers that never lose or duplicate a job, with real worker processes on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from broker.models import Job, JobStatus
+from broker.queues import ensure_groups
+from broker.settings import load_settings
+from broker.store import GROUP, JobStore
+from tests.procs import start_worker, stop
+
+LEASE = 1.5
+MAX_DELIVERIES = 2
+
+
+@dataclass
+class Cluster:
+    """A test's store and the worker processes it started (all stopped at teardown)."""
+
+    store: JobStore
+    redis_url: str
+    prefix: str
+    log: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def worker(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        environ = {
+            "JOBSTREAM_LEASE_SECONDS": str(LEASE),
+            "JOBSTREAM_MAX_DELIVERIES": str(MAX_DELIVERIES),
+            "JOBSTREAM_TASK_MODULES": "workers.tasks,tests.worker_tasks",
+            **env,
+        }
+        proc = start_worker(self.redis_url, self.prefix, *args, env=environ, log=self.log)
+        self.workers.append(proc)
+        return proc
+
+    async def submit(self, task: str, data: dict[str, Any] | None = None, queue: str = "default") -> str:
+        job, _ = await self.store.create(
+            task=task, input_json=msgspec.json.encode(data or {}), owner="tester", queue=queue
+        )
+        return job.id
+
+    async def wait(self, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = await self.store.get(job_id)
+            if done(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job.status} after {timeout}s; log: {self.tail()}")
+            await asyncio.sleep(0.02)
+
+    async def count(self, key: str) -> int:
+        return int(await self.store.redis.get(key) or 0)
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:] if self.log.exists() else ""
+
+
+def ended(job: Job) -> bool:
+    return job.terminal
+
+
+def processing(job: Job) -> bool:
+    return job.status == JobStatus.PROCESSING
+
+
+@pytest.fixture
+async def cluster(redis: Redis, redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+    settings = load_settings({}, redis_url=redis_url, prefix=prefix)
+    store = JobStore(redis, settings)
+    await ensure_groups(redis, store.keys, ["default", "video"])
+    c = Cluster(store, redis_url, prefix, tmp_path / "workers.log")
+    try:
+        yield c
+    finally:
+        for proc in c.workers:
+            stop(proc, signal.SIGKILL)
+
+
+def key() -> str:
+    return f"k{uuid.uuid4().hex[:8]}"
+
+
+async def worker_pid(store: JobStore, job_id: str) -> int:
+    consumer: Any = await store.redis.hget(store.keys.job(job_id), "worker")
+    return int(consumer.decode().rsplit("-", 2)[1])
+
+
+@pytest.mark.timeout(60)
+async def test_sigkill_mid_job_restarts_it_elsewhere_never_concurrently(cluster: Cluster) -> None:
+    first, second = cluster.worker(), cluster.worker()
+    k = f"{cluster.prefix}{key()}"
+    job_id = await cluster.submit("test.counted", {"key": k, "seconds": 3})
+    await cluster.wait(job_id, processing, 20)
+    victim = await worker_pid(cluster.store, job_id)
+    stop(first if first.pid == victim else second, signal.SIGKILL)
+    killed_at = time.time()
+    job = await cluster.wait(job_id, ended, LEASE + 5 + 3)
+    assert job.status == JobStatus.SUCCESS, job.error
+    assert job.attempts == 2
+    assert await cluster.count(f"{k}:runs") == 2
+    starts = [float(x) for x in await cluster.store.redis.lrange(f"{k}:starts", 0, -1)]
+    assert starts[1] > killed_at  # the second run began only once the first was dead
+    assert job.started_at is not None and job.completed_at is not None
+    assert job.completed_at.timestamp() - killed_at < LEASE + 5 + 3
+    assert await worker_pid(cluster.store, job_id) != victim
+
+
+@pytest.mark.timeout(60)
+async def test_a_job_longer_than_five_leases_runs_once(cluster: Cluster) -> None:
+    cluster.worker()
+    cluster.worker()
+    k = f"{cluster.prefix}{key()}"
+    job_id = await cluster.submit("test.counted", {"key": k, "seconds": 5 * LEASE})
+    job = await cluster.wait(job_id, ended, 5 * LEASE + 15)
+    assert job.status == JobStatus.SUCCESS
+    assert job.attempts == 1
+    assert await cluster.count(f"{k}:runs") == 1
+
+
+@pytest.mark.timeout(120)
+async def test_two_thousand_noops_over_three_workers_run_once_each(cluster: Cluster) -> None:
+    ids = [await cluster.submit("demo.noop") for _ in range(2000)]
+    for _ in range(3):
+        cluster.worker()
+    store = cluster.store
+    deadline = time.monotonic() + 90
+    while await store.redis.scard(store.keys.owner_active("tester")) > 0:
+        assert time.monotonic() < deadline, cluster.tail()
+        await asyncio.sleep(0.1)
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(store.keys.job(job_id), "status", "attempts")
+        rows = await pipe.execute()
+    assert {(status, attempts) for status, attempts in rows} == {(b"SUCCESS", b"1")}
+    assert await store.redis.xlen(store.keys.queue("default")) == 0
+    pending: Any = await store.redis.xpending(store.keys.queue("default"), GROUP)
+    assert pending["pending"] == 0
+
+
+@pytest.mark.timeout(90)
+async def test_a_message_that_kills_its_worker_ends_in_the_dead_stream(cluster: Cluster) -> None:
+    k = f"{cluster.prefix}{key()}"
+    job_id = await cluster.submit("test.crash", {"key": k})
+    deadline = time.monotonic() + 60
+    while not (job := await cluster.store.get(job_id)).terminal:
+        assert time.monotonic() < deadline, cluster.tail()
+        if all(proc.poll() is not None for proc in cluster.workers):
+            cluster.worker()  # the operator's restart policy
+        await asyncio.sleep(0.05)
+    assert job.status == JobStatus.FAILURE
+    assert job.error is not None and job.error.type == "DeliveryLimit"
+    assert await cluster.count(f"{k}:runs") == MAX_DELIVERIES
+    dead: Any = await cluster.store.redis.xrange(cluster.store.keys.dead("default"))
+    assert [entry[1][b"job"].decode() for entry in dead] == [job_id]
+    assert await cluster.store.redis.xlen(cluster.store.keys.queue("default")) == 0
+
+
+@pytest.mark.timeout(60)
+async def test_retries_back_off_exponentially_then_succeed(cluster: Cluster) -> None:
+    cluster.worker()
+    k = f"{cluster.prefix}{key()}"
+    job_id = await cluster.submit("test.flaky", {"key": k, "fails": 2})
+    seen_pending_with_error = await cluster.wait(
+        job_id, lambda j: j.status == JobStatus.PENDING and j.error is not None, 20
+    )
+    assert seen_pending_with_error.error is not None
+    assert seen_pending_with_error.error.type == "RuntimeError"
+    assert seen_pending_with_error.run_at is not None
+    job = await cluster.wait(job_id, ended, 30)
+    assert job.status == JobStatus.SUCCESS and job.attempts == 3
+    starts = [float(x) for x in await cluster.store.redis.lrange(f"{k}:starts", 0, -1)]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # backoff 0.4 s * 2**(attempt-1), jittered down to half at most
+    assert gaps[0] >= 0.2 - 0.05 and gaps[1] >= 0.4 - 0.05
+
+
+@pytest.mark.timeout(60)
+async def test_timeout_fails_the_job_and_stops_its_code(cluster: Cluster) -> None:
+    cluster.worker()
+    k = f"{cluster.prefix}{key()}"
+    job_id = await cluster.submit("test.slow", {"key": k, "seconds": 1.5})
+    job = await cluster.wait(job_id, ended, 20)
+    assert job.status == JobStatus.FAILURE
+    assert job.error is not None and job.error.type == "Timeout"
+    await asyncio.sleep(1.5)  # the task would have finished by now had it not been stopped
+    assert await cluster.count(f"{k}:finished") == 0
+
+
+@pytest.mark.timeout(60)
+async def test_cancel_a_running_job_stops_it_within_a_second(cluster: Cluster) -> None:
+    cluster.worker()
+    job_id = await cluster.submit("demo.sleep", {"seconds": 20, "steps": 200})
+    await cluster.wait(job_id, lambda j: j.progress > 0, 20)
+    asked = time.monotonic()
+    job = await cluster.store.cancel(job_id, None, 600)
+    assert job.cancel_requested
+    job = await cluster.wait(job_id, ended, 1.0)
+    assert job.status == JobStatus.CANCELLED
+    assert time.monotonic() - asked < 1.0
+    version = job.version
+    await asyncio.sleep(0.5)  # two progress steps' worth: none may come
+    assert (await cluster.store.get(job_id)).version == version
+    assert await cluster.store.redis.xlen(cluster.store.keys.queue("default")) == 0
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_lets_the_running_job_finish(cluster: Cluster) -> None:
+    proc = cluster.worker()
+    job_id = await cluster.submit("demo.sleep", {"seconds": 2, "steps": 4})
+    await cluster.wait(job_id, processing, 20)
+    consumer: Any = await cluster.store.redis.hget(cluster.store.keys.job(job_id), "worker")
+    heartbeat = cluster.store.keys.worker(consumer.decode())
+    assert await cluster.store.redis.hget(heartbeat, "pid") == str(proc.pid).encode()
+    proc.send_signal(signal.SIGTERM)
+    job = await cluster.wait(job_id, ended, 20)
+    assert job.status == JobStatus.SUCCESS and job.attempts == 1
+    assert proc.wait(20) == 0
+    assert not await cluster.store.redis.exists(heartbeat)
+
+
+@pytest.mark.timeout(60)
+async def test_named_queues_scale_separately(cluster: Cluster) -> None:
+    k = f"{cluster.prefix}{key()}"
+    cluster.worker()  # default queue only
+    video_id = await cluster.submit("test.video", {"key": k}, queue="video")
+    noop_id = await cluster.submit("demo.noop")
+    await cluster.wait(noop_id, ended, 20)
+    assert (await cluster.store.get(video_id)).status == JobStatus.PENDING
+    cluster.worker("--queues", "video")
+    job = await cluster.wait(video_id, ended, 20)
+    assert job.status == JobStatus.SUCCESS

@@ -1,0 +1,80 @@
+"""Tasks that only the worker tests load (``JOBSTREAM_TASK_MODULES=workers.tasks,tests.worker_tasks``).
+
+They count what they do in Redis, from inside the task, so a test can tell how often
+and how concurrently a job's code really ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import msgspec
+from redis.asyncio import Redis
+
+from broker.settings import load_settings
+from broker.tasks import JobContext, task
+
+_redis: Redis | None = None
+
+
+def redis() -> Redis:
+    global _redis  # noqa: PLW0603 - one client per worker process
+    if _redis is None:
+        _redis = Redis.from_url(load_settings().redis_url)
+    return _redis
+
+
+class Counted(msgspec.Struct):
+    key: str
+    seconds: float = 0.0
+
+
+class Flaky(msgspec.Struct):
+    key: str
+    fails: int
+
+
+@task("test.counted")
+async def counted(ctx: JobContext, data: Counted) -> int:
+    """Counts its runs, when each started, and whether two live runs ever overlapped."""
+    r = redis()
+    await r.incr(f"{data.key}:runs")
+    if await r.incr(f"{data.key}:running") > 1:
+        await r.incr(f"{data.key}:overlap")
+    await r.rpush(f"{data.key}:starts", repr(time.time()))
+    try:
+        await asyncio.sleep(data.seconds)
+    finally:
+        await r.decr(f"{data.key}:running")
+    return ctx.attempt
+
+
+@task("test.crash")
+async def crash(ctx: JobContext, data: Counted) -> None:
+    """Kills its worker process every time, as a segfaulting library would."""
+    await redis().incr(f"{data.key}:runs")
+    os._exit(17)
+
+
+@task("test.flaky", retries=3, backoff=0.4)
+async def flaky(ctx: JobContext, data: Flaky) -> int:
+    """Fails its first ``fails`` attempts, recording when each attempt started."""
+    await redis().rpush(f"{data.key}:starts", repr(time.time()))
+    if ctx.attempt <= data.fails:
+        raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
+    return ctx.attempt
+
+
+@task("test.slow", timeout=0.5)
+async def slow(ctx: JobContext, data: Counted) -> None:
+    """Runs past its 0.5 s timeout."""
+    await asyncio.sleep(data.seconds)
+    await redis().incr(f"{data.key}:finished")
+
+
+@task("test.video", queue="video")
+async def video(ctx: JobContext, data: Counted) -> str:
+    """Lives on the ``video`` queue: only workers started for that queue run it."""
+    return "rendered"
