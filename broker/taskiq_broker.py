@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -133,11 +134,12 @@ class JobBroker(RedisStreamBroker):
     async def shutdown(self) -> None:
         """Stop what still runs, hand its entries back for prompt reclaim, then close."""
         if self.executor is not None and self._redis is not None:
+            held = {stream: set(ids) for stream, ids in self.inflight.items()}
             for job_id in list(self.executor.running):
                 self.executor.abandon(job_id)
-            await asyncio.sleep(0)
             with contextlib.suppress(Exception):
-                await self._renew(idle_ms=int(self.settings.lease_seconds * 1000) * 10)
+                # An idle time far past the lease: the next reclaim anywhere takes them.
+                await self._renew(held, idle_ms=int(self.settings.lease_seconds * 1000) * 10)
                 await self._redis.delete(self.keys.worker(self.consumer_name))
         for task in self._background:
             task.cancel()
@@ -245,7 +247,7 @@ class JobBroker(RedisStreamBroker):
         """Renew held entries and refresh the heartbeat every lease/3."""
         while True:
             try:
-                await self._renew(idle_ms=0)
+                await self._renew(self.inflight, idle_ms=0)
                 await self._heartbeat()
             except asyncio.CancelledError:
                 raise
@@ -253,14 +255,14 @@ class JobBroker(RedisStreamBroker):
                 log.exception("lease renewal failed; retrying")
             await asyncio.sleep(self.settings.lease_seconds / 3)
 
-    async def _renew(self, idle_ms: int) -> None:
+    async def _renew(self, entries: dict[str, set[str]], idle_ms: int) -> None:
         assert self.executor is not None and self._redis is not None
         scripts = self.executor.store.scripts
-        for stream, held in self.inflight.items():
+        for stream, held in list(entries.items()):
             if not held:
                 continue
             lost = await scripts.renew_leases(
-                keys=[stream], args=[GROUP, self.consumer_name, idle_ms, *held], client=self._redis
+                keys=[stream], args=[GROUP, self.consumer_name, idle_ms, *list(held)], client=self._redis
             )
             for entry_id in lost:
                 self._lost(stream, entry_id.decode())
@@ -326,3 +328,58 @@ class JobBroker(RedisStreamBroker):
             except Exception:
                 log.exception("cancel listener lost its connection; reconnecting")
                 await asyncio.sleep(1)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def kick(self, message: BrokerMessage) -> None:
+        """Turn a message sent through Taskiq (the scheduler, ``task.kiq()``) into a job.
+
+        Workers run jobs, not bare messages: every entry of a queue stream belongs to a job
+        record. So instead of adding the Taskiq message to a stream as stock taskiq-redis
+        does, this creates a PENDING job whose input is the message's kwargs (or its one
+        positional argument), validated by the task's input type. Labels: ``owner`` (default
+        ``scheduler``), ``idempotency_key`` (one job per key and owner), ``delay`` (seconds).
+        Raises ``UnknownTask``, ``msgspec.ValidationError`` or ``QuotaExceeded``.
+        """
+        sent = _sent_decoder.decode(message.message)
+        spec = self.registry.get(sent.task_name)
+        input_json = _kick_input(sent)
+        spec.decode_input(input_json)
+        labels = message.labels
+        delay = float(labels.get("delay") or 0)
+        await self._kick_store.create(
+            task=spec.name,
+            input_json=input_json,
+            owner=str(labels.get("owner") or KICK_OWNER),
+            queue=spec.options.queue or self.settings.default_queue,
+            idempotency_key=str(labels["idempotency_key"]) if labels.get("idempotency_key") else None,
+            run_at_ms=int((time.time() + delay) * 1000) if delay > 0 else 0,
+        )
+
+    @functools.cached_property
+    def _kick_store(self) -> JobStore:
+        return JobStore(Redis(connection_pool=self.connection_pool), self.settings)
+
+
+KICK_OWNER = "scheduler"
+"""Who owns a job created by ``JobBroker.kick`` when its message has no ``owner`` label."""
+
+
+class _Sent(msgspec.Struct):
+    """The part of a Taskiq message (``JobFormatter.dumps``) that ``kick`` reads."""
+
+    task_name: str
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+
+
+_sent_decoder = msgspec.json.Decoder(_Sent)
+
+
+def _kick_input(sent: _Sent) -> bytes:
+    """A kicked task's input as JSON: its kwargs, its one positional argument, or ``{}``."""
+    if (sent.args and sent.kwargs) or len(sent.args) > 1:
+        raise msgspec.ValidationError(
+            f"{sent.task_name}: pass the input as keyword arguments or as one positional argument"
+        )
+    return msgspec.json.encode(sent.args[0] if sent.args else sent.kwargs)

@@ -245,3 +245,21 @@ async def test_named_queues_scale_separately(cluster: Cluster) -> None:
     cluster.worker("--queues", "video")
     job = await cluster.wait(video_id, ended, 20)
     assert job.status == JobStatus.SUCCESS
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_past_the_grace_hands_the_job_back_at_once(cluster: Cluster) -> None:
+    lease = {"JOBSTREAM_LEASE_SECONDS": "9"}
+    leaving = cluster.worker("--grace", "0.3", **lease)
+    k = f"{cluster.prefix}{key()}"
+    job_id = await cluster.submit("test.counted", {"key": k, "seconds": 4})
+    await cluster.wait(job_id, processing, 20)
+    cluster.worker(**lease)
+    stopped_at = time.monotonic()
+    leaving.send_signal(signal.SIGTERM)
+    assert leaving.wait(20) == 0
+    # handed back, not left to expire: restarted well within one 9 s lease
+    await cluster.wait(job_id, lambda j: j.attempts == 2, 9)
+    assert time.monotonic() - stopped_at < 9
+    job = await cluster.wait(job_id, ended, 20)
+    assert job.status == JobStatus.SUCCESS
