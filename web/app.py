@@ -1,0 +1,64 @@
+"""The Litestar app: ``web.app:app`` for an ASGI server, :func:`create_app` for tests and mounts.
+
+``app`` is built on first access from the ``JOBSTREAM_*`` environment, so importing this
+module never fails; a misconfiguration (JWT auth without a secret) fails when the server
+loads ``app``, before it serves anything.
+"""
+
+from __future__ import annotations
+
+import re
+
+from litestar import Litestar, Router
+
+from broker.settings import Settings, load_settings
+from broker.tasks import load_task_modules
+from web.auth import auth_hook
+from web.jobs import JobController
+from web.openapi import RawDefaultStructSchemaPlugin, RawJsonSchemaPlugin, openapi_config
+from web.ops import healthz, index, readyz
+from web.problems import EXCEPTION_HANDLERS
+from web.resources import dependencies, lifespan
+from web.tasks import list_tasks
+
+
+def normalize_prefix(path_prefix: str) -> str:
+    """``"api/v1/"`` -> ``"/api/v1"``; ``""`` or ``"/"`` -> ``""`` (no prefix)."""
+    stripped = path_prefix.strip().strip("/")
+    return f"/{stripped}" if stripped else ""
+
+
+def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Litestar:
+    """Build the app; every route (docs and health included) lives under ``path_prefix``.
+
+    Loads the task modules named by ``settings.task_modules`` so the app can validate
+    inputs and list task types; it never runs tasks.
+    """
+    settings = settings or load_settings()
+    prefix = normalize_prefix(path_prefix)
+    load_task_modules(settings.task_modules)
+    docs_path = f"{prefix}/schema"
+    api = Router(path=prefix or "/", route_handlers=[JobController, list_tasks, healthz, readyz, index])
+    return Litestar(
+        route_handlers=[api],
+        dependencies=dependencies(settings),
+        lifespan=[lifespan(settings)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        on_app_init=[auth_hook(settings, exclude=[f"^{re.escape(docs_path)}(/|$)"])],
+        openapi_config=openapi_config(docs_path),
+        plugins=[RawJsonSchemaPlugin(), RawDefaultStructSchemaPlugin()],
+        request_max_body_size=settings.max_body_bytes,
+    )
+
+
+_app: Litestar | None = None
+
+
+def __getattr__(name: str) -> Litestar:
+    """``web.app.app``: built once, on first access, from the environment."""
+    global _app  # noqa: PLW0603 - the module-level app is a lazily built singleton
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        _app = create_app()
+    return _app

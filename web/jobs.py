@@ -1,0 +1,193 @@
+"""``/jobs``: create, read, list, fetch the result of, and cancel jobs.
+
+Another owner's job is a 404 on every route (``JobStore.get`` with the caller's scope);
+an admin's scope is everyone's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
+
+from broker.models import Job, JobStatus
+from broker.settings import Settings
+from broker.store import JobStore
+from broker.tasks import registry
+from web.auth import User
+from web.creation import decode_body, due_ms, validated_input
+from web.openapi import CreateJobOperation, problem_responses
+from web.problems import ProblemError, job_ended, problem
+from web.schemas import JobPage, JobResult
+
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Same owner + same key returns the first job (200) instead of creating another.",
+    ),
+]
+IfNoneMatch = Annotated[str | None, HeaderParameter(name="If-None-Match", description="a previous ETag")]
+Store = NamedDependency[JobStore]
+Config = NamedDependency[Settings]
+Caller = NamedDependency[User]
+
+
+def job_headers(job: Job, settings: Settings) -> dict[str, str]:
+    """ETag, no-cache, and a ``Retry-After`` polling hint while the job is still active."""
+    headers = {"ETag": job.etag, "Cache-Control": "no-cache"}
+    if not job.terminal:
+        headers["Retry-After"] = str(settings.poll_retry_after_seconds)
+    return headers
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, as RFC 9110 asks)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+def not_modified(headers: dict[str, str]) -> Response[Any]:
+    """304: no body, the same validators and hints as the 200 would have."""
+    return Response(None, status_code=304, headers=headers)
+
+
+def creation_body(job: Job) -> Job:
+    """What ``POST /jobs`` answers: the job (the SSE work adds its ``stream_token`` here)."""
+    return job
+
+
+def retention_for(task_type: str, settings: Settings) -> int:
+    """How long a job of ``task_type`` is kept once it ends: the task's option, else the default."""
+    if task_type in registry:
+        retention = registry.get(task_type).options.retention
+        if retention is not None:
+            return retention
+    return settings.retention_seconds
+
+
+def listing_owner(caller: User, owner: str | None) -> str:
+    """Whose jobs ``GET /jobs`` lists: the caller's, or (admins only) the one asked for."""
+    if owner is None or owner == caller.id:
+        return caller.id
+    if caller.admin:
+        return owner
+    raise ProblemError(problem(403, "forbidden", "only an admin may list another owner's jobs"))
+
+
+class JobController(Controller):
+    """The job routes; each one is a thin call into ``JobStore``."""
+
+    path = "/jobs"
+    tags = ["jobs"]
+
+    @post(
+        "/",
+        status_code=202,
+        operation_class=CreateJobOperation,
+        responses=problem_responses(400, 401, 404, 413, 422, 429),
+        summary="Create a job",
+    )
+    async def create_job(
+        self,
+        request: Request[User, Any, Any],
+        store: Store,
+        settings: Config,
+        caller: Caller,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[Job]:
+        """Validate, then queue the job: 202 and ``Location``.
+
+        A replayed ``Idempotency-Key`` (same owner) answers 200 with the job the key first
+        created, whatever the new body asks (it is still validated first).
+        """
+        body = decode_body(await request.body())
+        spec = registry.get(body.type)
+        input_json = validated_input(spec, body.input)
+        run_at_ms = await due_ms(body, store.redis, settings)
+        job, created = await store.create(
+            task=spec.name,
+            input_json=input_json,
+            owner=caller.id,
+            queue=spec.options.queue or settings.default_queue,
+            idempotency_key=idempotency_key,
+            run_at_ms=run_at_ms,
+        )
+        headers = job_headers(job, settings)
+        headers["Location"] = request.app.route_reverse("get_job", job_id=job.id)
+        return Response(creation_body(job), status_code=202 if created else 200, headers=headers)
+
+    @get(
+        "/{job_id:str}",
+        name="get_job",
+        responses={304: ResponseSpec(None, description="Not Modified"), **problem_responses(400, 401, 404)},
+        summary="Get a job",
+    )
+    async def get_job(
+        self,
+        job_id: FromPath[str],
+        store: Store,
+        settings: Config,
+        caller: Caller,
+        if_none_match: IfNoneMatch = None,
+    ) -> Response[Job]:
+        """The job's current state; 304 when ``If-None-Match`` holds its current ETag."""
+        job = await store.get(job_id, caller.scope)
+        headers = job_headers(job, settings)
+        if etag_matches(if_none_match, job.etag):
+            return not_modified(headers)
+        return Response(job, headers=headers)
+
+    @get("/", responses=problem_responses(400, 401, 403), summary="List jobs")
+    async def list_jobs(
+        self,
+        store: Store,
+        caller: Caller,
+        status: FromQuery[JobStatus | None] = None,
+        task_type: Annotated[str | None, QueryParameter(name="type", max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,15}$")] = None,
+        owner: Annotated[str | None, QueryParameter(description="another owner's jobs (admins only)")] = None,
+    ) -> Response[JobPage]:
+        """The owner's jobs, newest first, filtered by ``status`` and ``type``."""
+        page = await store.list(
+            listing_owner(caller, owner), status=status, task=task_type, limit=limit, cursor=cursor
+        )
+        return Response(JobPage(page.jobs, page.cursor), headers={"Cache-Control": "no-cache"})
+
+    @get(
+        "/{job_id:str}/result", responses=problem_responses(400, 401, 404, 409), summary="Get a job's result"
+    )
+    async def job_result(
+        self, job_id: FromPath[str], store: Store, settings: Config, caller: Caller
+    ) -> Response[JobResult]:
+        """200 with the result on SUCCESS; 202 while active; 409 with the error on FAILURE or CANCELLED."""
+        job = await store.get(job_id, caller.scope)
+        if job.status is JobStatus.SUCCESS:
+            return Response(JobResult(job.id, job.status, job.result), headers={"Cache-Control": "no-cache"})
+        if job.terminal:
+            raise job_ended(job)
+        headers = {"Cache-Control": "no-cache", "Retry-After": str(settings.poll_retry_after_seconds)}
+        return Response(JobResult(job.id, job.status, None), status_code=202, headers=headers)
+
+    @post(
+        "/{job_id:str}/cancel",
+        status_code=200,
+        responses=problem_responses(400, 401, 404, 409),
+        summary="Cancel a job",
+    )
+    async def cancel_job(
+        self, job_id: FromPath[str], store: Store, settings: Config, caller: Caller
+    ) -> Response[Job]:
+        """CANCELLED at once if PENDING; if PROCESSING, ``cancel_requested`` and its worker stops it."""
+        job = await store.get(job_id, caller.scope)
+        job = await store.cancel(job_id, caller.scope, retention_for(job.type, settings))
+        return Response(job, headers=job_headers(job, settings))
