@@ -1,0 +1,138 @@
+"""A Python client for the jobstream HTTP API: submit a job, then follow it.
+
+``follow`` takes the server-sent events stream when it can and falls back to polling
+``GET /jobs/{id}`` with ``If-None-Match`` and the server's ``Retry-After`` when it cannot
+(an old proxy, a stream that keeps dropping), so callers see the same sequence of states
+either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Self
+
+import httpx
+import msgspec
+from httpx_sse import SSEError, aconnect_sse
+
+from broker.errors import JobstreamError
+from broker.models import Job
+
+log = logging.getLogger("jobstream.client")
+_decode_job = msgspec.json.Decoder(Job).decode
+
+
+class ApiError(JobstreamError):
+    """The server answered with a problem (RFC 9457) or an unexpected status."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+
+
+class JobstreamClient:
+    """Async client of one jobstream server; use it as ``async with JobstreamClient(url) as c``."""
+
+    def __init__(
+        self, base_url: str, token: str | None = None, *, timeout: float = 30.0, use_sse: bool = True
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.use_sse = use_sse
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self._http.aclose()
+
+    async def submit(
+        self,
+        task: str,
+        data: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        delay_seconds: float | None = None,
+    ) -> Job:
+        """Create a job (``POST /jobs``) and return it as the server recorded it."""
+        body: dict[str, Any] = {"type": task, "input": {} if data is None else data}
+        if delay_seconds is not None:
+            body["delay_seconds"] = delay_seconds
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = await self._http.post(
+            "/jobs",
+            content=msgspec.json.encode(body),
+            headers={"Content-Type": "application/json", **headers},
+        )
+        return _decode_job(_checked(response).content)
+
+    async def get(self, job_id: str) -> Job:
+        """The job's current state."""
+        return _decode_job(_checked(await self._http.get(f"/jobs/{job_id}")).content)
+
+    async def cancel(self, job_id: str) -> Job:
+        """Ask to cancel the job; returns its state right after the request."""
+        return _decode_job(_checked(await self._http.post(f"/jobs/{job_id}/cancel")).content)
+
+    async def follow(self, job_id: str) -> AsyncIterator[Job]:
+        """Every state of the job from now until it ends (SSE, else polling); newest wins."""
+        last = 0
+        if self.use_sse:
+            try:
+                async for job in self._sse(job_id):
+                    last = job.version
+                    yield job
+                    if job.terminal:
+                        return
+            except (httpx.TransportError, SSEError, ApiError) as exc:
+                log.info("SSE unavailable for job %s (%s); polling instead", job_id, exc)
+        async for job in self._poll(job_id, after=last):
+            yield job
+
+    async def wait(self, job_id: str) -> Job:
+        """Follow the job to its end and return its final state."""
+        final: Job | None = None
+        async for job in self.follow(job_id):
+            final = job
+        assert final is not None
+        return final
+
+    async def _sse(self, job_id: str) -> AsyncIterator[Job]:
+        async with aconnect_sse(self._http, "GET", f"/jobs/{job_id}/events", timeout=None) as source:
+            if source.response.status_code == 204:
+                return
+            _checked(source.response)
+            async for event in source.aiter_sse():
+                if event.event == "job":
+                    yield _decode_job(event.data)
+
+    async def _poll(self, job_id: str, after: int) -> AsyncIterator[Job]:
+        etag: str | None = None
+        while True:
+            headers = {"If-None-Match": etag} if etag else {}
+            response = await self._http.get(f"/jobs/{job_id}", headers=headers)
+            if response.status_code != 304:
+                job = _decode_job(_checked(response).content)
+                etag = response.headers.get("ETag")
+                if job.version > after:
+                    after = job.version
+                    yield job
+                if job.terminal:
+                    return
+            await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        detail = response.text
+        if response.headers.get("content-type", "").startswith("application/problem+json"):
+            problem = msgspec.json.decode(response.content)
+            detail = str(problem.get("detail") or problem.get("title") or detail)
+        raise ApiError(response.status_code, detail)
+    return response
