@@ -46,7 +46,7 @@ class Job(msgspec.Struct, kw_only=True):
     progress: float = 0.0
     message: str | None = None
     eta_seconds: float | None = None
-    input: msgspec.Raw = msgspec.Raw(b"null")
+    input: msgspec.Raw
     result: msgspec.Raw | None = None
     error: JobError | None = None
     owner: str

@@ -315,3 +315,33 @@ def test_settings_read_the_environment() -> None:
     with pytest.raises(msgspec.ValidationError):
         load_settings({"JOBSTREAM_LEASE_SECONDS": "soon"})
     assert Settings().queues == ("default",)
+
+
+async def test_listing_pages_are_stable_while_jobs_are_created(store: JobStore) -> None:
+    store.settings = load_settings({}, prefix=store.settings.prefix, max_active_per_owner=0)
+    for _ in range(23):
+        await make(store)
+    seen: list[str] = []
+    page = await store.list("alice", limit=5)
+    while True:
+        seen += [job.id for job in page.jobs]
+        await make(store)  # a newer job must not shift the next page
+        if page.cursor is None:
+            break
+        page = await store.list("alice", limit=5, cursor=page.cursor)
+    assert len(seen) == len(set(seen)) == 23
+    rows: Any = await store.redis.zrange(store.keys.owner_jobs("alice"), 0, -1, withscores=True)
+    by_id = {member.decode(): score for member, score in rows}
+    keys = [(by_id[i], i) for i in seen]
+    assert keys == sorted(keys, reverse=True)
+
+
+async def test_listing_filters_and_skips_expired_records(store: JobStore) -> None:
+    ids = [await make(store) for _ in range(3)]
+    await store.redis.delete(store.keys.job(ids[1]))
+    await store.cancel(ids[0], "alice", RETENTION)
+    page = await store.list("alice", status=JobStatus.PENDING)
+    assert [job.id for job in page.jobs] == [ids[2]]
+    assert [job.id for job in (await store.list("alice")).jobs] == [ids[2], ids[0]]
+    with pytest.raises(ValueError, match="cursor"):
+        await store.list("alice", cursor="12")

@@ -15,7 +15,7 @@ from broker.settings import Settings, load_settings
 from broker.tasks import load_task_modules
 from web.auth import auth_hook
 from web.jobs import JobController
-from web.openapi import RawDefaultStructSchemaPlugin, RawJsonSchemaPlugin, openapi_config
+from web.openapi import RawJsonSchemaPlugin, openapi_config
 from web.ops import healthz, index, readyz
 from web.problems import EXCEPTION_HANDLERS
 from web.resources import dependencies, lifespan
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth_hook(settings, exclude=[f"^{re.escape(docs_path)}(/|$)"])],
         openapi_config=openapi_config(docs_path),
-        plugins=[RawJsonSchemaPlugin(), RawDefaultStructSchemaPlugin()],
+        plugins=[RawJsonSchemaPlugin()],
         request_max_body_size=settings.max_body_bytes,
     )
 

@@ -154,7 +154,7 @@ class JobController(Controller):
         status: FromQuery[JobStatus | None] = None,
         task_type: Annotated[str | None, QueryParameter(name="type", max_length=200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        cursor: Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,15}$")] = None,
+        cursor: Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,15}\.[0-9a-f-]{36}$")] = None,
         owner: Annotated[str | None, QueryParameter(description="another owner's jobs (admins only)")] = None,
     ) -> Response[JobPage]:
         """The owner's jobs, newest first, filtered by ``status`` and ``type``."""

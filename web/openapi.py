@@ -12,7 +12,6 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.plugins import OpenAPISchemaPlugin
-from litestar.types import Empty
 from litestar.typing import FieldDefinition
 
 from web.problems import PROBLEM_JSON, Problem
@@ -27,47 +26,6 @@ class RawJsonSchemaPlugin(OpenAPISchemaPlugin):
 
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
         return Schema(description="any JSON value")
-
-
-class RawDefaultStructSchemaPlugin(OpenAPISchemaPlugin):
-    """Documents Structs with a ``msgspec.Raw`` default (``Job.input``).
-
-    Litestar's own Struct plugin puts each default in a set, and ``Raw`` is unhashable;
-    this one describes such a default as absent and the rest as Litestar would.
-    """
-
-    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
-        return (
-            not field_definition.is_union
-            and field_definition.is_subclass_of(msgspec.Struct)
-            and any(isinstance(f.default, msgspec.Raw) for f in _struct_fields(field_definition.type_))
-        )
-
-    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
-        hints = field_definition.get_type_hints(include_extras=True, resolve_generics=True)
-        fields = _struct_fields(field_definition.type_)
-        properties = {
-            f.encode_name: FieldDefinition.from_annotation(
-                hints[f.name], name=f.encode_name, default=_documented_default(f.default)
-            )
-            for f in fields
-        }
-        required = sorted(f.encode_name for f in fields if f.required)
-        schema: Schema = schema_creator.create_component_schema(
-            field_definition, required=required, property_fields=properties
-        )
-        return schema
-
-
-def _struct_fields(struct_type: Any) -> tuple[msgspec.inspect.Field, ...]:
-    info = msgspec.inspect.type_info(struct_type)
-    return info.fields if isinstance(info, msgspec.inspect.StructType) else ()
-
-
-def _documented_default(default: Any) -> Any:
-    if isinstance(default, msgspec.Raw) or default is msgspec.NODEFAULT or default is msgspec.UNSET:
-        return Empty
-    return default
 
 
 _CREATE_JOB_SCHEMA = Schema(
