@@ -20,6 +20,10 @@ SCRIPT_NAMES = (
     "reclaim",
     "renew_leases",
     "promote_due",
+    "claim_tick",
+    "reap_job",
+    "drop_idempotency",
+    "expire_heartbeat",
 )
 
 
@@ -45,6 +49,10 @@ class Scripts:
     reclaim: AsyncScript
     renew_leases: AsyncScript
     promote_due: AsyncScript
+    claim_tick: AsyncScript
+    reap_job: AsyncScript
+    drop_idempotency: AsyncScript
+    expire_heartbeat: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:
