@@ -78,6 +78,26 @@ class Keys:
         return f"{self.prefix}owner:*:jobs"
 
     @property
+    def owner_active_pattern(self) -> str:
+        """SCAN pattern over owner active-job sets."""
+        return f"{self.prefix}owner:*:active"
+
+    @property
+    def dead_pattern(self) -> str:
+        """SCAN pattern over dead-letter streams."""
+        return f"{self.prefix}queue:*:dead"
+
+    @property
+    def idempotency_pattern(self) -> str:
+        """SCAN pattern over idempotency keys."""
+        return f"{self.prefix}idem:*"
+
+    @property
+    def schedule_prefix(self) -> str:
+        """Prefix of the runtime schedule source's keys (taskiq-redis formats the rest)."""
+        return f"{self.prefix}schedule"
+
+    @property
     def cancel_channel(self) -> str:
         """Channel on which cancel requests for running jobs reach the workers."""
         return f"{self.prefix}cancel"

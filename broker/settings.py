@@ -9,6 +9,7 @@ from typing import Literal
 import msgspec
 
 AuthMode = Literal["jwt", "none"]
+ReapPending = Literal["resend", "fail"]
 
 _ENV_PREFIX = "JOBSTREAM_"
 
@@ -52,12 +53,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Scheduler.
     cleanup_interval_seconds: int = 60
     dead_retention_seconds: int = 7 * 86_400
+    # The reaper: how often it looks for lost jobs, and what it does with a PENDING job
+    # whose message is gone ("resend": a new dispatch; "fail": FAILURE with a Lost error).
+    reaper_interval_seconds: int = 30
+    reap_pending: ReapPending = "resend"
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:
             raise msgspec.ValidationError("lease_seconds must be positive")
         if self.max_deliveries < 1:
             raise msgspec.ValidationError("max_deliveries must be at least 1")
+        if self.cleanup_interval_seconds < 1 or self.reaper_interval_seconds < 1:
+            raise msgspec.ValidationError("scheduler intervals must be at least 1 second")
 
     @property
     def queues(self) -> tuple[str, ...]:
