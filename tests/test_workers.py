@@ -107,6 +107,10 @@ async def test_sigkill_mid_job_restarts_it_elsewhere_never_concurrently(cluster:
     k = f"{cluster.prefix}{key()}"
     job_id = await cluster.submit("test.counted", {"key": k, "seconds": 3})
     await cluster.wait(job_id, processing, 20)
+    deadline = time.monotonic() + 10
+    while not await cluster.store.redis.llen(f"{k}:starts"):  # the task's code is running
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
     victim = await worker_pid(cluster.store, job_id)
     stop(first if first.pid == victim else second, signal.SIGKILL)
     killed_at = time.time()
