@@ -1,0 +1,259 @@
+"""``cost``: Redis commands, round trips and memory per noop job lifecycle.
+
+N ``demo.noop`` jobs are created one at a time by a creator process (``JobStore.create``,
+as one HTTP request creates one job), then run by one worker process (``python -m
+workers``). Both run under ``bench.roundtrips``, which counts every redis-py
+``send_packed_command`` call, i.e. every round trip, labelled by what it carried.
+
+- round trips per job: the creator's and the worker's, split into the job's own path
+  (create, XREADGROUP, start, finish-with-ack) and the worker's overhead (connection
+  set-up, lease renewal, heartbeat, delayed-job promotion, reclaim);
+- commands per job: ``INFO commandstats`` deltas over the run (commands called inside the
+  Lua scripts included, as Redis counts them), and ``total_commands_processed``; the
+  bench's own polling (SCARD) and INFO calls are subtracted;
+- memory per retained finished job: ``used_memory`` after every job has finished and the
+  worker has exited, minus before the first job, divided by N (default retention, 7 days);
+  plus ``MEMORY USAGE`` of sampled job hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bench.common import (
+    OWNER,
+    Options,
+    Report,
+    bench_redis,
+    dead_process,
+    job_store,
+    jobstream_env,
+    log_tail,
+    redis_version,
+    spawn,
+    stop,
+)
+
+PREFIX = "js:"
+JOB_PATH = {"EVALSHA create_job", "XREADGROUP", "EVALSHA start_job", "EVALSHA finish_job"}
+BENCH_OWN = {"info"}
+_MEMORY_FIELDS = (
+    "used_memory",
+    "used_memory_dataset",
+    "used_memory_overhead",
+    "mem_clients_normal",
+    "mem_aof_buffer",
+    "used_memory_scripts",
+    "mem_fragmentation_ratio",
+)
+
+
+async def _snapshot(redis: Redis) -> dict[str, Any]:
+    stats: Any = await redis.info("commandstats")
+    general: Any = await redis.info("stats")
+    memory: Any = await redis.info("memory")
+    return {
+        "commands": {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()},
+        "total": int(general["total_commands_processed"]),
+        "used_memory": int(memory["used_memory"]),
+        "used_memory_dataset": int(memory["used_memory_dataset"]),
+        "memory": {k: memory[k] for k in _MEMORY_FIELDS if k in memory},
+    }
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, int]:
+    out = {}
+    for name, calls in after["commands"].items():
+        diff = calls - before["commands"].get(name, 0)
+        if diff and name not in BENCH_OWN:
+            out[name] = diff
+    return out
+
+
+def _counted(out: Path, module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "bench.roundtrips", str(out), module, *args]
+
+
+async def _wait_exit(proc: Any, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError(f"{what} did not finish in {timeout:.0f}s\n{log_tail(log)}")
+        await asyncio.sleep(0.05)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} exited with {proc.returncode}\n{log_tail(log)}")
+
+
+async def _job_memory(redis: Redis, n: int) -> dict[str, float]:
+    ids: Any = await redis.zrange(f"{PREFIX}owner:{OWNER}:jobs", 0, -1)
+    sample = random.sample(list(ids), min(200, len(ids)))
+    sizes = [int(await redis.memory_usage(f"{PREFIX}job:{{{i.decode()}}}", samples=0) or 0) for i in sample]
+    index = int(await redis.memory_usage(f"{PREFIX}owner:{OWNER}:jobs", samples=0) or 0)
+    return {"job_hash_mean": sum(sizes) / len(sizes), "owner_index_per_job": index / n}
+
+
+async def _measure(url: str, n: int, folder: Path) -> dict[str, Any]:
+    redis = Redis.from_url(url)
+    log = folder / "cost.log"
+    try:
+        async with job_store(url, PREFIX):  # scripts loaded, group made: not part of a job's cost
+            pass
+        before = await _snapshot(redis)
+        creator_counts = folder / "creator.json"
+        creator = spawn(_counted(creator_counts, "bench.create_jobs", url, PREFIX, str(n)), log=log)
+        await _wait_exit(creator, 60 + n / 100, "creator", log)
+        created = await _snapshot(redis)
+
+        worker_counts = folder / "worker.json"
+        env = jobstream_env(url, PREFIX)
+        began = time.monotonic()
+        worker = spawn(_counted(worker_counts, "workers", "--log-level", "WARNING"), env, log)
+        polls = 0
+        alive = dead_process([worker])
+        try:
+            while int(await redis.scard(f"{PREFIX}owner:{OWNER}:active")) > 0:
+                polls += 1
+                problem = alive()
+                if problem or time.monotonic() - began > 60 + n / 100:
+                    raise RuntimeError(f"worker: {problem or 'timed out'}\n{log_tail(log)}")
+                await asyncio.sleep(0.05)
+            polls += 1
+            run_s = time.monotonic() - began
+        finally:
+            stop(worker)
+        finished = await _snapshot(redis)
+        memory = await _job_memory(redis, n)
+    finally:
+        await redis.aclose()
+    worker_cmds = _delta(finished, created)
+    worker_cmds["scard"] = worker_cmds.get("scard", 0) - polls
+    return {
+        "n": n,
+        "worker_run_s": run_s,
+        "creator_round_trips": json.loads(creator_counts.read_text())["round_trips"],
+        "worker_round_trips": json.loads(worker_counts.read_text())["round_trips"],
+        "server_commands_create": _delta(created, before),
+        "server_commands_worker": {k: v for k, v in worker_cmds.items() if v},
+        "total_commands_processed": finished["total"]
+        - before["total"]
+        - polls
+        - _info_calls(finished, before),
+        "used_memory_before": before["used_memory"],
+        "used_memory_pending": created["used_memory"],
+        "used_memory_finished": finished["used_memory"],
+        "dataset_per_job": (finished["used_memory_dataset"] - before["used_memory_dataset"]) / n,
+        "memory_info": {
+            "before": before["memory"],
+            "pending": created["memory"],
+            "finished": finished["memory"],
+        },
+        "memory_sample": memory,
+    }
+
+
+def _info_calls(after: dict[str, Any], before: dict[str, Any]) -> int:
+    """The snapshots' own INFO calls (give or take the one in flight while counting)."""
+    return int(after["commands"].get("info", 0) - before["commands"].get("info", 0))
+
+
+def _split(round_trips: dict[str, int]) -> tuple[int, int]:
+    job = sum(c for label, c in round_trips.items() if label in JOB_PATH)
+    return job, sum(round_trips.values()) - job
+
+
+async def _main(options: Options) -> Report:
+    n = options.pick(300, 10_000, options.n)
+    with bench_redis() as server, tempfile.TemporaryDirectory() as folder:
+        version = redis_version(server.url)
+        m = await _measure(server.url, n, Path(folder))
+    c_job, c_other = _split(m["creator_round_trips"])
+    w_job, w_other = _split(m["worker_round_trips"])
+    create_cmds = m["server_commands_create"]
+    worker_cmds = m["server_commands_worker"]
+    all_cmds: dict[str, int] = {}
+    for table in (create_cmds, worker_cmds):
+        for name, calls in table.items():
+            all_cmds[name] = all_cmds.get(name, 0) + calls
+    top_level = sum(m["creator_round_trips"].values()) + sum(m["worker_round_trips"].values())
+    per_job_memory = (m["used_memory_finished"] - m["used_memory_before"]) / n
+    rows = [
+        ["round trips: create (creator process)", f"{c_job / n:.2f}", f"{c_job:,}"],
+        ["round trips: XREADGROUP + start + finish/ack (worker)", f"{w_job / n:.2f}", f"{w_job:,}"],
+        ["round trips per job lifecycle (target <= 6)", f"{(c_job + w_job) / n:.2f}", f"{c_job + w_job:,}"],
+        ["round trips: worker overhead (set-up, leases, heartbeat, delayed, reclaim)",
+         f"{(w_other + c_other) / n:.3f}", f"{w_other + c_other:,}"],
+        ["commands processed by Redis (total_commands_processed, incl. inside Lua)",
+         f"{m['total_commands_processed'] / n:.1f}", f"{m['total_commands_processed']:,}"],
+    ]  # fmt: skip
+    for name, calls in sorted(all_cmds.items(), key=lambda kv: -kv[1]):
+        if calls >= n / 100:
+            rows.append([f"  {name}", f"{calls / n:.2f}", f"{calls:,}"])
+    rows += [
+        ["memory per retained finished job, bytes (target < 1024)", f"{per_job_memory:,.0f}", ""],
+        ["  of which dataset (used_memory_dataset delta / N)", f"{m['dataset_per_job']:,.0f}", ""],
+        ["  job hash (MEMORY USAGE, mean of 200)", f"{m['memory_sample']['job_hash_mean']:,.0f}", ""],
+        [
+            "  owner index entry (zset MEMORY USAGE / N)",
+            f"{m['memory_sample']['owner_index_per_job']:,.0f}",
+            "",
+        ],
+        [
+            "memory per pending job, bytes",
+            f"{(m['used_memory_pending'] - m['used_memory_before']) / n:,.0f}",
+            "",
+        ],
+    ]
+    notes = [
+        f"N = {n:,} demo.noop jobs, created one at a time, run by one worker process "
+        f"in {m['worker_run_s']:.1f} s; Redis {version}.",
+        "round trips counted client-side (redis-py send_packed_command: one per command, pipeline or "
+        "blocking read); commands server-side from INFO commandstats deltas, the bench's own SCARD "
+        "polls and INFO calls subtracted.",
+        f"all round trips (creator + worker, with overhead): {top_level / n:.2f} per job.",
+        "creator round trips: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(m["creator_round_trips"].items())),
+        "worker round trips: " + ", ".join(f"{k} {v:,}" for k, v in sorted(m["worker_round_trips"].items())),
+    ]
+    return Report(
+        "cost",
+        f"cost per job lifecycle: {n:,} noop jobs",
+        ["what", "per job", "total"],
+        rows,
+        {"n": n, "redis": version, **m, "per_job_memory_bytes": per_job_memory},
+        notes,
+        lambda path: _chart(path, all_cmds, n),
+    )
+
+
+def _chart(path: Path, commands: dict[str, int], n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(
+        ((name, calls / n) for name, calls in commands.items() if calls >= n / 100), key=lambda kv: kv[1]
+    )
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(items) + 1.5))
+    ax.barh([name for name, _ in items], [v for _, v in items], color="#4a7ab5")
+    ax.set_xlabel("calls per job (server side, incl. inside Lua)")
+    ax.set_title(f"Redis commands per noop job lifecycle (N={n:,})")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(options: Options) -> Report:
+    """Run the scenario and return its report."""
+    return asyncio.run(_main(options))
