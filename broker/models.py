@@ -47,7 +47,7 @@ class Job(msgspec.Struct, kw_only=True):
     message: str | None = None
     eta_seconds: float | None = None
     input: msgspec.Raw
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw  # JSON null until SUCCESS (Raw, not ``Raw | None``, so clients can decode it)
     error: JobError | None = None
     owner: str
     queue: str
@@ -73,6 +73,7 @@ class Job(msgspec.Struct, kw_only=True):
 
 _error_decoder = msgspec.json.Decoder(JobError)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NULL = msgspec.Raw(b"null")
 
 
 def _time(ms: bytes | str | None) -> datetime | None:
@@ -112,8 +113,8 @@ def job_from_fields(fields: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[
         progress=_num(f.get("progress")) or 0.0,
         message=_text(f.get("message")),
         eta_seconds=None if eta is None or eta < 0 else eta,
-        input=_raw(f.get("input")) or msgspec.Raw(b"null"),
-        result=_raw(f.get("result")),
+        input=_raw(f.get("input")) or _NULL,
+        result=_raw(f.get("result")) or _NULL,
         error=_error_decoder.decode(error) if error else None,
         owner=_text(f["owner"]) or "",
         queue=_text(f["queue"]) or "",

@@ -208,7 +208,7 @@ async def test_succeed_stores_result_sets_retention_and_empties_the_stream(store
     await store.succeed(started, delivery, b'{"slept":1}', RETENTION)
     job = await store.get(started.job.id)
     assert job.status == JobStatus.SUCCESS and job.progress == 100
-    assert job.result is not None and bytes(job.result) == b'{"slept":1}'
+    assert bytes(job.result) == b'{"slept":1}'
     assert job.completed_at is not None
     assert RETENTION - 5 <= await store.redis.ttl(store.keys.job(job.id)) <= RETENTION
     assert await store.redis.xlen(delivery.stream) == 0

@@ -176,7 +176,7 @@ class JobController(Controller):
         if job.terminal:
             raise job_ended(job)
         headers = {"Cache-Control": "no-cache", "Retry-After": str(settings.poll_retry_after_seconds)}
-        return Response(JobResult(job.id, job.status, None), status_code=202, headers=headers)
+        return Response(JobResult(job.id, job.status, job.result), status_code=202, headers=headers)
 
     @post(
         "/{job_id:str}/cancel",

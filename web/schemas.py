@@ -33,7 +33,7 @@ class JobResult(msgspec.Struct):
 
     id: str
     status: JobStatus
-    result: msgspec.Raw | None
+    result: msgspec.Raw
 
 
 class TaskInfo(msgspec.Struct):
