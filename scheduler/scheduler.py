@@ -1,0 +1,132 @@
+"""``JobScheduler``: Taskiq's scheduler, plus jobstream's maintenance and replica safety.
+
+Two things differ from the stock ``TaskiqScheduler``:
+
+- Maintenance (cleanup, reaper) runs here, in the scheduler process, on timers that
+  claim each tick in Redis (:mod:`scheduler.ticks`), not as Taskiq schedules kicked to
+  workers. Kicked maintenance would need a job record per run, would wait behind user
+  jobs in the queue, and the taskiq loop's whole-second, per-replica timing cannot say
+  "once per tick" across replicas; a timer on server-time slots can.
+- Every fired schedule carries an ``idempotency_key`` label naming the schedule and the
+  slot it fired for (the minute for cron, the interval number, or "once"), so that N
+  replicas firing the same schedule create one job, not N (``JobBroker.kick`` passes the
+  key to ``JobStore.create``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+from taskiq import ScheduledTask, ScheduleSource, TaskiqScheduler
+from taskiq.exceptions import SendTaskError
+
+from broker.queues import ensure_groups
+from broker.scripts import Scripts
+from broker.settings import Settings
+from broker.taskiq_broker import JobBroker
+from scheduler.cleanup import Cleanup
+from scheduler.reaper import Reaper
+from scheduler.ticks import Periodic, Ticker
+
+log = logging.getLogger("jobstream.scheduler")
+
+_SECONDS_PER_MINUTE = 60
+
+
+def fire_key(schedule: ScheduledTask, fired_at: float) -> str:
+    """The idempotency key of one firing: the same on every replica that fires it.
+
+    The taskiq loop fires on whole seconds, so ``fired_at`` is rounded to the second it
+    aimed at; cron fires once a minute, an interval once per interval, a time once.
+    """
+    second = round(fired_at)
+    if schedule.cron is not None:
+        slot = f"m{second // _SECONDS_PER_MINUTE}"
+    elif schedule.interval is not None:
+        interval = schedule.interval
+        seconds = interval if isinstance(interval, int) else int(interval.total_seconds())
+        slot = f"i{second // max(1, seconds)}"
+    else:
+        slot = "once"
+    return f"schedule:{schedule.schedule_id}:{slot}"
+
+
+class JobScheduler(TaskiqScheduler):
+    """``taskiq scheduler scheduler.app:scheduler``: user schedules plus maintenance."""
+
+    def __init__(self, broker: JobBroker, sources: Sequence[ScheduleSource], settings: Settings) -> None:
+        super().__init__(broker, list(sources))
+        self.job_broker = broker
+        self.settings = settings
+        self.claimant = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tickers: list[Ticker] = []
+        self._redis: Redis | None = None
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def startup(self) -> None:
+        """Start the broker, create the consumer groups, and start the maintenance timers."""
+        await super().startup()
+        redis = self._redis = Redis.from_url(self.settings.redis_url)
+        scripts = Scripts.register(redis)
+        await scripts.load_all(redis)
+        broker = self.job_broker
+        queues = broker.registry.queues(self.settings.default_queue) | set(self.settings.queues)
+        await ensure_groups(redis, broker.keys, sorted(queues))
+        cleanup = Cleanup(redis, self.settings, scripts)
+        reaper = Reaper(redis, self.settings, scripts, broker.registry, queues)
+        self.tickers = [
+            Ticker(redis, broker.keys, scripts, self.claimant, job)
+            for job in (
+                Periodic("cleanup", self.settings.cleanup_interval_seconds, cleanup.run),
+                Periodic("reaper", self.settings.reaper_interval_seconds, reaper.run),
+            )
+        ]
+        self._loops = [
+            asyncio.create_task(ticker.run_forever(), name=f"jobstream-{ticker.job.name}")
+            for ticker in self.tickers
+        ]
+        if broker.is_scheduler_process:
+            _stop_on_sigterm()
+        log.info(
+            "scheduler %s: cleanup every %d s, reaper every %d s",
+            self.claimant,
+            self.settings.cleanup_interval_seconds,
+            self.settings.reaper_interval_seconds,
+        )
+
+    async def shutdown(self) -> None:
+        """Stop the maintenance timers, close Redis, then stop the broker."""
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._redis is not None:
+            await self._redis.aclose()
+        await super().shutdown()
+
+    async def on_ready(self, source: ScheduleSource, task: ScheduledTask) -> None:
+        """Send a due schedule, keyed so that replicas firing it too create one job."""
+        labels = dict(task.labels)
+        labels.setdefault("idempotency_key", fire_key(task, time.time()))
+        try:
+            await super().on_ready(source, task.model_copy(update={"labels": labels}))
+        except SendTaskError as err:  # an unknown task, a bad input, the owner's quota
+            reason = err.__cause__ or err
+            log.error("schedule %s (%s): no job created: %r", task.schedule_id, task.task_name, reason)
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM cancel the scheduler like Ctrl-C does, so it shuts down in order."""
+    main = asyncio.current_task()
+    if main is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+
