@@ -84,6 +84,9 @@ def publish(report: Report, options: Options) -> Path:
     console.print(table)
     for note in report.notes:
         console.print(f"  {note}", highlight=False, soft_wrap=True)
+    measured = machine()
+    summary_line = f"  code {measured['code']}, {measured['cpus']} CPUs, Python {measured['python']}"
+    console.print(summary_line, highlight=False)
     options.out.mkdir(parents=True, exist_ok=True)
     path = options.out / f"{report.scenario}.json"
     body = {
@@ -92,7 +95,7 @@ def publish(report: Report, options: Options) -> Path:
         "quick": options.quick,
         "command": " ".join(["python", "-m", "bench", *sys.argv[1:]]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
+        "machine": measured,
         "columns": report.columns,
         "rows": report.rows,
         "notes": report.notes,
@@ -118,7 +121,26 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        "code": code_version(),
     }
+
+
+def code_version() -> str:
+    """The commit measured, ``+dirty`` when tracked files differ from it (they are measured too)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if changed else "")
 
 
 def bar_chart(

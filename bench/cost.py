@@ -141,7 +141,9 @@ async def _measure(url: str, n: int, folder: Path) -> dict[str, Any]:
         "n": n,
         "worker_run_s": run_s,
         "creator_round_trips": json.loads(creator_counts.read_text())["round_trips"],
+        "creator_commands": json.loads(creator_counts.read_text())["commands"],
         "worker_round_trips": json.loads(worker_counts.read_text())["round_trips"],
+        "worker_commands": json.loads(worker_counts.read_text())["commands"],
         "server_commands_create": _delta(created, before),
         "server_commands_worker": {k: v for k, v in worker_cmds.items() if v},
         "total_commands_processed": finished["total"]
@@ -166,8 +168,16 @@ def _info_calls(after: dict[str, Any], before: dict[str, Any]) -> int:
     return int(after["commands"].get("info", 0) - before["commands"].get("info", 0))
 
 
+def _carried(label: str) -> set[str]:
+    """The commands a round trip carried: ``"pipeline(3): A,B"`` -> {A, B}."""
+    if label.startswith("pipeline("):
+        return set(label.split(": ", 1)[1].split(","))
+    return {label}
+
+
 def _split(round_trips: dict[str, int]) -> tuple[int, int]:
-    job = sum(c for label, c in round_trips.items() if label in JOB_PATH)
+    """(round trips on the job's own path, the others); a pipeline of job-path commands counts once."""
+    job = sum(c for label, c in round_trips.items() if _carried(label) <= JOB_PATH)
     return job, sum(round_trips.values()) - job
 
 
@@ -220,9 +230,9 @@ async def _main(options: Options) -> Report:
         "blocking read); commands server-side from INFO commandstats deltas, the bench's own SCARD "
         "polls and INFO calls subtracted.",
         f"all round trips (creator + worker, with overhead): {top_level / n:.2f} per job.",
-        "creator round trips: "
-        + ", ".join(f"{k} {v:,}" for k, v in sorted(m["creator_round_trips"].items())),
-        "worker round trips: " + ", ".join(f"{k} {v:,}" for k, v in sorted(m["worker_round_trips"].items())),
+        "creator round trips: " + _describe(m["creator_round_trips"]),
+        "worker round trips: " + _describe(m["worker_round_trips"]),
+        "worker commands sent: " + ", ".join(f"{k} {v:,}" for k, v in sorted(m["worker_commands"].items())),
     ]
     return Report(
         "cost",
@@ -233,6 +243,19 @@ async def _main(options: Options) -> Report:
         notes,
         lambda path: _chart(path, all_cmds, n),
     )
+
+
+def _describe(round_trips: dict[str, int]) -> str:
+    """Single commands by name; pipelines summed up as one entry (count, mean length)."""
+    singles = {k: v for k, v in round_trips.items() if not k.startswith("pipeline(")}
+    pipes = {k: v for k, v in round_trips.items() if k.startswith("pipeline(")}
+    parts = [f"{k} {v:,}" for k, v in sorted(singles.items())]
+    if pipes:
+        count = sum(pipes.values())
+        carried = sum(int(k[len("pipeline(") : k.index(")")]) * v for k, v in pipes.items())
+        names = sorted(set().union(*(_carried(k) for k in pipes)))
+        parts.append(f"pipelines {count:,} (mean {carried / count:.1f} commands: {','.join(names)})")
+    return ", ".join(parts)
 
 
 def _chart(path: Path, commands: dict[str, int], n: int) -> None:
