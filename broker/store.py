@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from broker.batching import ScriptBatcher
 from broker.errors import IllegalTransition, JobNotFound, ScriptCode, raise_for_code
 from broker.keys import Keys
 from broker.message import encode_message
@@ -38,11 +39,37 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
-class Started:
-    """A job a worker has just started: its record and the attempt number that fences it."""
+class StartedJob:
+    """What a worker needs of a job it runs (read from the start script's reply)."""
 
-    job: Job
+    id: str
+    type: str
+    owner: str
+    queue: str
+    input: bytes
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A job a worker has just started, and the attempt number that fences it."""
+
+    job: StartedJob
     attempt: int
+
+    @classmethod
+    def from_reply(cls, flat: list[bytes]) -> Started:
+        """Read the record a start script returned (a flat field/value list)."""
+        f = pairs_to_fields(flat)
+        job = StartedJob(
+            id=f[b"id"].decode(),
+            type=f[b"type"].decode(),
+            owner=f[b"owner"].decode(),
+            queue=f[b"queue"].decode(),
+            input=f.get(b"input", b"null"),
+            cancel_requested=b"cancel_requested" in f,
+        )
+        return cls(job, int(f[b"attempts"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +88,7 @@ class JobStore:
         self.settings = settings
         self.keys = Keys(settings.prefix)
         self.scripts = Scripts.register(redis)
+        self.batcher = ScriptBatcher(redis)
         self._owner_prefix = self.keys.owner_channel_prefix
 
     # -- creating and reading -------------------------------------------------------
@@ -106,7 +134,8 @@ class JobStore:
     ) -> tuple[int, Any]:
         k, s = self.keys, self.settings
         idem_ttl = s.active_ttl_seconds + s.retention_seconds if idempotency_key else 0
-        reply = await self.scripts.create_job(
+        reply = await self.batcher.call(
+            self.scripts.create_job,
             keys=[
                 k.job(job_id),
                 k.owner_jobs(owner),
@@ -205,7 +234,8 @@ class JobStore:
 
     async def start(self, delivery: Delivery, consumer: str) -> Started | None:
         """Take the job for this delivery: PROCESSING, attempts + 1. None if it is not to run."""
-        reply = await self.scripts.start_job(
+        reply = await self.batcher.call(
+            self.scripts.start_job,
             keys=[self.keys.job(delivery.job_id), delivery.stream],
             args=[
                 self._owner_prefix,
@@ -218,8 +248,7 @@ class JobStore:
         )
         if int(reply[0]) != ScriptCode.OK:
             return None
-        job = job_from_fields(pairs_to_fields(reply[1]))
-        return Started(job, job.attempts)
+        return Started.from_reply(reply[1])
 
     async def progress(
         self,
@@ -230,7 +259,8 @@ class JobStore:
         eta_seconds: float | None = None,
     ) -> bool:
         """Record progress of the running attempt; returns whether a cancel was requested."""
-        reply = await self.scripts.progress_job(
+        reply = await self.batcher.call(
+            self.scripts.progress_job,
             keys=[self.keys.job(job_id)],
             args=[
                 self._owner_prefix,
@@ -266,7 +296,8 @@ class JobStore:
         retention: int,
     ) -> None:
         job = started.job
-        reply = await self.scripts.finish_job(
+        reply = await self.batcher.call(
+            self.scripts.finish_job,
             keys=[self.keys.job(job.id), self.keys.owner_active(job.owner), delivery.stream],
             args=[
                 self._owner_prefix,
@@ -286,7 +317,8 @@ class JobStore:
         """PROCESSING -> PENDING keeping ``error``; the next dispatch is due at ``run_at_ms``."""
         job = started.job
         dispatch = delivery.dispatch + 1
-        reply = await self.scripts.retry_job(
+        reply = await self.batcher.call(
+            self.scripts.retry_job,
             keys=[self.keys.job(job.id), delivery.stream, self.keys.delayed(job.queue)],
             args=[
                 self._owner_prefix,

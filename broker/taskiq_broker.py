@@ -98,7 +98,9 @@ class JobBroker(RedisStreamBroker):
             consumer_id="0",
             idle_timeout=lease_ms,
             xread_block=min(1000, lease_ms),
-            xread_count=10,
+            # A read takes at most as many entries as the worker runs at once, so a worker
+            # for slow jobs (concurrency 1) never holds entries that an idle one could run.
+            xread_count=max(1, min(50, settings.worker_concurrency)),
             additional_streams=dict.fromkeys(streams[1:], ">"),
             max_connection_pool_size=None,
         )
@@ -119,6 +121,9 @@ class JobBroker(RedisStreamBroker):
         if not self.is_worker_process:
             return
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Taskiq logs a line per task at INFO; at thousands of jobs a second that is a
+        # sizeable share of the worker's time. Job changes are in Redis and its events.
+        logging.getLogger("taskiq.receiver.receiver").setLevel(logging.WARNING)
         self._redis = Redis(connection_pool=self.connection_pool)
         store = JobStore(self._redis, self.settings)
         await store.scripts.load_all(self._redis)
