@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,8 @@ def test_services_and_redis_persistence() -> None:
         assert services[role]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
-def test_every_command_names_an_object_that_exists() -> None:
+def test_every_command_names_an_object_that_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBSTREAM_JWT_SECRET", "compose-test-secret-of-32-bytes-or-more")
     services = compose()["services"]
     targets = {
         "web": services["web"]["command"][1],
