@@ -107,7 +107,9 @@ class JobstreamClient:
         async with aconnect_sse(self._http, "GET", f"/jobs/{job_id}/events", timeout=None) as source:
             if source.response.status_code == 204:
                 return
-            _checked(source.response)
+            if source.response.status_code >= 400:
+                await source.response.aread()
+                _checked(source.response)
             async for event in source.aiter_sse():
                 if event.event == "job":
                     yield _decode_job(event.data)
