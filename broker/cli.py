@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
-from broker import client_cli
+from broker import client_cli, schedule_cli
 from broker.errors import JobstreamError
 from broker.redis_server import DEFAULT_DATA_DIR, EmbeddedRedis, port_is_free
 
@@ -310,6 +310,7 @@ COMMANDS: tuple[Callable[[SubParsers[argparse.ArgumentParser]], None], ...] = (
     add_dev_command,
     add_redis_command,
     client_cli.register,
+    schedule_cli.register,
 )
 
 
