@@ -60,6 +60,7 @@ async def test_create_answers_202_with_location_and_the_pending_job(client: Clie
     assert job["owner"] == "local"
     assert job["queue"] == "default"
     assert job["input"] == {"seconds": 2.0, "steps": 10}  # validated, defaults filled in, re-encoded
+    assert job.pop("stream_token")  # the create answer also opens the job's event stream
     assert (await client.get(response.headers["location"])).json() == job
 
 

@@ -78,3 +78,28 @@ async def slow(ctx: JobContext, data: Counted) -> None:
 async def video(ctx: JobContext, data: Counted) -> str:
     """Lives on the ``video`` queue: only workers started for that queue run it."""
     return "rendered"
+
+
+class Steps(msgspec.Struct):
+    count: int = 1000
+    interval: float = 0.0
+    gate: str | None = None
+    stamp: bool = False
+
+
+@task("test.steps")
+async def steps(ctx: JobContext, data: Steps) -> int:
+    """``count`` progress updates, as fast as it can (or ``interval`` apart).
+
+    With ``gate``, each step first pops an item from that list (the SSE tests push one per
+    step, to walk the job in lockstep with their clients). With ``stamp``, each step's
+    message is the ``time.time()`` of its progress call (the SSE latency benchmark).
+    """
+    for step in range(1, data.count + 1):
+        if data.gate is not None and await redis().blpop([data.gate], timeout=60) is None:
+            raise TimeoutError(f"nobody opened gate {data.gate} for step {step}")
+        message = repr(time.time()) if data.stamp else f"step {step} of {data.count}"
+        await ctx.progress(step * 100 / data.count, message)
+        if data.interval:
+            await asyncio.sleep(data.interval)
+    return data.count

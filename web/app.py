@@ -15,10 +15,12 @@ from broker.settings import Settings, load_settings
 from broker.tasks import load_task_modules
 from web.auth import auth_hook
 from web.jobs import JobController
+from web.log_redaction import install_log_redaction
 from web.openapi import RawJsonSchemaPlugin, openapi_config
 from web.ops import healthz, index, readyz
 from web.problems import EXCEPTION_HANDLERS
 from web.resources import dependencies, lifespan
+from web.sse import ROUTES as SSE_ROUTES
 from web.tasks import list_tasks
 
 
@@ -32,13 +34,18 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
     """Build the app; every route (docs and health included) lives under ``path_prefix``.
 
     Loads the task modules named by ``settings.task_modules`` so the app can validate
-    inputs and list task types; it never runs tasks.
+    inputs and list task types; it never runs tasks. Puts the token-redacting filter on the
+    server's access loggers (``?token=`` on SSE URLs must never reach a log).
     """
     settings = settings or load_settings()
     prefix = normalize_prefix(path_prefix)
     load_task_modules(settings.task_modules)
+    install_log_redaction()
     docs_path = f"{prefix}/schema"
-    api = Router(path=prefix or "/", route_handlers=[JobController, list_tasks, healthz, readyz, index])
+    api = Router(
+        path=prefix or "/",
+        route_handlers=[JobController, *SSE_ROUTES, list_tasks, healthz, readyz, index],
+    )
     return Litestar(
         route_handlers=[api],
         dependencies=dependencies(settings),

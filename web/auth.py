@@ -5,6 +5,9 @@
 it creates, so it needs no rights over anyone else's, and a stray token-less request on a
 trusted network still cannot reach jobs that other, authenticated owners created in the
 same Redis. Tokens are never logged.
+
+The SSE routes (route option ``STREAM_OPT``) also accept what an ``EventSource`` can send:
+``?token=`` with a stream token, or the stream cookie (see :mod:`web.stream_tokens`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,20 @@ import jwt
 import msgspec
 from litestar.config.app import AppConfig
 from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
-from litestar.security.jwt import JWTAuth, Token
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 from litestar.types import ASGIApp
 
 from broker.settings import Settings
+from web.stream_tokens import (
+    STREAM_COOKIE,
+    STREAM_OPT,
+    StreamClaims,
+    StreamTokenError,
+    StreamTokens,
+    is_stream_token,
+)
 
 EXCLUDE_KEY = "exclude_from_auth"
 """Route option (``opt={EXCLUDE_KEY: True}``) for routes anyone may call (health, docs)."""
@@ -43,7 +55,12 @@ class User(msgspec.Struct, frozen=True):
 
 
 def user_from_token(token: Token, admin_role: str) -> User | None:
-    """The user a verified token names, or None (401) when ``sub`` or ``roles`` is malformed."""
+    """The user a verified token names, or None (401) when ``sub`` or ``roles`` is malformed.
+
+    A stream token is never a bearer token: it opens one stream, from the query or a cookie.
+    """
+    if is_stream_token(token.aud):
+        return None
     roles = token.extras.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         return None
@@ -74,6 +91,39 @@ class LocalUserMiddleware(AbstractAuthenticationMiddleware):
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
         return AuthenticationResult(user=self.user, auth=None)
+
+
+class BearerOrStreamMiddleware(JWTAuthenticationMiddleware):
+    """Bearer JWTs everywhere; on SSE routes, without an ``Authorization`` header, a stream token.
+
+    The stream token comes from ``?token=`` or, failing that, the stream cookie; either must
+    be a valid stream token whose scope opens the requested stream (401 if invalid, 403 if
+    it is for another stream). A full bearer token in the query is not a stream token: 401.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_tokens = StreamTokens(self.token_secret, self.algorithm, ttl_seconds=0)
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        kind = connection.route_handler.opt.get(STREAM_OPT)
+        if kind is None or connection.headers.get(self.auth_header):
+            return await super().authenticate_request(connection)
+        claims = self._stream_claims(connection)
+        if not claims.opens(kind, connection.path_params.get("job_id")):
+            raise PermissionDeniedException("this stream token does not open this stream")
+        return AuthenticationResult(user=User(id=claims.sub, admin=claims.admin), auth=claims)
+
+    def _stream_claims(self, connection: ASGIConnection[Any, Any, Any, Any]) -> StreamClaims:
+        token = connection.query_params.get("token") or connection.cookies.get(STREAM_COOKIE)
+        if not token:
+            raise NotAuthorizedException("no bearer token, stream token or stream cookie")
+        try:
+            return self.stream_tokens.verify(token)
+        except StreamTokenError:
+            raise NotAuthorizedException("invalid or expired stream token") from None
 
 
 def auth_hook(settings: Settings, exclude: list[str]) -> Callable[[AppConfig], AppConfig]:
@@ -110,5 +160,6 @@ def _jwt_auth(settings: Settings, exclude: list[str]) -> JWTAuth[User, Token]:
         algorithm=settings.jwt_algorithm,
         exclude=exclude,
         exclude_opt_key=EXCLUDE_KEY,
+        authentication_middleware_class=BearerOrStreamMiddleware,
         description="A JWT signed with JOBSTREAM_JWT_SECRET: `sub` is the owner, `roles` a list.",
     )

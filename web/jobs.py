@@ -1,18 +1,20 @@
 """``/jobs``: create, read, list, fetch the result of, and cancel jobs.
 
 Another owner's job is a 404 on every route (``JobStore.get`` with the caller's scope);
-an admin's scope is everyone's.
+an admin's scope is everyone's. ``GET /jobs/{id}?wait=S`` long-polls on the event hub.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 
+from broker.events import EventHub
 from broker.models import Job, JobStatus
 from broker.settings import Settings
 from broker.store import JobStore
@@ -22,6 +24,8 @@ from web.creation import decode_body, due_ms, validated_input
 from web.openapi import CreateJobOperation, problem_responses
 from web.problems import ProblemError, job_ended, problem
 from web.schemas import JobPage, JobResult
+from web.sse import wait_for_newer
+from web.stream_tokens import CreatedJob, StreamTokens, job_scope
 
 IdempotencyKey = Annotated[
     str | None,
@@ -33,7 +37,17 @@ IdempotencyKey = Annotated[
     ),
 ]
 IfNoneMatch = Annotated[str | None, HeaderParameter(name="If-None-Match", description="a previous ETag")]
+WaitSeconds = Annotated[
+    float | None,
+    QueryParameter(
+        ge=0,
+        description="with If-None-Match: answer as soon as the job changes, or 304 after this many "
+        "seconds (capped by the server)",
+    ),
+]
 Store = NamedDependency[JobStore]
+Hub = NamedDependency[EventHub]
+Tokens = NamedDependency[StreamTokens]
 Config = NamedDependency[Settings]
 Caller = NamedDependency[User]
 
@@ -60,9 +74,10 @@ def not_modified(headers: dict[str, str]) -> Response[Any]:
     return Response(None, status_code=304, headers=headers)
 
 
-def creation_body(job: Job) -> Job:
-    """What ``POST /jobs`` answers: the job (the SSE work adds its ``stream_token`` here)."""
-    return job
+def creation_body(job: Job, tokens: StreamTokens, caller: User) -> CreatedJob:
+    """What ``POST /jobs`` answers: the job, and a ``stream_token`` that opens its event stream."""
+    token, _ = tokens.mint(caller.id, admin=caller.admin, scope=job_scope(job.id))
+    return CreatedJob(**msgspec.structs.asdict(job), stream_token=token)
 
 
 def retention_for(task_type: str, settings: Settings) -> int:
@@ -100,10 +115,11 @@ class JobController(Controller):
         self,
         request: Request[User, Any, Any],
         store: Store,
+        stream_tokens: Tokens,
         settings: Config,
         caller: Caller,
         idempotency_key: IdempotencyKey = None,
-    ) -> Response[Job]:
+    ) -> Response[CreatedJob]:
         """Validate, then queue the job: 202 and ``Location``.
 
         A replayed ``Idempotency-Key`` (same owner) answers 200 with the job the key first
@@ -123,7 +139,8 @@ class JobController(Controller):
         )
         headers = job_headers(job, settings)
         headers["Location"] = request.app.route_reverse("get_job", job_id=job.id)
-        return Response(creation_body(job), status_code=202 if created else 200, headers=headers)
+        answer = creation_body(job, stream_tokens, caller)
+        return Response(answer, status_code=202 if created else 200, headers=headers)
 
     @get(
         "/{job_id:str}",
@@ -135,12 +152,20 @@ class JobController(Controller):
         self,
         job_id: FromPath[str],
         store: Store,
+        hub: Hub,
         settings: Config,
         caller: Caller,
         if_none_match: IfNoneMatch = None,
+        wait: WaitSeconds = None,
     ) -> Response[Job]:
-        """The job's current state; 304 when ``If-None-Match`` holds its current ETag."""
+        """The job's current state; 304 when ``If-None-Match`` holds its current ETag.
+
+        With ``wait``, a request whose ETag is current waits (up to ``long_poll_max_seconds``)
+        for the next change and answers it at once; 304 if none came.
+        """
         job = await store.get(job_id, caller.scope)
+        if wait and not job.terminal and etag_matches(if_none_match, job.etag):
+            job = await wait_for_newer(hub, job, min(wait, settings.long_poll_max_seconds), caller.scope)
         headers = job_headers(job, settings)
         if etag_matches(if_none_match, job.etag):
             return not_modified(headers)

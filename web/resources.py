@@ -1,11 +1,13 @@
-"""The app's resources (one Redis client, one ``JobStore``), opened in the lifespan.
+"""The app's resources (one Redis client, one ``JobStore``, one ``EventHub``), opened in the lifespan.
 
-Routes receive them as dependencies (``redis``, ``store``, ``settings``, ``caller``), never
-from globals, so a test can build as many apps as it likes.
+Routes receive them as dependencies (``redis``, ``store``, ``hub``, ``streams``,
+``stream_tokens``, ``settings``, ``caller``), never from globals, so a test can build as
+many apps as it likes.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -13,28 +15,55 @@ from typing import Any
 from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
+from broker.events import EventHub
 from broker.queues import ensure_groups
 from broker.settings import Settings
 from broker.store import JobStore
 from broker.tasks import registry
 from web.auth import User
+from web.shutdown import on_exit_signal
+from web.sse import EventStreams
+from web.stream_tokens import StreamTokens
+
+REDIS_POOL_SIZE = 100
+REDIS_POOL_WAIT_SECONDS = 10.0
 
 
 def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Open Redis and the store at start-up (creating every queue's group), close at shutdown."""
+    """Open Redis, the store (creating every queue's group) and the event hub; close at shutdown.
+
+    The hub is stopped as soon as the server gets SIGTERM/SIGINT, not only at the lifespan's
+    end: that ends the open SSE streams and long polls, which the server waits for before
+    it runs the lifespan shutdown at all.
+    """
 
     @asynccontextmanager
     async def open_resources(app: Litestar) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.redis_url)
+        # Blocking: past its size a request waits for a free connection. The plain pool
+        # (redis-py 8: 100 connections) raises MaxConnectionsError instead, which a burst
+        # of SSE clients opening at once turned into 500s.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_SECONDS
+        )
+        redis = Redis.from_pool(pool)
         try:
             store = JobStore(redis, settings)
             await store.scripts.load_all(redis)
             await ensure_groups(redis, store.keys, registry.queues(settings.default_queue))
+            hub = EventHub(redis, store.keys, store, client_name=f"jobstream-web:{os.getpid()}")
+            await hub.start()
+            streams = EventStreams(hub, settings)
             app.state.redis = redis
             app.state.store = store
-            yield
+            app.state.hub = hub
+            app.state.streams = streams
+            try:
+                with on_exit_signal(streams.drain):
+                    yield
+            finally:
+                await streams.close()
         finally:
             await redis.aclose()
 
@@ -53,6 +82,18 @@ def provide_store(state: State) -> JobStore:
     return store
 
 
+def provide_hub(state: State) -> EventHub:
+    """The app's event hub (its one pub/sub connection)."""
+    hub: EventHub = state.hub
+    return hub
+
+
+def provide_streams(state: State) -> EventStreams:
+    """The app's SSE streams."""
+    streams: EventStreams = state.streams
+    return streams
+
+
 def provide_caller(request: Request[User, Any, Any]) -> User:
     """The authenticated caller (the local user when auth is off)."""
     return request.user
@@ -61,12 +102,22 @@ def provide_caller(request: Request[User, Any, Any]) -> User:
 def dependencies(settings: Settings) -> dict[str, Provide]:
     """The app-level dependencies every route may ask for by name."""
 
+    tokens = StreamTokens.for_settings(
+        settings.jwt_secret, settings.jwt_algorithm, settings.stream_token_ttl_seconds
+    )
+
     def provide_settings() -> Settings:
         return settings
+
+    def provide_stream_tokens() -> StreamTokens:
+        return tokens
 
     return {
         "settings": Provide(provide_settings, use_cache=True, sync_to_thread=False),
         "redis": Provide(provide_redis, sync_to_thread=False),
         "store": Provide(provide_store, sync_to_thread=False),
+        "hub": Provide(provide_hub, sync_to_thread=False),
+        "streams": Provide(provide_streams, sync_to_thread=False),
+        "stream_tokens": Provide(provide_stream_tokens, use_cache=True, sync_to_thread=False),
         "caller": Provide(provide_caller, sync_to_thread=False),
     }
