@@ -80,6 +80,11 @@ async def start_next(store: JobStore) -> tuple[Started, Delivery]:
     return started, delivery
 
 
+async def server_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 async def index_ids(redis: Redis, keys: Keys, owner: str) -> set[str]:
     return {m.decode() for m in await redis.zrange(keys.owner_jobs(owner), 0, -1)}
 
@@ -163,8 +168,7 @@ async def test_cleanup_trims_dead_letters_by_age(
 ) -> None:
     keys = store.keys
     dead = keys.dead("default")
-    seconds, _ = await redis.time()
-    now_ms = int(seconds) * 1000
+    now_ms = await server_ms(redis)
     for n in range(250):  # older than the one-hour retention
         await redis.xadd(dead, {"data": "x"}, id=f"{now_ms - 7_200_000 + n}-0")
     for n in range(3):
@@ -177,8 +181,7 @@ async def test_cleanup_trims_dead_letters_by_age(
 
 async def test_cleanup_never_lets_a_heartbeat_outlive_its_worker(store: JobStore, redis: Redis) -> None:
     keys = store.keys
-    seconds, _ = await redis.time()
-    now_ms = int(seconds) * 1000
+    now_ms = await server_ms(redis)
     await redis.hset(keys.worker("dead"), mapping={"seen_at": now_ms - 60_000})
     await redis.hset(keys.worker("fresh"), mapping={"seen_at": now_ms})
     await redis.hset(keys.worker("kept"), mapping={"seen_at": now_ms})
@@ -256,8 +259,8 @@ async def test_reaper_resends_a_pending_job_whose_message_is_gone(store: JobStor
     await poll(resent, 5, "the reaper to resend the job")
     delivery = await take(store)
     assert (delivery.job_id, delivery.dispatch) == (job_id, 2)
-    started = await store.start(delivery, "c1")
-    assert started is not None and started.job.status == JobStatus.PROCESSING
+    assert await store.start(delivery, "c1") is not None
+    assert (await store.get(job_id)).status == JobStatus.PROCESSING
 
 
 async def test_reaper_can_fail_a_pending_job_whose_message_is_gone(store: JobStore, redis: Redis) -> None:
@@ -301,33 +304,33 @@ async def test_reaper_promotes_due_delayed_messages(store: JobStore, redis: Redi
 
 
 async def test_each_tick_runs_on_one_replica_only(store: JobStore, redis: Redis) -> None:
-    runs: list[str] = []
+    key = store.keys.lock("probe")
+    slots: list[int] = []
 
-    def runner(name: str) -> Periodic:
-        async def run() -> dict[str, int]:
-            runs.append(name)
-            return {"n": 1}
-
-        return Periodic("probe", 0.2, run)
+    async def run() -> dict[str, int]:
+        slots.append(int(await redis.hget(key, "slot") or 0))  # the slot just claimed
+        return {"n": 1}
 
     scripts = Scripts.register(redis)
-    tickers = [Ticker(redis, store.keys, scripts, f"r{n}", runner(f"r{n}")) for n in range(3)]
+    tickers = [Ticker(redis, store.keys, scripts, f"r{n}", Periodic("probe", 0.2, run)) for n in range(3)]
     loops = [asyncio.create_task(t.run_forever()) for t in tickers]
+
+    async def five_done() -> bool:  # and every claimed run recorded: the loops are asleep
+        runs, completed = await redis.hmget(key, ["runs", "completed"])
+        return len(slots) >= 5 and int(runs or 0) == int(completed or 0) == len(slots)
+
     try:
-        await poll(lambda: _value(len(runs) >= 5), 5, "five ticks")
+        await poll(five_done, 5, "five ticks")
     finally:
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
-    record = await redis.hgetall(store.keys.lock("probe"))
-    assert int(record[b"runs"]) == len(runs) == int(record[b"completed"]) == int(record[b"total_n"])
-    assert int(record[b"attempts"]) >= 2 * len(runs)  # every replica tried every tick
-    slot = int(record[b"slot"])
-    assert slot % 200 == 0
-
-
-async def _value(value: object) -> object:
-    return value
+    assert len(set(slots)) == len(slots), slots  # no slot ran twice
+    assert all(slot % 200 == 0 for slot in slots)
+    assert sorted(slots) == slots
+    record = await redis.hgetall(key)
+    assert int(record[b"total_n"]) == len(slots)
+    assert int(record[b"attempts"]) >= 2 * len(slots)  # every replica tried every tick
 
 
 # ---------------------------------------------------------------- firing schedules
