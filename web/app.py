@@ -13,6 +13,7 @@ from litestar import Litestar, Router
 
 from broker.settings import Settings, load_settings
 from broker.tasks import load_task_modules
+from web.admin import ROUTES as ADMIN_ROUTES
 from web.auth import auth_hook
 from web.jobs import JobController
 from web.log_redaction import install_log_redaction
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
     docs_path = f"{prefix}/schema"
     api = Router(
         path=prefix or "/",
-        route_handlers=[JobController, *SSE_ROUTES, list_tasks, healthz, readyz, index],
+        route_handlers=[JobController, *SSE_ROUTES, *ADMIN_ROUTES, list_tasks, healthz, readyz, index],
     )
     return Litestar(
         route_handlers=[api],
