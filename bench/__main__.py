@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="throughput: also profile one worker with py-spy (flame graph + top functions)",
+        help="py-spy: throughput profiles a worker, polling and enqueue the web process (pip install py-spy)",
     )
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every scenario's finally blocks stop what it started.

@@ -80,11 +80,17 @@ def publish(report: Report, options: Options) -> Path:
         table.add_column(column, justify="left" if i == 0 else "right")
     for row in report.rows:
         table.add_row(*row)
+    measured = machine()
+    if measured["code"] != STARTED_ON:
+        report.notes.append(
+            f"WARNING: the code changed during the run ({STARTED_ON} -> {measured['code']}): "
+            "processes started later ran newer code"
+        )
+    measured["code_at_start"] = STARTED_ON
     console = Console(width=None if sys.stdout.isatty() else 140)
     console.print(table)
     for note in report.notes:
         console.print(f"  {note}", highlight=False, soft_wrap=True)
-    measured = machine()
     summary_line = f"  code {measured['code']}, {measured['cpus']} CPUs, Python {measured['python']}"
     console.print(summary_line, highlight=False)
     options.out.mkdir(parents=True, exist_ok=True)
@@ -172,6 +178,10 @@ def bar_chart(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+STARTED_ON = code_version()
+"""The commit (and whether the tree was dirty) when this bench process started."""
 
 
 # -- numbers ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from bench.common import Options, Report, bench_redis, jobstream_env, redis_version
-from bench.http import uvicorn, wrk, wrk_report
+from bench.http import profile_notes, profile_server, uvicorn, wrk, wrk_report
 
 PREFIX = "js:"
 BODY = '{"type": "demo.noop", "input": {}}'
@@ -50,12 +50,20 @@ async def _main(options: Options) -> Report:
                 for name, target, path in cases:
                     result = wrk(target, path, seconds, env=post, warmup=0.0 if results.get(name) else 1.0)
                     results.setdefault(name, []).append(result)
+            profile = (
+                profile_server(web, "/jobs", seconds, post, options.out / "web-enqueue-profile.txt")
+                if options.profile
+                else None
+            )
     ours = sorted(r["rps"] for r in results[cases[0][0]])[len(results[cases[0][0]]) // 2]
     ceiling = sorted(r["rps"] for r in results[cases[1][0]])[len(results[cases[1][0]]) // 2]
     title = f"enqueue: POST /jobs, {seconds} s x {rounds} round(s) each"
     notes = [f"POST /jobs reaches {100 * ours / ceiling:.0f}% of the bare endpoint's req/s (target: 50%)."]
     report = wrk_report("enqueue", title, results, seconds, rounds, version, notes)
     report.data["ratio_to_ceiling"] = ours / ceiling
+    if profile is not None:
+        report.notes += profile_notes("web process, POST /jobs", profile)
+        report.data["profile"] = profile
     return report
 
 

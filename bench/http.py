@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from bench import profiling
 from bench.common import ROOT, Report, bar_chart, fmt_rate, fmt_spread, log_tail, spawn, stop, summary
 from broker.redis_server import free_port
 
@@ -85,13 +86,20 @@ def wrk(
     connections: int = 32,
     env: Mapping[str, str] | None = None,
     warmup: float = 1.0,
+    profile_to: Path | None = None,
 ) -> dict[str, Any]:
-    """Load ``path`` with wrk; returns req/s, latency, errors and the server's CPU use."""
+    """Load ``path`` with wrk; returns req/s, latency, errors and the server's CPU use.
+
+    ``profile_to``: record the server with py-spy during the run (see ``bench.profiling``).
+    """
     if warmup > 0:
         _run_wrk(server.base_url + path, warmup, connections, env)
+    profiler = profiling.start(server.proc.pid, profile_to, duration=seconds) if profile_to else None
     cpu_before = server.cpu_seconds()
     result = _run_wrk(server.base_url + path, seconds, connections, env)
     cpu = server.cpu_seconds() - cpu_before
+    if profiler is not None:
+        profiling.finish(profiler)
     duration = result["duration_us"] / 1e6
     result["rps"] = result["requests"] / duration
     result["server_cpu"] = cpu / duration
@@ -176,3 +184,31 @@ def wrk_report(
         notes,
         chart,
     )
+
+
+def profile_server(
+    server: Server, path: str, seconds: float, env: Mapping[str, str], out: Path
+) -> dict[str, Any]:
+    """One more (unmeasured) wrk run with py-spy on the server; its top functions by own time."""
+    if profiling.py_spy_path() is None:
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    wrk(server, path, seconds, env=env, warmup=0.0, profile_to=out)
+    if not out.exists():
+        return {"error": f"py-spy wrote nothing; see {out.with_suffix('.log')}"}
+    return {
+        "raw": str(out),
+        "top_own": profiling.own_time(out),
+        "own_by_package": profiling.own_by_package(out),
+    }
+
+
+def profile_notes(what: str, profile: dict[str, Any]) -> list[str]:
+    """Report lines for a server profile: top 10 functions by own time, own time by package."""
+    if "error" in profile:
+        return [f"{what} profile: {profile['error']}"]
+    lines = [f"{what} profile (py-spy, own % / inclusive % of CPU samples), top 10:"]
+    lines += [f"  {own:5.1f}% {incl:5.1f}%  {name}" for name, own, incl in profile["top_own"][:10]]
+    lines.append(
+        "  own time by package: " + ", ".join(f"{p} {v:.0f}%" for p, v in profile["own_by_package"][:8])
+    )
+    return lines

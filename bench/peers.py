@@ -246,7 +246,7 @@ async def run_peer(peer: Peer, url: str, n: int, log: Path) -> dict[str, Any]:
 
 async def _main(options: Options) -> Report:
     n = options.pick(300, 10_000, options.n)
-    rounds = options.pick(1, 5, options.rounds)
+    rounds = options.pick(1, 3, options.rounds)
     systems = peers(both_concurrencies=not options.quick)
     runs: list[dict[str, Any]] = []
     with bench_redis() as server, tempfile.TemporaryDirectory() as folder:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from bench.common import Options, Report, bench_redis, job_store, jobstream_env, redis_version
-from bench.http import Server, uvicorn, wrk, wrk_report
+from bench.http import Server, profile_notes, profile_server, uvicorn, wrk, wrk_report
 from broker.settings import load_settings
 
 PREFIX = "js:"
@@ -64,8 +64,17 @@ async def _main(options: Options) -> Report:
                 for name, target, path, wrk_env in cases:
                     result = wrk(target, path, seconds, env=wrk_env, warmup=0.0 if results.get(name) else 1.0)
                     results.setdefault(name, []).append(result)
+            profiles = {}
+            if options.profile:
+                for name, target, path, wrk_env in cases[:2]:
+                    out = options.out / f"web-{'304' if wrk_env else '200'}-profile.txt"
+                    profiles[name] = profile_server(target, path, seconds, wrk_env, out)
     title = f"polling: GET /jobs/{{id}}, {seconds} s x {rounds} round(s) each"
-    return wrk_report("polling", title, results, seconds, rounds, version)
+    notes = [line for name, prof in profiles.items() for line in profile_notes(f"web process, {name}", prof)]
+    report = wrk_report("polling", title, results, seconds, rounds, version)
+    report.notes += notes
+    report.data["profiles"] = profiles
+    return report
 
 
 def run(options: Options) -> Report:

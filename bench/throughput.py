@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from bench import profiling
 from bench.common import (
     OWNER,
     Options,
@@ -46,7 +46,6 @@ from bench.common import (
     log_tail,
     redis_version,
     spawn,
-    stop,
     stop_all,
     summary,
     watch_completion,
@@ -80,12 +79,17 @@ async def run_once(
         create_s = time.perf_counter() - began
         active = store.keys.owner_active(OWNER)
 
+        profiler: subprocess.Popen[bytes] | None = None
+
         async def completed() -> int:
-            return n - int(await store.redis.scard(active))
+            nonlocal profiler
+            done = n - int(await store.redis.scard(active))
+            if profile_to and done and profiler is None:  # attach once jobs run: start-up is not profiled
+                profiler = profiling.start(procs[0].pid, profile_to)
+            return done
 
         spawned = time.time()
         procs = [spawn(_worker_argv(), jobstream_env(redis_url, prefix), log) for _ in range(workers)]
-        profiler = _start_py_spy(procs[0].pid, profile_to) if profile_to else None
         try:
             seen = await watch_completion(
                 completed, n, spawned, timeout=60 + n / 200, alive=dead_process(procs)
@@ -95,7 +99,7 @@ async def run_once(
         finally:
             stop_all(procs)
             if profiler is not None:
-                stop(profiler, timeout=60)
+                profiling.finish(profiler)
         rows = await _records(store, ids)
     outcomes = Counter((r[0] or b"?").decode() + "/" + (r[1] or b"?").decode() for r in rows)
     if outcomes != Counter({"SUCCESS/1": n}):
@@ -118,67 +122,22 @@ def _worker_argv() -> list[str]:
     return [sys.executable, "-m", "workers", "--log-level", "WARNING"]
 
 
-def _start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    fmt = "raw" if out.suffix == ".txt" else "flamegraph"
-    return subprocess.Popen(
-        [
-            py_spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--rate",
-            "200",
-            "--format",
-            fmt,
-            "-o",
-            str(out),
-            "--nonblocking",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def own_time(collapsed: Path, top: int = 15) -> list[tuple[str, float, float]]:
-    """Top functions by own (leaf) samples from py-spy's raw output: (function, own %, total %)."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";")[1:]]  # first frame: the thread
-        if not frames:
-            continue
-        total += count
-        own[frames[-1]] += count
-        for name in set(frames):
-            inclusive[name] += count
-    return [(name, 100 * c / total, 100 * inclusive[name] / total) for name, c in own.most_common(top)]
-
-
-def _frame_name(frame: str) -> str:
-    """``fn (path/to/module.py:123)`` -> ``fn (module.py)``: one entry per function."""
-    name, _, where = frame.partition(" (")
-    path = where.rstrip(")").rsplit(":", 1)[0]
-    parts = Path(path).parts
-    short = "/".join(parts[-2:]) if len(parts) > 1 else path
-    return f"{name} ({short})"
-
-
 async def _profile(redis_url: str, n: int, log: Path, out: Path) -> dict[str, Any]:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
-        return {"error": "py-spy not installed (uv pip install py-spy)"}
+    if profiling.py_spy_path() is None:
+        return {"error": "py-spy is not installed (pip install py-spy)"}
     svg = out / "worker-profile.svg"
     raw = out / "worker-profile.txt"
     await run_once(redis_url, n, 1, log, profile_to=svg)
     run = await run_once(redis_url, n, 1, log, profile_to=raw)
-    top = own_time(raw) if raw.exists() else []
-    return {"svg": str(svg), "raw": str(raw), "run_under_profiler": run, "top_own": top}
+    if not raw.exists():
+        return {"error": f"py-spy wrote nothing; see {raw.with_suffix('.log')}"}
+    return {
+        "svg": str(svg),
+        "raw": str(raw),
+        "run_under_profiler": run,
+        "top_own": profiling.own_time(raw),
+        "own_by_package": profiling.own_by_package(raw),
+    }
 
 
 async def _main(options: Options) -> Report:
@@ -228,8 +187,15 @@ async def _main(options: Options) -> Report:
     }
     if profile is not None:
         data["profile"] = profile
+        notes.append("worker profile (py-spy, 1 worker, own % / inclusive % of CPU samples), top 10:")
         for name, own, incl in profile.get("top_own", [])[:10]:
-            notes.append(f"profile: {own:5.1f}% own {incl:5.1f}% incl  {name}")
+            notes.append(f"  {own:5.1f}% {incl:5.1f}%  {name}")
+        notes.append(
+            "  own time by package: "
+            + ", ".join(f"{pkg} {pct:.0f}%" for pkg, pct in profile.get("own_by_package", [])[:8])
+        )
+        if "error" in profile:
+            notes.append(f"  profile: {profile['error']}")
 
     def chart(path: Path) -> None:
         labels = [f"{w} worker{'s' if w > 1 else ''}" for w in WORKER_COUNTS]
