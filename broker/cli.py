@@ -176,7 +176,7 @@ def dev_children(args: argparse.Namespace) -> list[ChildSpec]:
     children = [ChildSpec("web", web)]
     children += [ChildSpec(f"worker-{n}", worker) for n in range(1, args.workers + 1)]
     if not args.no_scheduler and module_available("scheduler.app"):
-        scheduler = (python, "-m", "taskiq", "scheduler", "scheduler.app:scheduler")
+        scheduler = (python, "-m", "taskiq", "scheduler", "scheduler.app:scheduler", "--update-interval", "5")
         children.append(ChildSpec("scheduler", scheduler))
     return children
 

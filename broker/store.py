@@ -102,13 +102,24 @@ class JobStore:
         queue: str,
         idempotency_key: str | None = None,
         run_at_ms: int = 0,
+        delay_ms: int = 0,
     ) -> tuple[Job, bool]:
-        """Create and queue a job; returns it and whether it is new (False: idempotent replay)."""
+        """Create and queue a job; returns it and whether it is new (False: idempotent replay).
+
+        ``run_at_ms`` (epoch ms) or ``delay_ms`` (from now, by the Redis clock) delays it.
+        """
         replace_dangling = False
         while True:
             job_id = str(uuid.uuid4())
             code, detail = await self._create(
-                job_id, task, input_json, owner, queue, idempotency_key, run_at_ms, replace_dangling
+                job_id,
+                task,
+                input_json,
+                owner,
+                queue,
+                idempotency_key,
+                (run_at_ms, delay_ms),
+                replace_dangling,
             )
             if code == ScriptCode.OK:
                 return job_from_fields(pairs_to_fields(detail)), True
@@ -129,7 +140,7 @@ class JobStore:
         owner: str,
         queue: str,
         idempotency_key: str | None,
-        run_at_ms: int,
+        due: tuple[int, int],
         replace_dangling: bool,
     ) -> tuple[int, Any]:
         k, s = self.keys, self.settings
@@ -155,8 +166,9 @@ class JobStore:
                 s.max_active_per_owner,
                 idem_ttl,
                 encode_message(job_id, task, 1),
-                run_at_ms,
+                due[0],
                 "1" if replace_dangling else "0",
+                due[1],
             ],
         )
         return int(reply[0]), (reply[1] if len(reply) > 1 else None)

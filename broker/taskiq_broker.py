@@ -358,7 +358,7 @@ class JobBroker(RedisStreamBroker):
             owner=str(labels.get("owner") or KICK_OWNER),
             queue=spec.options.queue or self.settings.default_queue,
             idempotency_key=str(labels["idempotency_key"]) if labels.get("idempotency_key") else None,
-            run_at_ms=int((time.time() + delay) * 1000) if delay > 0 else 0,
+            delay_ms=round(delay * 1000) if delay > 0 else 0,
         )
 
     @functools.cached_property

@@ -237,7 +237,7 @@ def test_dev_children(monkeypatch: pytest.MonkeyPatch) -> None:
     web, worker, _, scheduler = (child.argv[2:] for child in children)
     assert web == ("uvicorn", "web.app:app", "--host", "127.0.0.1", "--port", "9000")
     assert worker == ("workers",)
-    assert scheduler == ("taskiq", "scheduler", "scheduler.app:scheduler")
+    assert scheduler == ("taskiq", "scheduler", "scheduler.app:scheduler", "--update-interval", "5")
 
 
 @pytest.mark.parametrize(

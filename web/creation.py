@@ -49,25 +49,29 @@ def max_delay_seconds(settings: Settings) -> int:
     return ttl - max(1, min(60, ttl // 10))
 
 
-async def due_ms(body: CreateJob, redis: Redis, settings: Settings) -> int:
-    """When the job may start, in Redis-clock epoch ms; 0 for "now" (no delay asked)."""
+async def due(body: CreateJob, redis: Redis, settings: Settings) -> tuple[int, int]:
+    """When the job may start: ``(run_at epoch ms, 0)``, ``(0, delay ms)`` or ``(0, 0)`` for now.
+
+    A delay is counted by the create script from its own Redis clock reading, so the job
+    never starts earlier than ``delay_seconds`` after its ``created_at``.
+    """
     if body.delay_seconds is None and body.run_at is None:
-        return 0
+        return 0, 0
     if body.delay_seconds is not None and body.run_at is not None:
         raise _bad_schedule("give delay_seconds or run_at, not both")
+    limit = max_delay_seconds(settings)
+    if body.delay_seconds is not None:
+        if body.delay_seconds > limit:
+            raise _bad_schedule(f"a job can be scheduled at most {limit} seconds ahead", "$.delay_seconds")
+        return 0, round(body.delay_seconds * 1000)
     seconds, micros = await redis.time()
     now = int(seconds) * 1000 + int(micros) // 1000
-    if body.run_at is not None:
-        due = int(body.run_at.timestamp() * 1000)
-        if due < now - PAST_TOLERANCE_MS:
-            raise _bad_schedule("run_at is in the past", "$.run_at")
-    else:
-        due = now + round((body.delay_seconds or 0.0) * 1000)
-    limit = max_delay_seconds(settings)
-    if due - now > limit * 1000:
-        field = "$.run_at" if body.run_at is not None else "$.delay_seconds"
-        raise _bad_schedule(f"a job can be scheduled at most {limit} seconds ahead", field)
-    return max(due, now)
+    run_at = int(body.run_at.timestamp() * 1000) if body.run_at is not None else now
+    if run_at < now - PAST_TOLERANCE_MS:
+        raise _bad_schedule("run_at is in the past", "$.run_at")
+    if run_at - now > limit * 1000:
+        raise _bad_schedule(f"a job can be scheduled at most {limit} seconds ahead", "$.run_at")
+    return max(run_at, now), 0
 
 
 def _bad_schedule(message: str, field: str = "$") -> ProblemError:

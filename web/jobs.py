@@ -20,7 +20,7 @@ from broker.settings import Settings
 from broker.store import JobStore
 from broker.tasks import registry
 from web.auth import User
-from web.creation import decode_body, due_ms, validated_input
+from web.creation import decode_body, due, validated_input
 from web.openapi import CreateJobOperation, problem_responses
 from web.problems import ProblemError, job_ended, problem
 from web.schemas import JobPage, JobResult
@@ -128,7 +128,7 @@ class JobController(Controller):
         body = decode_body(await request.body())
         spec = registry.get(body.type)
         input_json = validated_input(spec, body.input)
-        run_at_ms = await due_ms(body, store.redis, settings)
+        run_at_ms, delay_ms = await due(body, store.redis, settings)
         job, created = await store.create(
             task=spec.name,
             input_json=input_json,
@@ -136,6 +136,7 @@ class JobController(Controller):
             queue=spec.options.queue or settings.default_queue,
             idempotency_key=idempotency_key,
             run_at_ms=run_at_ms,
+            delay_ms=delay_ms,
         )
         headers = job_headers(job, settings)
         headers["Location"] = request.app.route_reverse("get_job", job_id=job.id)

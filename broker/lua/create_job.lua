@@ -3,7 +3,8 @@
 --       5 queue stream, 6 queue delayed zset
 -- ARGV: 1 owner channel prefix, 2 id, 3 type, 4 owner, 5 queue, 6 input JSON,
 --       7 active TTL s, 8 active-job quota (0 = none), 9 idempotency TTL s (0 = no key),
---       10 Taskiq message, 11 run_at ms (0 = now), 12 '1' to replace a dangling idempotency key
+--       10 Taskiq message, 11 run_at ms (0 = now), 12 '1' to replace a dangling idempotency key,
+--       13 delay ms from now by the server clock (0 = none; used instead of 11 when set)
 -- Returns: {OK, flat record} | {DUPLICATE, existing id} | {QUOTA}
 -- Publishes: the PENDING job.
 local job, index, active, idem, stream, delayed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -24,6 +25,9 @@ end
 
 local now = js_now()
 local run_at = tonumber(ARGV[11])
+if tonumber(ARGV[13]) > 0 then
+  run_at = now + tonumber(ARGV[13])
+end
 local changes = {
   id = id, type = ARGV[3], status = 'PENDING', progress = '0', owner = ARGV[4],
   queue = ARGV[5], input = ARGV[6], attempts = '0', created_at = tostring(now), dispatch = '1',
