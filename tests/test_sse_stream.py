@@ -78,7 +78,7 @@ async def test_a_late_client_and_a_reconnecting_one_see_every_later_state_once(
     await early.until_version(2)
     readers = [early]
     reconnected: Reader | None = None
-    for step in range(1, 31):
+    for step in range(1, 32):  # 30 progress steps, then the end
         if step == 10:
             late = Reader(stack.http, url)
             await late.until_version(11)
@@ -118,7 +118,7 @@ async def test_clients_still_get_the_terminal_state_after_client_kill_type_pubsu
     await feed.until(lambda r: any(e["version"] == 7 for e in r.events), what="version 7 on the feed")
 
     assert await redis.execute_command("CLIENT KILL TYPE pubsub") >= 1
-    await redis.rpush(gate, *["go"] * 15)  # the rest happens while the hub reconnects
+    await redis.rpush(gate, *["go"] * 16)  # the rest happens while the hub reconnects
 
     end = await one.until_terminal()
     await feed.until(lambda r: any(e["version"] == 23 for e in r.events), what="the end on the feed")

@@ -91,15 +91,20 @@ class Steps(msgspec.Struct):
 async def steps(ctx: JobContext, data: Steps) -> int:
     """``count`` progress updates, as fast as it can (or ``interval`` apart).
 
-    With ``gate``, each step first pops an item from that list (the SSE tests push one per
-    step, to walk the job in lockstep with their clients). With ``stamp``, each step's
-    message is the ``time.time()`` of its progress call (the SSE latency benchmark).
+    With ``gate``, each step, and the end, first pops an item from that list (the SSE tests
+    push one at a time, to walk the job in lockstep with their clients). With ``stamp``,
+    each step's message is the ``time.time()`` of its progress call (the SSE benchmark).
     """
     for step in range(1, data.count + 1):
-        if data.gate is not None and await redis().blpop([data.gate], timeout=60) is None:
-            raise TimeoutError(f"nobody opened gate {data.gate} for step {step}")
+        await _through_gate(data.gate, f"step {step}")
         message = repr(time.time()) if data.stamp else f"step {step} of {data.count}"
         await ctx.progress(step * 100 / data.count, message)
         if data.interval:
             await asyncio.sleep(data.interval)
+    await _through_gate(data.gate, "the end")
     return data.count
+
+
+async def _through_gate(gate: str | None, what: str) -> None:
+    if gate is not None and await redis().blpop([gate], timeout=60) is None:
+        raise TimeoutError(f"nobody opened gate {gate} for {what}")
