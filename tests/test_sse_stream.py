@@ -180,7 +180,10 @@ async def test_sigterm_ends_open_streams_and_long_polls_and_exits_cleanly(sse_st
     poll = asyncio.create_task(
         stack.http.get(f"/jobs/{job['id']}", params={"wait": 30}, headers={"If-None-Match": '"1"'})
     )
-    await asyncio.sleep(0)  # let the long poll go out; it is awaited below either way
+    deadline = time.monotonic() + 10  # the long poll is waiting in the hub: 10 + 1 + 1 listeners
+    while (await stack.http.get("/events/stats")).json()["hub"]["listeners"] < 12:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
 
     started = time.monotonic()
     stack.web.send_signal(signal.SIGTERM)

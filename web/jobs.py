@@ -14,15 +14,14 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 
-from broker.events import EventHub
 from broker.models import Job, JobStatus
 from broker.settings import Settings
-from broker.store import JobStore
 from broker.tasks import registry
 from web.auth import User
 from web.creation import decode_body, due, validated_input
 from web.openapi import CreateJobOperation, problem_responses
 from web.problems import ProblemError, job_ended, problem
+from web.resources import JobRoutesContext
 from web.schemas import JobPage, JobResult
 from web.sse import wait_for_newer
 from web.stream_tokens import CreatedJob, StreamTokens, job_scope
@@ -45,11 +44,9 @@ WaitSeconds = Annotated[
         "seconds (capped by the server)",
     ),
 ]
-Store = NamedDependency[JobStore]
-Hub = NamedDependency[EventHub]
-Tokens = NamedDependency[StreamTokens]
-Config = NamedDependency[Settings]
+Jobs = NamedDependency[JobRoutesContext]
 Caller = NamedDependency[User]
+UserRequest = Request[User, Any, Any]
 
 
 def job_headers(job: Job, settings: Settings) -> dict[str, str]:
@@ -112,19 +109,14 @@ class JobController(Controller):
         summary="Create a job",
     )
     async def create_job(
-        self,
-        request: Request[User, Any, Any],
-        store: Store,
-        stream_tokens: Tokens,
-        settings: Config,
-        caller: Caller,
-        idempotency_key: IdempotencyKey = None,
+        self, request: UserRequest, jobs: Jobs, idempotency_key: IdempotencyKey = None
     ) -> Response[CreatedJob]:
         """Validate, then queue the job: 202 and ``Location``.
 
         A replayed ``Idempotency-Key`` (same owner) answers 200 with the job the key first
         created, whatever the new body asks (it is still validated first).
         """
+        store, settings, caller = jobs.store, jobs.settings, request.user
         body = decode_body(await request.body())
         spec = registry.get(body.type)
         input_json = validated_input(spec, body.input)
@@ -140,7 +132,7 @@ class JobController(Controller):
         )
         headers = job_headers(job, settings)
         headers["Location"] = request.app.route_reverse("get_job", job_id=job.id)
-        answer = creation_body(job, stream_tokens, caller)
+        answer = creation_body(job, jobs.tokens, caller)
         return Response(answer, status_code=202 if created else 200, headers=headers)
 
     @get(
@@ -151,11 +143,9 @@ class JobController(Controller):
     )
     async def get_job(
         self,
+        request: UserRequest,
         job_id: FromPath[str],
-        store: Store,
-        hub: Hub,
-        settings: Config,
-        caller: Caller,
+        jobs: Jobs,
         if_none_match: IfNoneMatch = None,
         wait: WaitSeconds = None,
     ) -> Response[Job]:
@@ -164,9 +154,10 @@ class JobController(Controller):
         With ``wait``, a request whose ETag is current waits (up to ``long_poll_max_seconds``)
         for the next change and answers it at once; 304 if none came.
         """
-        job = await store.get(job_id, caller.scope)
+        settings, scope = jobs.settings, request.user.scope
+        job = await jobs.store.get(job_id, scope)
         if wait and not job.terminal and etag_matches(if_none_match, job.etag):
-            job = await wait_for_newer(hub, job, min(wait, settings.long_poll_max_seconds), caller.scope)
+            job = await wait_for_newer(jobs.hub, job, min(wait, settings.long_poll_max_seconds), scope)
         headers = job_headers(job, settings)
         if etag_matches(if_none_match, job.etag):
             return not_modified(headers)
@@ -175,8 +166,8 @@ class JobController(Controller):
     @get("/", responses=problem_responses(400, 401, 403), summary="List jobs")
     async def list_jobs(
         self,
-        store: Store,
-        caller: Caller,
+        request: UserRequest,
+        jobs: Jobs,
         status: FromQuery[JobStatus | None] = None,
         task_type: Annotated[str | None, QueryParameter(name="type", max_length=200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
@@ -184,8 +175,8 @@ class JobController(Controller):
         owner: Annotated[str | None, QueryParameter(description="another owner's jobs (admins only)")] = None,
     ) -> Response[JobPage]:
         """The owner's jobs, newest first, filtered by ``status`` and ``type``."""
-        page = await store.list(
-            listing_owner(caller, owner), status=status, task=task_type, limit=limit, cursor=cursor
+        page = await jobs.store.list(
+            listing_owner(request.user, owner), status=status, task=task_type, limit=limit, cursor=cursor
         )
         return Response(JobPage(page.jobs, page.cursor), headers={"Cache-Control": "no-cache"})
 
@@ -193,10 +184,11 @@ class JobController(Controller):
         "/{job_id:str}/result", responses=problem_responses(400, 401, 404, 409), summary="Get a job's result"
     )
     async def job_result(
-        self, job_id: FromPath[str], store: Store, settings: Config, caller: Caller
+        self, request: UserRequest, job_id: FromPath[str], jobs: Jobs
     ) -> Response[JobResult]:
         """200 with the result on SUCCESS; 202 while active; 409 with the error on FAILURE or CANCELLED."""
-        job = await store.get(job_id, caller.scope)
+        settings = jobs.settings
+        job = await jobs.store.get(job_id, request.user.scope)
         if job.status is JobStatus.SUCCESS:
             return Response(JobResult(job.id, job.status, job.result), headers={"Cache-Control": "no-cache"})
         if job.terminal:
@@ -210,10 +202,9 @@ class JobController(Controller):
         responses=problem_responses(400, 401, 404, 409),
         summary="Cancel a job",
     )
-    async def cancel_job(
-        self, job_id: FromPath[str], store: Store, settings: Config, caller: Caller
-    ) -> Response[Job]:
+    async def cancel_job(self, request: UserRequest, job_id: FromPath[str], jobs: Jobs) -> Response[Job]:
         """CANCELLED at once if PENDING; if PROCESSING, ``cancel_requested`` and its worker stops it."""
-        job = await store.get(job_id, caller.scope)
-        job = await store.cancel(job_id, caller.scope, retention_for(job.type, settings))
-        return Response(job, headers=job_headers(job, settings))
+        store, scope = jobs.store, request.user.scope
+        job = await store.get(job_id, scope)
+        job = await store.cancel(job_id, scope, retention_for(job.type, jobs.settings))
+        return Response(job, headers=job_headers(job, jobs.settings))
