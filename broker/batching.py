@@ -1,10 +1,12 @@
-"""Sends the script calls made in one event-loop turn to Redis as one pipeline.
+"""Sends script calls to Redis as pipelines, without waiting for a batch to fill.
 
 A worker running many jobs at once issues their start and finish scripts at nearly the
-same moment; a web process does the same with concurrent creates. Collecting the calls
-of one loop turn and sending them together costs no latency (the flush runs at the end
-of the same turn) and saves a round trip and most of redis-py's per-command work for
-every call after the first.
+same moment; a web process does the same with concurrent creates. The batcher keeps at
+most ``max_in_flight`` pipelines outstanding: a call made while the line is free goes out
+at the end of the current loop turn (with whatever else that turn produced), and calls
+made while pipelines are outstanding wait for one to come back and then all go together.
+An idle system pays no added latency; a busy one sends fewer, larger pipelines, saving a
+round trip and most of redis-py's per-command work for every call after the first.
 """
 
 from __future__ import annotations
@@ -23,28 +25,39 @@ Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 class ScriptBatcher:
     """``await batcher.call(script, keys, args)``: EVALSHA, pipelined with its neighbours."""
 
-    def __init__(self, redis: Redis, max_batch: int = 512) -> None:
+    def __init__(self, redis: Redis, max_batch: int = 512, max_in_flight: int = 2) -> None:
         self.redis = redis
         self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
         self._pending: list[Call] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._flush_scheduled = False
 
     async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run ``script`` with ``keys`` and ``args`` and return its reply."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
         self._pending.append((script, keys, args, future))
-        if len(self._pending) >= self.max_batch:
-            self._flush()
+        self._schedule_flush()
         return await future
 
+    def _schedule_flush(self) -> None:
+        if self._pending and not self._flush_scheduled and len(self._sending) < self.max_in_flight:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.ensure_future(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        self._flush_scheduled = False
+        if not self._pending or len(self._sending) >= self.max_in_flight:
+            return
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+        self._schedule_flush()
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._schedule_flush()
 
     async def _send(self, batch: list[Call]) -> None:
         try:

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +35,29 @@ class Counters:
 
 @dataclass(slots=True)
 class Running:
-    """A job running in this process: its asyncio task and its context."""
+    """A job running in this process: the asyncio task running it, and its context.
+
+    The task's function runs in the delivery's own asyncio task (no task per job). A
+    cancel or an abandon interrupts it only while the task's code runs, so the worker's
+    own writes (start, final state) are never cut off half-way.
+    """
 
     task: asyncio.Task[Any]
-    ctx: JobContext
     delivery: Delivery
+    ctx: JobContext | None = None
+    in_task_code: bool = False
+    interrupted: bool = False
     abandoned: bool = False
+
+    def interrupt(self) -> None:
+        """Cancel the task's code if it is running now (otherwise the flags say enough)."""
+        if self.in_task_code and not self.interrupted:
+            self.interrupted = True
+            self.task.cancel()
+
+
+Outcome = tuple[str, Any]
+"""("ok", result) | ("error", exception) | ("timeout", None) | ("cancelled", None) | ("lost", None)"""
 
 
 @dataclass(slots=True)
@@ -77,7 +93,7 @@ class JobExecutor:
     def cancel(self, job_id: str) -> bool:
         """Cancel a job running here (a cancel request arrived); False if not here."""
         running = self.running.get(job_id)
-        if running is None:
+        if running is None or running.ctx is None:
             now = time.monotonic()
             self.early_cancels = {j: t for j, t in self.early_cancels.items() if now - t < 60}
             self.early_cancels[job_id] = now
@@ -90,7 +106,7 @@ class JobExecutor:
         running = self.running.get(job_id)
         if running is not None:
             running.abandoned = True
-            running.task.cancel()
+            running.interrupt()
 
     async def _run_started(self, spec: TaskSpec, started: Started, delivery: Delivery) -> None:
         try:
@@ -98,46 +114,68 @@ class JobExecutor:
         except msgspec.ValidationError as err:
             await self._fail(started, delivery, spec, JobError("InvalidInput", str(err)))
             return
-        holder: list[asyncio.Task[Any]] = []
-        ctx = JobContext(self.store, started, _canceller(holder))
-        task: asyncio.Task[Any] = asyncio.ensure_future(spec.fn(ctx, data))
-        holder.append(task)
-        running = Running(task, ctx, delivery)
+        task = asyncio.current_task()
+        assert task is not None
+        running = Running(task, delivery)
+        running.ctx = ctx = JobContext(self.store, started, running.interrupt)
         self.running[started.job.id] = running
         if self.early_cancels.pop(started.job.id, None) is not None:
             ctx.request_cancel()
         try:
-            timed_out = not (await asyncio.wait({task}, timeout=spec.options.timeout))[0]
-            if timed_out:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            outcome = await self._call(spec, ctx, data, running)
         finally:
             del self.running[started.job.id]
-        await self._record(spec, started, delivery, running, timed_out)
+        if ctx.cancelled and outcome[0] in ("ok", "error"):
+            outcome = ("cancelled", None)  # it saw ctx.cancelled and returned (or gave up) early
+        await self._record(spec, started, delivery, outcome)
 
-    async def _record(
-        self, spec: TaskSpec, started: Started, delivery: Delivery, running: Running, timed_out: bool
-    ) -> None:
-        task = running.task
+    async def _call(  # noqa: PLR0911 - one return per way a task can end
+        self, spec: TaskSpec, ctx: JobContext, data: Any, running: Running
+    ) -> Outcome:
+        """Run the task's function under its timeout; say how it ended."""
+        if ctx.cancelled:
+            return ("cancelled", None)
+        deadline = asyncio.timeout(spec.options.timeout)
+        running.in_task_code = True
         try:
-            if running.abandoned:
+            async with deadline:
+                result = await spec.fn(ctx, data)
+        except asyncio.CancelledError:
+            if not running.interrupted:
+                raise  # the worker itself is being torn down
+            running.task.uncancel()
+            return self._interrupted(running)
+        except TimeoutError as exc:
+            return ("timeout", None) if deadline.expired() else ("error", exc)
+        except StaleAttempt:
+            return ("lost", None)
+        except Exception as exc:
+            return ("error", exc)
+        finally:
+            running.in_task_code = False
+        if running.interrupted:  # the code swallowed our cancel and returned
+            running.task.uncancel()
+            return self._interrupted(running)
+        return ("timeout", None) if deadline.expired() else ("ok", result)
+
+    @staticmethod
+    def _interrupted(running: Running) -> Outcome:
+        return ("lost", None) if running.abandoned else ("cancelled", None)
+
+    async def _record(self, spec: TaskSpec, started: Started, delivery: Delivery, outcome: Outcome) -> None:
+        kind, value = outcome
+        try:
+            if kind == "lost":
                 self.counters.lost += 1
-                return
-            if timed_out:
+            elif kind == "timeout":
                 error = JobError("Timeout", f"ran longer than {spec.options.timeout} s")
                 await self._fail_or_retry(spec, started, delivery, error)
-                return
-            if task.cancelled() or running.ctx.cancelled:
+            elif kind == "cancelled":
                 await self._end_cancelled(started, delivery, spec)
-                return
-            exc = task.exception()
-            if isinstance(exc, StaleAttempt):
-                self.counters.lost += 1
-                return
-            if exc is not None:
-                await self._fail_or_retry(spec, started, delivery, _error_of(exc))
-                return
-            await self._succeed(spec, started, delivery, task.result())
+            elif kind == "error":
+                await self._fail_or_retry(spec, started, delivery, _error_of(value))
+            else:
+                await self._succeed(spec, started, delivery, value)
         except StaleAttempt:
             self.counters.lost += 1
             log.warning("job %s: lost its lease before it could record its end", started.job.id)
@@ -178,14 +216,6 @@ class JobExecutor:
         if spec is not None and spec.options.retention is not None:
             return spec.options.retention
         return self.store.settings.retention_seconds
-
-
-def _canceller(holder: list[asyncio.Task[Any]]) -> Callable[[], None]:
-    def cancel() -> None:
-        if holder:
-            holder[0].cancel()
-
-    return cancel
 
 
 def _error_of(exc: BaseException) -> JobError:

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from taskiq import AckableMessage
 from taskiq.abc.formatter import TaskiqFormatter
 from taskiq.message import BrokerMessage, TaskiqMessage
@@ -103,6 +104,11 @@ class JobBroker(RedisStreamBroker):
             xread_count=max(1, min(50, settings.worker_concurrency)),
             additional_streams=dict.fromkeys(streams[1:], ">"),
             max_connection_pool_size=None,
+            # A read that never completes must not hang the worker: after a cancelled
+            # blocking XREADGROUP, redis-py could leave a connection waiting for a reply
+            # that never came, and SIGTERM then idled forever (seen about 1 run in 10).
+            socket_timeout=min(1000, lease_ms) / 1000 + 5,
+            socket_connect_timeout=5,
         )
         self.formatter = JobFormatter()
         self.streams = streams
@@ -174,15 +180,26 @@ class JobBroker(RedisStreamBroker):
         reclaim_every = self.settings.lease_seconds / 3
         next_reclaim = 0.0
         read: Any = dict.fromkeys(self.streams, ">")
+        this_task = asyncio.current_task()
         try:
             while True:
-                if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + reclaim_every
-                    async for message in self._reclaim(redis):
-                        yield message
-                fetched: Any = await redis.xreadgroup(
-                    GROUP, self.consumer_name, read, count=self.count, block=self.block
-                )
+                if this_task is not None and this_task.cancelling():
+                    # Taskiq cancels this read to stop; on Python 3.11 redis-py's timeouts
+                    # (asyncio.wait_for) can swallow that cancel, which left the worker
+                    # idling forever on SIGTERM now and then. Honour it here.
+                    raise asyncio.CancelledError
+                try:
+                    if time.monotonic() >= next_reclaim:
+                        next_reclaim = time.monotonic() + reclaim_every
+                        async for message in self._reclaim(redis):
+                            yield message
+                    fetched: Any = await redis.xreadgroup(
+                        GROUP, self.consumer_name, read, count=self.count, block=self.block
+                    )
+                except (RedisError, OSError) as err:
+                    log.warning("reading the queues failed (%s); retrying", err)
+                    await asyncio.sleep(0.5)
+                    continue
                 for stream, entries in fetched or ():
                     for entry_id, fields in entries:
                         yield self._accept(stream.decode(), entry_id.decode(), fields[b"data"])
@@ -326,8 +343,10 @@ class JobBroker(RedisStreamBroker):
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.keys.cancel_channel)
-                    async for message in pubsub.listen():
-                        self.executor.cancel(message["data"].decode())
+                    while True:  # get_message with a timeout: never a read without one
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if message is not None:
+                            self.executor.cancel(message["data"].decode())
             except asyncio.CancelledError:
                 raise
             except Exception:
