@@ -25,12 +25,22 @@ from typing import Any
 import httpx
 
 from bench import profiling
-from bench.common import ROOT, Report, bar_chart, fmt_rate, fmt_spread, log_tail, spawn, stop, summary
+from bench.common import (
+    ROOT,
+    Report,
+    bar_chart,
+    cpu_seconds,
+    fmt_rate,
+    fmt_spread,
+    log_tail,
+    spawn,
+    stop,
+    summary,
+)
 from broker.redis_server import free_port
 
 LUA = ROOT / "bench" / "wrk" / "request.lua"
 UVICORN_OPTIONS = ["--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -42,8 +52,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server process has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return cpu_seconds(self.proc.pid)
 
 
 def wrk_path() -> str:

@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 
 from bench.common import (
     OWNER,
+    CpuMeter,
     Options,
     Report,
     bar_chart,
@@ -53,6 +54,7 @@ from bench.common import (
 )
 
 CONCURRENCY = 100
+CPU_KEYS = ("worker_cpu_us_per_job", "redis_cpu_us_per_job")
 BATCH = 200
 Enqueue = Callable[[str, int], Awaitable[None]]
 Completed = Callable[[Redis, int], Awaitable[int]]
@@ -206,7 +208,7 @@ def peers(both_concurrencies: bool = True) -> list[Peer]:
     return out
 
 
-async def run_peer(peer: Peer, url: str, n: int, log: Path) -> dict[str, Any]:
+async def run_peer(peer: Peer, url: str, redis_pid: int, n: int, log: Path) -> dict[str, Any]:
     """One run of one system: flush, queue N noops, one worker process until all are done."""
     redis = Redis.from_url(url)
     try:
@@ -221,9 +223,16 @@ async def run_peer(peer: Peer, url: str, n: int, log: Path) -> dict[str, Any]:
         }
         spawned = time.time()
         procs = [spawn(peer.argv, env, log)]
+        meter = CpuMeter(procs, redis_pid, n)
+
+        async def completed() -> int:
+            done = await peer.completed(redis, n)
+            meter.observe(done)
+            return done
+
         try:
             seen = await watch_completion(
-                lambda: peer.completed(redis, n), n, spawned, timeout=60 + n / 50,
+                completed, n, spawned, timeout=60 + n / 50,
                 alive=dead_process(procs), interval=0.01,
             )  # fmt: skip
         except RuntimeError as err:
@@ -241,49 +250,76 @@ async def run_peer(peer: Peer, url: str, n: int, log: Path) -> dict[str, Any]:
         "steady_rate": seen.steady_rate,
         "wall_rate": seen.wall_rate,
         "startup_s": seen.startup,
+        **meter.per_job(),
     }
 
 
 async def _main(options: Options) -> Report:
     n = options.pick(300, 10_000, options.n)
-    rounds = options.pick(1, 3, options.rounds)
+    rounds = options.pick(1, 5, options.rounds)
     systems = peers(both_concurrencies=not options.quick)
     runs: list[dict[str, Any]] = []
     with bench_redis() as server, tempfile.TemporaryDirectory() as folder:
         version = redis_version(server.url)
         for _ in range(rounds):
             for peer in systems:
-                runs.append(await run_peer(peer, server.url, n, Path(folder) / f"{peer.name}.log"))
+                try:
+                    runs.append(
+                        await run_peer(peer, server.url, server.pid, n, Path(folder) / f"{peer.name}.log")
+                    )
+                except RuntimeError as err:  # one system failing must not hide the others' numbers
+                    print(f"{peer.name}: run failed: {str(err)[:2000]}", file=sys.stderr)
+                    runs.append({"peer": peer.name, "system": peer.system, "error": str(err)[:4000]})
     stats: dict[str, dict[str, Any]] = {}
     for peer in systems:
-        mine = [r for r in runs if r["peer"] == peer.name]
+        mine = [r for r in runs if r["peer"] == peer.name and "error" not in r]
+        failed = sum(1 for r in runs if r["peer"] == peer.name and "error" in r)
+        if not mine:
+            stats[peer.name] = {"settings": peer.settings, "failed": failed}
+            continue
         stats[peer.name] = {
+            "failed": failed,
             "settings": peer.settings,
             "steady": summary([r["steady_rate"] for r in mine]),
             "wall": summary([r["wall_rate"] for r in mine]),
             "startup_s": summary([r["startup_s"] for r in mine]),
+            **{
+                key: summary([r[key] for r in mine if key in r])
+                for key in CPU_KEYS
+                if any(key in r for r in mine)
+            },
         }
+    measured = [name for name, st in stats.items() if "steady" in st]
     best_peer = max(
-        (p.name for p in systems if p.system != "jobstream"), key=lambda k: stats[k]["steady"]["median"]
+        (p.name for p in systems if p.system != "jobstream" and p.name in measured),
+        key=lambda k: stats[k]["steady"]["median"],
     )
     ours = stats["jobstream"]["steady"]["median"]
     ratio = ours / stats[best_peer]["steady"]["median"]
-    rows = [
-        [
-            name + (" *" if name == best_peer else ""),
-            fmt_rate(s["steady"]["median"]),
-            fmt_spread(s["steady"]) if rounds > 1 else "-",
-            fmt_rate(s["wall"]["median"]),
-            f"{s['startup_s']['median']:.2f}",
-            f"{ours / s['steady']['median']:.2f}x" if name != "jobstream" else "",
-        ]
-        for name, s in stats.items()
-    ]
+    rows = []
+    for name, st in stats.items():
+        failed = f" ({st['failed']} failed)" if st["failed"] else ""
+        if "steady" not in st:
+            rows.append([name + failed, "-", "-", "-", "-", "", "-", "-"])
+            continue
+        rows.append(
+            [
+                name + (" *" if name == best_peer else "") + failed,
+                fmt_rate(st["steady"]["median"]),
+                fmt_spread(st["steady"]) if st["steady"]["n"] > 1 else "-",
+                fmt_rate(st["wall"]["median"]),
+                f"{st['startup_s']['median']:.2f}",
+                f"{ours / st['steady']['median']:.2f}x" if name != "jobstream" else "",
+                f"{st['worker_cpu_us_per_job']['median']:.0f}" if "worker_cpu_us_per_job" in st else "-",
+                f"{st['redis_cpu_us_per_job']['median']:.0f}" if "redis_cpu_us_per_job" in st else "-",
+            ]
+        )
     notes = [
         f"N = {n:,} noop jobs queued before one worker process starts; {rounds} round(s), systems "
         "interleaved; medians, spread = min-max over rounds.",
         "steady = first -> last observed completion (Redis polled every 10 ms); "
-        "wall includes worker start-up.",
+        "wall includes worker start-up. CPU per job (from /proc, 20% -> 100% done): the worker "
+        "process (and its children) and Redis; far less disturbed by other load than jobs/s.",
         f"jobstream vs the best peer configuration (* {best_peer}): {ratio:.2f}x (target: 2x).",
         f"Redis {version} (AOF everysec, loopback), flushed between runs. Each system at concurrency 100 "
         "(jobstream's default) and, where it differs, at its own default (c=...).",
@@ -293,7 +329,7 @@ async def _main(options: Options) -> Report:
             "best_peer": best_peer, "ratio_vs_best_peer": ratio, "runs": runs}  # fmt: skip
 
     def chart(path: Path) -> None:
-        names = list(stats)
+        names = measured
         bar_chart(
             path,
             f"noop jobs/s, 1 worker process, N={n:,} ({rounds} rounds, median, min-max)",
@@ -306,7 +342,16 @@ async def _main(options: Options) -> Report:
     return Report(
         "peers",
         f"peers: {n:,} queued noop jobs, one worker process",
-        ["system", "jobs/s steady", "spread", "jobs/s wall", "start-up s", "jobstream is"],
+        [
+            "system",
+            "jobs/s steady",
+            "spread",
+            "jobs/s wall",
+            "start-up s",
+            "jobstream is",
+            "worker CPU us/job",
+            "Redis CPU us/job",
+        ],
         rows,
         data,
         notes,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -33,6 +32,7 @@ from redis.asyncio import Redis
 from bench import profiling
 from bench.common import (
     OWNER,
+    CpuMeter,
     Options,
     Report,
     bar_chart,
@@ -49,10 +49,17 @@ from bench.common import (
     stop_all,
     summary,
     watch_completion,
+    worker_argv,
 )
 from broker.store import JobStore
 
 WORKER_COUNTS = (1, 2, 4)
+CPU_KEYS = (
+    "worker_cpu_us_per_job",
+    "redis_cpu_us_per_job",
+    "worker_cpu_utilisation",
+    "redis_cpu_utilisation",
+)
 
 
 async def _records(store: JobStore, ids: list[str]) -> list[list[Any]]:
@@ -66,9 +73,13 @@ async def _records(store: JobStore, ids: list[str]) -> list[list[Any]]:
 
 
 async def run_once(
-    redis_url: str, n: int, workers: int, log: Path, profile_to: Path | None = None
+    redis_url: str, redis_pid: int, n: int, workers: int, log: Path, profile_to: Path | None = None
 ) -> dict[str, Any]:
-    """Queue ``n`` noops, run ``workers`` processes until all succeed; return the timings."""
+    """Queue ``n`` noops, run ``workers`` processes until all succeed; return the timings.
+
+    Also the CPU time the workers and Redis used per job, between the first and the last
+    observed completion (from /proc), to show which of them the 2 cores are spent on.
+    """
     prefix = f"b{uuid.uuid4().hex[:6]}:"
     flusher = Redis.from_url(redis_url)
     await flusher.flushall()
@@ -84,12 +95,14 @@ async def run_once(
         async def completed() -> int:
             nonlocal profiler
             done = n - int(await store.redis.scard(active))
+            meter.observe(done)
             if profile_to and done and profiler is None:  # attach once jobs run: start-up is not profiled
                 profiler = profiling.start(procs[0].pid, profile_to)
             return done
 
         spawned = time.time()
-        procs = [spawn(_worker_argv(), jobstream_env(redis_url, prefix), log) for _ in range(workers)]
+        procs = [spawn(worker_argv(), jobstream_env(redis_url, prefix), log) for _ in range(workers)]
+        meter = CpuMeter(procs, redis_pid, n)
         try:
             seen = await watch_completion(
                 completed, n, spawned, timeout=60 + n / 200, alive=dead_process(procs)
@@ -115,20 +128,17 @@ async def run_once(
         "startup_s": first_start - spawned,
         "run_s": last_done - first_start,
         "polled_steady_rate": seen.steady_rate,
+        **meter.per_job(),
     }
 
 
-def _worker_argv() -> list[str]:
-    return [sys.executable, "-m", "workers", "--log-level", "WARNING"]
-
-
-async def _profile(redis_url: str, n: int, log: Path, out: Path) -> dict[str, Any]:
+async def _profile(redis_url: str, redis_pid: int, n: int, log: Path, out: Path) -> dict[str, Any]:
     if profiling.py_spy_path() is None:
         return {"error": "py-spy is not installed (pip install py-spy)"}
     svg = out / "worker-profile.svg"
     raw = out / "worker-profile.txt"
-    await run_once(redis_url, n, 1, log, profile_to=svg)
-    run = await run_once(redis_url, n, 1, log, profile_to=raw)
+    await run_once(redis_url, redis_pid, n, 1, log, profile_to=svg)
+    run = await run_once(redis_url, redis_pid, n, 1, log, profile_to=raw)
     if not raw.exists():
         return {"error": f"py-spy wrote nothing; see {raw.with_suffix('.log')}"}
     return {
@@ -138,6 +148,10 @@ async def _profile(redis_url: str, n: int, log: Path, out: Path) -> dict[str, An
         "top_own": profiling.own_time(raw),
         "own_by_package": profiling.own_by_package(raw),
     }
+
+
+def _median(stats: dict[str, Any], key: str, scale: float = 1.0, unit: str = "") -> str:
+    return f"{stats[key]['median'] * scale:.0f}{unit}" if key in stats else "-"
 
 
 async def _main(options: Options) -> Report:
@@ -150,9 +164,9 @@ async def _main(options: Options) -> Report:
         version = redis_version(server.url)
         for _ in range(rounds):
             for workers in WORKER_COUNTS:
-                runs.append(await run_once(server.url, n, workers, log))
+                runs.append(await run_once(server.url, server.pid, n, workers, log))
         if options.profile:
-            profile = await _profile(server.url, max(n, 30_000), log, options.out)
+            profile = await _profile(server.url, server.pid, max(n, 30_000), log, options.out)
     by_workers: dict[int, dict[str, Any]] = {}
     rows = []
     for workers in WORKER_COUNTS:
@@ -161,6 +175,20 @@ async def _main(options: Options) -> Report:
         wall = summary([r["wall_rate"] for r in mine])
         startup = summary([r["startup_s"] for r in mine])
         by_workers[workers] = {"steady": steady, "wall": wall, "startup_s": startup}
+        for key in (
+            "worker_cpu_us_per_job",
+            "redis_cpu_us_per_job",
+            "worker_cpu_utilisation",
+            "redis_cpu_utilisation",
+        ):
+            values = [r[key] for r in mine if key in r]
+            if values:
+                by_workers[workers][key] = summary(values)
+        cpu = by_workers[workers]
+
+        def median(key: str, scale: float = 1.0, cpu: dict[str, Any] = cpu) -> str:
+            return f"{cpu[key]['median'] * scale:.0f}" if key in cpu else "-"
+
         rows.append(
             [
                 f"{workers} worker{'s' if workers > 1 else ''}",
@@ -168,6 +196,10 @@ async def _main(options: Options) -> Report:
                 fmt_spread(steady) if rounds > 1 else "-",
                 fmt_rate(wall["median"]),
                 f"{startup['median']:.2f}",
+                _median(cpu, "worker_cpu_us_per_job"),
+                _median(cpu, "worker_cpu_utilisation", 100, "%"),
+                _median(cpu, "redis_cpu_us_per_job"),
+                _median(cpu, "redis_cpu_utilisation", 100, "%"),
             ]
         )
     notes = [
@@ -175,6 +207,8 @@ async def _main(options: Options) -> Report:
         "interleaved; medians, spread = min-max over rounds.",
         "steady = first started_at -> last completed_at (job records, Redis clock); wall = worker "
         "spawn -> last completion; start-up = spawn -> first started_at.",
+        "CPU from /proc from 20% to 100% of the jobs done: us per job summed over the "
+        "workers, utilisation per worker process (100% = one core) and of Redis.",
         f"worker: python -m workers (concurrency 100, lease 30 s); Redis {version}, AOF everysec, "
         f"loopback; {os.cpu_count()} CPU cores shared by Redis, workers and this bench.",
     ]
@@ -206,7 +240,17 @@ async def _main(options: Options) -> Report:
     return Report(
         "throughput",
         f"throughput: {n:,} queued noop jobs",
-        ["workers", "jobs/s steady", "spread", "jobs/s wall", "start-up s"],
+        [
+            "workers",
+            "jobs/s steady",
+            "spread",
+            "jobs/s wall",
+            "start-up s",
+            "worker CPU us/job",
+            "worker CPU",
+            "Redis CPU us/job",
+            "Redis CPU",
+        ],
         rows,
         data,
         notes,

@@ -47,6 +47,7 @@ def test_peers_quick(tmp_path: Path) -> None:
     if missing:
         pytest.skip(f"the optional 'bench' extra is missing ({', '.join(missing)}): uv sync --extra bench")
     report = run_bench("peers", tmp_path)
+    assert [run["error"] for run in report["data"]["runs"] if "error" in run] == []
     systems = {row[0].rstrip(" *") for row in report["rows"]}
     assert systems == {"jobstream", "arq", "saq", "streaq", "taskiq-redis"}
 
