@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -94,7 +95,7 @@ class _Channel:
         self.sent_gen = -1  # the connection generation SUBSCRIBE was last sent on
 
 
-class _Feed:
+class _Feed(ABC):
     """What job and owner feeds share: a wake-up event, closing, and the hub link."""
 
     __slots__ = ("_channel", "_closed", "_hub", "_wake")
@@ -105,8 +106,9 @@ class _Feed:
         self._wake = asyncio.Event()
         self._closed = False
 
+    @abstractmethod
     def _offer(self, job: Job) -> None:
-        raise NotImplementedError
+        """Take a new state of a followed job (each feed keeps only what it needs)."""
 
     def _end(self) -> None:
         """The hub stopped: wake the reader, whose next call then raises FeedClosed."""
