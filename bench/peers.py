@@ -238,7 +238,7 @@ async def run_peer(peer: Peer, url: str, redis_pid: int, n: int, log: Path) -> d
         except RuntimeError as err:
             raise RuntimeError(f"{peer.name}: {err}\nlog:\n{log_tail(log)}") from err
         finally:
-            stop_all(procs)
+            stop_all(procs, timeout=2)  # measured already; SAQ alone takes ~5 s to leave its BLMOVEs
     finally:
         await redis.aclose()
     return {
