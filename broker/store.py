@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -387,9 +387,14 @@ class JobStore:
 
     # -- the user's side ---------------------------------------------------------------
 
-    async def cancel(self, job_id: str, owner: str | None, retention: int) -> Job:
-        """Cancel a job: at once if PENDING, by asking its worker if PROCESSING."""
+    async def cancel(self, job_id: str, owner: str | None, retention: int | Callable[[str], int]) -> Job:
+        """Cancel a job: at once if PENDING, by asking its worker if PROCESSING.
+
+        ``retention`` is seconds, or a function of the job's task name giving them.
+        """
         job = await self.get(job_id, owner)
+        if callable(retention):
+            retention = retention(job.type)
         reply = await self.scripts.cancel_job(
             keys=[self.keys.job(job_id), self.keys.owner_active(job.owner)],
             args=[
@@ -405,7 +410,7 @@ class JobStore:
         if code == ScriptCode.BAD_TRANSITION:
             raise IllegalTransition(job_id, reply[1].decode(), "cancel")
         raise_for_code(code, job_id, "cancel")
-        return await self.get(job_id, owner)
+        return job_from_fields(pairs_to_fields(reply[1]))
 
 
 def _matches(job: Job, status: JobStatus | None, task: str | None) -> bool:

@@ -204,7 +204,6 @@ class JobController(Controller):
     )
     async def cancel_job(self, request: UserRequest, job_id: FromPath[str], jobs: Jobs) -> Response[Job]:
         """CANCELLED at once if PENDING; if PROCESSING, ``cancel_requested`` and its worker stops it."""
-        store, scope = jobs.store, request.user.scope
-        job = await store.get(job_id, scope)
-        job = await store.cancel(job_id, scope, retention_for(job.type, jobs.settings))
-        return Response(job, headers=job_headers(job, jobs.settings))
+        settings = jobs.settings
+        job = await jobs.store.cancel(job_id, request.user.scope, lambda task: retention_for(task, settings))
+        return Response(job, headers=job_headers(job, settings))

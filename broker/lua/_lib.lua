@@ -35,7 +35,13 @@ local function js_commit(key, changes, ttl, now, owner_prefix)
   local flat = redis.call('HGETALL', key)
   local payload = cjson.encode(flat)
   redis.call('PUBLISH', key .. ':events', payload)
-  local owner = redis.call('HGET', key, 'owner')
+  local owner = ''
+  for i = 1, #flat, 2 do
+    if flat[i] == 'owner' then
+      owner = flat[i + 1]
+      break
+    end
+  end
   redis.call('PUBLISH', owner_prefix .. owner .. ':events', payload)
   return flat
 end

@@ -4,7 +4,7 @@
 -- KEYS: 1 job hash, 2 owner active set
 -- ARGV: 1 owner channel prefix, 2 caller ('' = admin, any owner), 3 retention s,
 --       4 cancel channel, 5 job id, 6 error JSON
--- Returns: {OK, status} | {NOT_FOUND} (missing or another owner's) | {BAD_TRANSITION, status}
+-- Returns: {OK, flat record} | {NOT_FOUND} (missing or another owner's) | {BAD_TRANSITION, status}
 -- Publishes: the CANCELLED job, or the PROCESSING job with cancel_requested.
 local job, active = KEYS[1], KEYS[2]
 local cur = redis.call('HMGET', job, 'status', 'owner', 'cancel_requested')
@@ -13,16 +13,19 @@ if not cur[1] or (ARGV[2] ~= '' and cur[2] ~= ARGV[2]) then
 end
 local now = js_now()
 if cur[1] == 'PENDING' then
-  js_commit(job, {status = 'CANCELLED', completed_at = tostring(now), error = ARGV[6], run_at = false},
-    tonumber(ARGV[3]), now, ARGV[1])
+  local flat = js_commit(job, {status = 'CANCELLED', completed_at = tostring(now), error = ARGV[6],
+    run_at = false}, tonumber(ARGV[3]), now, ARGV[1])
   redis.call('SREM', active, ARGV[5])
-  return {OK, 'CANCELLED'}
+  return {OK, flat}
 end
 if cur[1] == 'PROCESSING' then
-  if not cur[3] then
-    js_commit(job, {cancel_requested = '1'}, redis.call('TTL', job), now, ARGV[1])
+  local flat
+  if cur[3] then
+    flat = redis.call('HGETALL', job)
+  else
+    flat = js_commit(job, {cancel_requested = '1'}, redis.call('TTL', job), now, ARGV[1])
   end
   redis.call('PUBLISH', ARGV[4], ARGV[5])
-  return {OK, 'PROCESSING'}
+  return {OK, flat}
 end
 return {BAD_TRANSITION, cur[1]}
