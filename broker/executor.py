@@ -213,9 +213,8 @@ class JobExecutor:
         self.counters.cancelled += 1
 
     def _retention(self, spec: TaskSpec | None) -> int:
-        if spec is not None and spec.options.retention is not None:
-            return spec.options.retention
-        return self.store.settings.retention_seconds
+        default = self.store.settings.retention_seconds
+        return default if spec is None else self.registry.retention(spec.name, default)
 
 
 def _error_of(exc: BaseException) -> JobError:

@@ -102,6 +102,13 @@ class TaskRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
 
+    def retention(self, name: str, default: int) -> int:
+        """How long a finished job of task ``name`` is kept: its option, else ``default``."""
+        spec = self._tasks.get(name)
+        if spec is None or spec.options.retention is None:
+            return default
+        return spec.options.retention
+
     def queues(self, default: str) -> set[str]:
         """Every queue a registered task uses (``default`` for those that name none)."""
         return {spec.options.queue or default for spec in self._tasks.values()} | {default}

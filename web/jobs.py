@@ -79,11 +79,7 @@ def creation_body(job: Job, tokens: StreamTokens, caller: User) -> CreatedJob:
 
 def retention_for(task_type: str, settings: Settings) -> int:
     """How long a job of ``task_type`` is kept once it ends: the task's option, else the default."""
-    if task_type in registry:
-        retention = registry.get(task_type).options.retention
-        if retention is not None:
-            return retention
-    return settings.retention_seconds
+    return registry.retention(task_type, settings.retention_seconds)
 
 
 def listing_owner(caller: User, owner: str | None) -> str:
