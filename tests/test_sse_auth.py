@@ -115,7 +115,8 @@ async def test_a_bearer_token_in_the_query_is_refused_and_a_stream_token_is_no_b
 
 
 async def test_a_stream_token_is_refused_once_it_expires(sse_stack: Any) -> None:
-    stack: SseStack = await sse_stack(jwt=True, stream_token_ttl_seconds="1")
+    # exp is whole seconds (a token lives between TTL - 1 and TTL s): 2 s leaves >= 1 s to use it
+    stack: SseStack = await sse_stack(jwt=True, stream_token_ttl_seconds="2")
     job = await stack.create("demo.sleep", **bearer(ALICE))
     grant = (await stack.http.post(f"/jobs/{job['id']}/stream-token", headers=bearer(ALICE))).json()
     assert (await first_event(stack, grant["url"]))["id"] == job["id"]
