@@ -353,7 +353,7 @@ async def test_health_readiness_and_home(client: Client) -> None:
     home = await client.get("/")
     assert home.status_code == 200
     assert "jobstream" in home.text
-    assert 'href="/schema"' in home.text
+    assert '<base href="/">' in home.text  # the dashboard (tests/test_dashboard.py)
 
 
 async def test_readyz_is_503_when_redis_is_gone(client: Client) -> None:
@@ -414,7 +414,7 @@ async def test_mounted_under_a_prefix(redis_url: str, prefix: str) -> None:
         assert_problem(await client.get("/jobs"), 404)
         assert (await client.get("/api/v1/healthz")).status_code == 200
         assert (await client.get("/api/v1/schema/openapi.json")).status_code == 200
-        assert 'href="/api/v1/schema"' in (await client.get("/api/v1/")).text
+        assert '<base href="/api/v1/">' in (await client.get("/api/v1/")).text
 
 
 def test_normalize_prefix() -> None:

@@ -15,10 +15,11 @@ from broker.settings import Settings, load_settings
 from broker.tasks import load_task_modules
 from web.admin import ROUTES as ADMIN_ROUTES
 from web.auth import auth_hook
+from web.dashboard import ROUTES as DASHBOARD_ROUTES
 from web.jobs import JobController
 from web.log_redaction import install_log_redaction
 from web.openapi import RawJsonSchemaPlugin, openapi_config
-from web.ops import healthz, index, readyz
+from web.ops import healthz, readyz
 from web.problems import EXCEPTION_HANDLERS
 from web.resources import dependencies, lifespan, stream_tokens_for
 from web.sse import ROUTES as SSE_ROUTES
@@ -46,7 +47,15 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
     docs_path = f"{prefix}/schema"
     api = Router(
         path=prefix or "/",
-        route_handlers=[JobController, *SSE_ROUTES, *ADMIN_ROUTES, list_tasks, healthz, readyz, index],
+        route_handlers=[
+            JobController,
+            *SSE_ROUTES,
+            *ADMIN_ROUTES,
+            list_tasks,
+            healthz,
+            readyz,
+            *DASHBOARD_ROUTES,
+        ],
     )
     return Litestar(
         route_handlers=[api],

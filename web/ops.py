@@ -1,12 +1,10 @@
-"""Operations routes: liveness, readiness and the placeholder home page. No auth needed."""
+"""Operations routes: liveness and readiness. No auth needed."""
 
 from __future__ import annotations
 
 import asyncio
-from html import escape
-from typing import Any
 
-from litestar import MediaType, Request, get
+from litestar import get
 from litestar.di import NamedDependency
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -37,14 +35,3 @@ async def readyz(redis: NamedDependency[Redis]) -> Health:
         detail = f"Redis is not reachable ({type(err).__name__})"
         raise ProblemError(problem(503, "not-ready", detail), headers={"Retry-After": "5"}) from None
     return Health("ready")
-
-
-@get("/", opt=_PUBLIC, media_type=MediaType.HTML, include_in_schema=False)
-async def index(request: Request[Any, Any, Any]) -> str:
-    """A placeholder home page until the dashboard lands: a link to the API docs."""
-    config = request.app.openapi_config
-    docs = escape(config.path if config and config.path else "/schema")
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8><title>jobstream</title></head>"
-        f'<body><h1>jobstream</h1><p><a href="{docs}">API documentation</a></p></body></html>'
-    )
