@@ -20,6 +20,8 @@ SCENARIOS = {
     "polling": "GET /jobs/{id} with and without If-None-Match, req/s with wrk",
     "enqueue": "POST /jobs req/s with wrk, against a bare Litestar endpoint as the ceiling",
     "recovery": "SIGKILL the worker running a job: time until it restarts elsewhere and succeeds",
+    "latency": "one job at a time: enqueue -> SUCCESS and progress -> SSE client, against Redis's RTT",
+    "fanout": "10,000 idle SSE streams on one web process, one job: delivery time, RSS per stream",
 }
 
 

@@ -30,11 +30,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from bench.sse_client import running_job
 from broker.events import EventHub, JobFeed
 from broker.queues import ensure_groups
 from broker.redis_server import EmbeddedRedis
 from broker.settings import load_settings
-from broker.store import GROUP, Delivery, JobStore, Started
+from broker.store import JobStore, Started
 
 WARMUP = 200
 QUEUE = "default"
@@ -54,16 +55,6 @@ def _pcts(values: array[float] | list[float]) -> list[float]:
     ordered = sorted(values)
     n = len(ordered)
     return [ordered[n // 2] / 1e6, ordered[min(n - 1, int(n * 0.99))] / 1e6, ordered[-1] / 1e6]
-
-
-async def _running_job(store: JobStore) -> Started:
-    job, _ = await store.create(task="demo.sleep", input_json=b"{}", owner="bench", queue=QUEUE)
-    stream = store.keys.queue(QUEUE)
-    reply: Any = await store.redis.xreadgroup(GROUP, "bench", {stream: ">"}, count=1)
-    delivery = Delivery(job.id, stream, reply[0][1][0][0].decode(), dispatch=1)
-    started = await store.start(delivery, "bench")
-    assert started is not None
-    return started
 
 
 class _Collector:
@@ -130,12 +121,13 @@ async def measure(url: str, listeners: int, samples: int, producer: str) -> Row:
     hub = EventHub(redis, store.keys, store)
     await hub.start()
     try:
-        started = await _running_job(store)
+        started = await running_job(store, QUEUE)
         feeds = [await hub.open_job(started.job.id) for _ in range(listeners)]
         for feed in feeds:
             await feed.snapshot()
         n = WARMUP + samples
-        collector = _Collector(listeners, started.job.version + 1 + WARMUP)
+        version = (await store.get(started.job.id)).version
+        collector = _Collector(listeners, version + 1 + WARMUP)
         followers = [asyncio.create_task(collector.follow(feed)) for feed in feeds]
         rtt = float("nan")
         if producer == "same process":

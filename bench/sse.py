@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
-import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,117 +49,19 @@ from bench.common import (
     worker_argv,
 )
 from bench.http import Server, uvicorn
+from bench.sse_client import (
+    Deliveries,
+    close_all,
+    open_streams,
+    port_of,
+    raise_open_files,
+    rss_kib,
+    settle,
+)
 
 PREFIX = "sse:"
 TASK_MODULES = "workers.tasks,tests.worker_tasks"
 WARMUP_STREAMS = 200
-BATCH = 250  # connections opened at once (below uvicorn's listen backlog of 2048)
-
-_VERSION = re.compile(rb'"version":(\d+)')
-_MESSAGE = re.compile(rb'"message":"([0-9.]+)"')
-_STATUS = re.compile(rb'"status":"([A-Z]+)"')
-_TERMINAL = {b"SUCCESS", b"FAILURE", b"CANCELLED"}
-
-
-@dataclass
-class Deliveries:
-    """What every client of one run received: (version, latency s) pairs, and who finished."""
-
-    latencies: list[tuple[int, float]] = field(default_factory=list)
-    finished: int = 0
-
-
-class SseClient(asyncio.Protocol):
-    """One ``GET .../events`` stream; records each event's version and its stamp's age."""
-
-    def __init__(self, request: bytes, sink: Deliveries | None) -> None:
-        self._request = request
-        self._sink = sink
-        self._buffer = b""
-        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self._request)
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time()
-        self._buffer += data
-        *events, self._buffer = self._buffer.split(b"\n\n")
-        for event in events:
-            self._event(event, now)
-
-    def _event(self, event: bytes, now: float) -> None:
-        version = _VERSION.search(event)
-        if version is None:
-            return  # the retry line, a keepalive, the response head
-        if not self.opened.done():
-            self.opened.set_result(None)
-        if self._sink is None:
-            return
-        status = _STATUS.search(event)
-        if status is not None and status.group(1) in _TERMINAL:
-            self._sink.finished += 1  # its message is still the last progress call's stamp
-            return
-        stamp = _MESSAGE.search(event)
-        if stamp is not None:
-            self._sink.latencies.append((int(version.group(1)), now - float(stamp.group(1))))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError(f"stream closed before its first event: {exc}"))
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-async def open_streams(
-    port: int, paths: list[str], sink: Deliveries | None = None, timeout: float = 120.0
-) -> list[SseClient]:
-    """Open one stream per path, ``BATCH`` at a time, each until its first event arrived."""
-    loop = asyncio.get_running_loop()
-    clients: list[SseClient] = []
-    for start in range(0, len(paths), BATCH):
-        batch = []
-        for path in paths[start : start + BATCH]:
-            request = (
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
-            ).encode()
-            client = SseClient(request, sink)
-            await loop.create_connection(lambda c=client: c, "127.0.0.1", port)  # type: ignore[misc]
-            batch.append(client)
-        await asyncio.wait_for(asyncio.gather(*(c.opened for c in batch)), timeout)
-        clients.extend(batch)
-    return clients
-
-
-def close_all(clients: list[SseClient]) -> None:
-    for client in clients:
-        client.close()
-
-
-def port_of(server: Server) -> int:
-    return int(server.base_url.rsplit(":", 1)[1])
-
-
-def rss_kib(pid: int) -> int:
-    """The process's resident set size (VmRSS), KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def raise_open_files(wanted: int = 65536) -> int:
-    """Raise this process's soft RLIMIT_NOFILE (children inherit it); returns the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 # -- latency --------------------------------------------------------------------------------------
@@ -243,14 +142,6 @@ async def memory_run(server: Server, redis_url: str, connections: int, distinct:
         "kib_per_connection": (after - before) / connections,
         "open_seconds": opened_in,
     }
-
-
-async def settle(server: Server) -> None:
-    """Give the server a moment to finish what the last burst started (RSS is sampled after)."""
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
-        for _ in range(3):
-            await http.get("/healthz")
-            await asyncio.sleep(0.5)
 
 
 # -- the scenario ----------------------------------------------------------------------------------
