@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,22 @@ def test_cost_quick(tmp_path: Path) -> None:
     assert data["creator_commands"]["EVALSHA create_job"] == data["n"]
     assert data["worker_commands"]["EVALSHA start_job"] == data["n"]
     assert data["worker_commands"]["EVALSHA finish_job"] == data["n"]
+
+
+@pytest.mark.timeout(120)
+def test_latency_quick(tmp_path: Path) -> None:
+    report = run_bench("latency", tmp_path)
+    data = report["data"]
+    assert data["enqueue"]["samples"] == 200
+    assert data["progress"]["deliveries"] >= 150  # a slow client may skip to the newest state
+    if shutil.which("redis-benchmark"):
+        assert [f["test"] for f in data["redis_floor"]] == ["PING_INLINE", "PING_MBULK", "SET"]
+
+
+@pytest.mark.timeout(120)
+def test_fanout_quick(tmp_path: Path) -> None:
+    report = run_bench("fanout", tmp_path)
+    data = report["data"]
+    assert [event["n"] for event in data["per_event"]] == [data["connections"]] * data["events"]
+    assert data["redis_clients"]["pubsub"] == 1
+    assert data["streams_closed_early"] == 0
