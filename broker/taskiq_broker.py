@@ -113,6 +113,7 @@ class JobBroker(RedisStreamBroker):
         self.formatter = JobFormatter()
         self.streams = streams
         self.inflight: dict[str, set[str]] = {stream: set() for stream in streams}
+        self.ready = 0
         self.executor: JobExecutor | None = None
         self._background: list[asyncio.Task[None]] = []
         self._redis: Redis | None = None
@@ -163,26 +164,54 @@ class JobBroker(RedisStreamBroker):
         """A fresh entry function per task name (Taskiq renames the function it registers)."""
 
         async def run_job(job_id: str, stream: str, entry_id: str, dispatch: int) -> None:
-            """What Taskiq calls for every delivery: run the job, then forget the entry."""
-            try:
-                if self.executor is not None:
-                    await self.executor.run(Delivery(job_id, stream, entry_id, int(dispatch)))
-            finally:
-                self.inflight.get(stream, set()).discard(entry_id)
+            """What Taskiq's own receiver calls for every delivery: run the job, forget the entry."""
+            await self._run(Delivery(job_id, stream, entry_id, int(dispatch)))
 
         return run_job
+
+    async def run_delivered(self, frame: bytes) -> None:
+        """Run a delivery ``listen`` yielded, with no Taskiq message on the way (``JobReceiver``).
+
+        Does what Taskiq's receiver does with it, minus what a job never uses: an entry
+        that cannot be read, or names a task this worker lacks, is released unrun (to be
+        redelivered, and dead-lettered after ``max_deliveries``).
+        """
+        raw_stream, raw_entry, payload = frame.split(_SEP, 2)
+        stream, entry_id = raw_stream.decode(), raw_entry.decode()
+        try:
+            message = decode_message(payload)
+        except msgspec.DecodeError as err:
+            log.warning("%s %s: unreadable message (%s); not run", stream, entry_id, err)
+            self._release(stream, entry_id)
+            return
+        if message.task_name not in self.registry:
+            log.warning("%s %s: task %s is not known here; not run", stream, entry_id, message.task_name)
+            self._release(stream, entry_id)
+            return
+        await self._run(Delivery(message.task_id, stream, entry_id, message.labels.dispatch))
+
+    async def _run(self, delivery: Delivery) -> None:
+        try:
+            if self.executor is not None:
+                await self.executor.run(delivery)
+        finally:
+            self._release(delivery.stream, delivery.entry_id)
 
     # -- reading ----------------------------------------------------------------------------
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
-        """New entries from this worker's streams, and entries reclaimed from dead workers."""
+        """New entries from this worker's streams, and entries reclaimed from dead workers.
+
+        ``ready`` counts the entries of the last read not yet yielded: the next ones this
+        generator returns without waiting on Redis (``JobReceiver`` takes those directly).
+        """
         redis = Redis(connection_pool=self.connection_pool)
         reclaim_every = self.settings.lease_seconds / 3
         next_reclaim = 0.0
         read: Any = dict.fromkeys(self.streams, ">")
-        this_task = asyncio.current_task()
         try:
             while True:
+                this_task = asyncio.current_task()
                 if this_task is not None and this_task.cancelling():
                     # Taskiq cancels this read to stop; on Python 3.11 redis-py's timeouts
                     # (asyncio.wait_for) can swallow that cancel, which left the worker
@@ -200,25 +229,32 @@ class JobBroker(RedisStreamBroker):
                     log.warning("reading the queues failed (%s); retrying", err)
                     await asyncio.sleep(0.5)
                     continue
-                for stream, entries in fetched or ():
-                    for entry_id, fields in entries:
-                        yield self._accept(stream.decode(), entry_id.decode(), fields[b"data"])
+                batch = [
+                    (stream, entry_id, fields[b"data"])
+                    for stream, entries in fetched or ()
+                    for entry_id, fields in entries
+                ]
+                self.ready = len(batch)
+                for stream, entry_id, payload in batch:
+                    self.ready -= 1
+                    yield self._accept(stream.decode(), entry_id.decode(), payload)
         finally:
+            self.ready = 0
             await redis.aclose(close_connection_pool=False)
 
     def _accept(self, stream: str, entry_id: str, payload: bytes) -> AckableMessage:
         self.inflight[stream].add(entry_id)
         frame = stream.encode() + _SEP + entry_id.encode() + _SEP + payload
-        return AckableMessage(data=frame, ack=self._releaser(stream, entry_id))
+        # Taskiq's receiver acks once it is done with the message: the final-state script
+        # already acked a finished job; an entry nobody ran (unknown task, unreadable)
+        # stops being renewed and is redelivered later, until max_deliveries sends it to
+        # the dead stream.
+        release = functools.partial(self._release, stream, entry_id)
+        return AckableMessage.model_construct(data=frame, ack=release)
 
-    def _releaser(self, stream: str, entry_id: str) -> Callable[[], Awaitable[None]]:
-        async def release() -> None:
-            # The final-state script already acked a finished job; an entry nobody ran
-            # (unknown task, unreadable) stops being renewed and is redelivered later,
-            # until max_deliveries sends it to the dead stream.
-            self.inflight.get(stream, set()).discard(entry_id)
-
-        return release
+    def _release(self, stream: str, entry_id: str) -> None:
+        """Stop renewing an entry's lease: its job ended here, or it is not to run here."""
+        self.inflight.get(stream, set()).discard(entry_id)
 
     async def _reclaim(self, redis: Redis) -> AsyncGenerator[AckableMessage, None]:
         assert self.executor is not None

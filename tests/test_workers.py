@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,7 @@ from broker.models import Job, JobStatus
 from broker.queues import ensure_groups
 from broker.settings import load_settings
 from broker.store import GROUP, JobStore
-from tests.procs import start_worker, stop
+from tests.procs import ROOT, env_for, start_worker, stop
 
 LEASE = 1.5
 MAX_DELIVERIES = 2
@@ -37,16 +38,33 @@ class Cluster:
     log: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def worker(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        environ = {
+    def environ(self, **env: str) -> dict[str, str]:
+        return {
             "JOBSTREAM_LEASE_SECONDS": str(LEASE),
             "JOBSTREAM_MAX_DELIVERIES": str(MAX_DELIVERIES),
             "JOBSTREAM_TASK_MODULES": "workers.tasks,tests.worker_tasks",
             **env,
         }
-        proc = start_worker(self.redis_url, self.prefix, *args, env=environ, log=self.log)
+
+    def worker(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        proc = start_worker(self.redis_url, self.prefix, *args, env=self.environ(**env), log=self.log)
         self.workers.append(proc)
         return proc
+
+    def taskiq_worker(self, *args: str) -> subprocess.Popen[bytes]:
+        """The production form, ``taskiq worker workers.app:broker`` (a manager and one child).
+
+        Stop it with SIGTERM: a SIGKILLed manager would leave its child running.
+        """
+        argv = [sys.executable, "-m", "taskiq", "worker", "workers.app:broker", "--workers", "1", *args]
+        with self.log.open("ab") as out:
+            return subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env_for(self.redis_url, self.prefix, self.environ()),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     async def submit(self, task: str, data: dict[str, Any] | None = None, queue: str = "default") -> str:
         job, _ = await self.store.create(
@@ -267,3 +285,44 @@ async def test_sigterm_past_the_grace_hands_the_job_back_at_once(cluster: Cluste
     assert time.monotonic() - stopped_at < 9
     job = await cluster.wait(job_id, ended, 20)
     assert job.status == JobStatus.SUCCESS
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "receiver", [[], ["--receiver", "broker.receiver:JobReceiver"]], ids=["taskiq", "job"]
+)
+async def test_the_taskiq_worker_command_runs_jobs_and_stops_on_sigterm(
+    cluster: Cluster, receiver: list[str]
+) -> None:
+    """``taskiq worker workers.app:broker``, with Taskiq's own receiver and with ``JobReceiver``."""
+    ids = [await cluster.submit("demo.noop") for _ in range(200)]
+    k = f"{cluster.prefix}{key()}"
+    counted = await cluster.submit("test.counted", {"key": k, "seconds": 0.5})
+    proc = cluster.taskiq_worker(*receiver)
+    try:
+        for job_id in [*ids, counted]:
+            job = await cluster.wait(job_id, ended, 30)
+            assert job.status == JobStatus.SUCCESS and job.attempts == 1, job.error
+        assert await cluster.count(f"{k}:runs") == 1
+        assert await cluster.store.redis.xlen(cluster.store.keys.queue("default")) == 0
+    finally:
+        assert stop(proc, signal.SIGTERM, timeout=20) == 0, cluster.tail()
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_without_the_task_leaves_the_job_to_one_with_it(cluster: Cluster) -> None:
+    lacking = cluster.worker(JOBSTREAM_TASK_MODULES="workers.tasks")
+    k = f"{cluster.prefix}{key()}"
+    job_id = await cluster.submit("test.counted", {"key": k})
+    stream = cluster.store.keys.queue("default")
+    deadline = time.monotonic() + 20
+    while not (await cluster.store.redis.xpending(stream, GROUP))["pending"]:  # delivered to it
+        assert time.monotonic() < deadline, cluster.tail()
+        await asyncio.sleep(0.02)
+    assert stop(lacking) == 0
+    job = await cluster.store.get(job_id)
+    assert job.status == JobStatus.PENDING and job.attempts == 0  # neither started nor failed
+    cluster.worker()  # it has the task: reclaims the entry after a lease, and runs it
+    job = await cluster.wait(job_id, ended, LEASE + 10)
+    assert job.status == JobStatus.SUCCESS and job.attempts == 1, job.error
+    assert await cluster.count(f"{k}:runs") == 1

@@ -1,8 +1,9 @@
 """One worker process, without Taskiq's process manager: ``python -m workers``.
 
-``taskiq worker workers.app:broker --workers N`` is the production form (it restarts
-crashed children). This form runs exactly one process whose PID is the worker's, which
-``jobstream dev`` and the fault tests rely on to scale and kill workers one by one.
+``taskiq worker workers.app:broker --receiver broker.receiver:JobReceiver --workers N``
+is the production form (it restarts crashed children). This form runs exactly one process
+whose PID is the worker's, which ``jobstream dev`` and the fault tests rely on to scale and
+kill workers one by one.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         WorkerArgs.from_cli(
             [
                 "workers.app:broker",
+                "--receiver",
+                "broker.receiver:JobReceiver",
                 "--max-async-tasks",
                 str(concurrency),
                 "--wait-tasks-timeout",
