@@ -4,13 +4,14 @@ Every stream follows the SSE contract in DESIGN.md: subscribe first (the hub con
 SUBSCRIBE), then read the hash, then forward only newer versions, so nothing is missed,
 repeated or reordered. Problems (404, 401, 403, 503) are answered before a stream starts.
 
-The streams are Litestar :class:`~litestar.response.Stream` responses over async generators
-of pre-encoded bytes rather than :class:`~litestar.response.ServerSentEvent`. That class
-can express every line we send, but it re-encodes each event per client (through a
-``StringIO``, splitting the data into lines) and runs a thread-pool hop on every new
-stream; here a job's JSON is encoded once per state by :meth:`EventHub.json` for all its
-clients, which is what 1,000 clients on one job need. The 204 for a finished job is a
-plain response.
+The streams write pre-encoded bytes through :class:`EventStream`, a response of our own,
+rather than :class:`~litestar.response.ServerSentEvent` or :class:`~litestar.response.Stream`.
+``ServerSentEvent`` can express every line we send, but it re-encodes each event per
+client (through a ``StringIO``, splitting the data into lines) and runs a thread-pool hop
+on every new stream; here a job's JSON is encoded once per state by :meth:`EventHub.json`
+for all its clients. ``Stream`` costs a task group, a second task and an async generator
+per connection (see :class:`EventStream`): 10,000 idle clients on one process need less.
+The 204 for a finished job is a plain response.
 
 ``GET /events`` sends no ``id:`` lines: event ids are per-job versions, which mean nothing
 across jobs, and a reconnect resumes with a fresh snapshot instead (each event carries
@@ -20,17 +21,20 @@ the job's ``version``, so a client keeps the newer of what it has and what it ge
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable
-from typing import Annotated, Any, TypeVar
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Iterable
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
-from litestar import Request, Response, get, post
-from litestar.background_tasks import BackgroundTask
+from litestar import Litestar, Request, Response, get, post
+from litestar.background_tasks import BackgroundTask, BackgroundTasks
 from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
+from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
-from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.types import HTTPResponseBodyEvent, Receive, Send, TypeEncodersMap
 from redis.exceptions import RedisError
 
 from broker.errors import JobNotFound
@@ -57,6 +61,8 @@ FEED_SNAPSHOT_SIZE = 50
 """How many of the owner's newest jobs ``GET /events`` sends on connect and on resync."""
 
 F = TypeVar("F", JobFeed, OwnerFeed)
+StreamKind = Literal["job", "owner"]
+_END: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
 
 LastEventId = Annotated[
     str | None,
@@ -79,9 +85,160 @@ class StreamStats(msgspec.Struct, frozen=True, kw_only=True):
     hub: HubStats
 
 
-class EventStreams:
-    """The process's SSE side: opens feeds on the one hub, encodes frames, counts streams.
+class EventStream(Response[None]):
+    """A ``text/event-stream`` response written by a :class:`_Stream` in the request's own task.
 
+    Litestar's :class:`~litestar.response.Stream` runs every response in an anyio task
+    group, with a second task listening for the disconnect and an async generator between
+    the feed and ``send``: per idle connection that is a task group, a cancel scope, two
+    tasks and their contexts and several suspended frames, and per delivery a pass through
+    all of them. 10,000 idle streams on one process need less: one task writes (the
+    request's), and a bare task waits for ``http.disconnect`` and then closes the feed.
+    """
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: _Stream) -> None:
+        super().__init__(None, headers=SSE_HEADERS, media_type=EVENT_STREAM)
+        self._stream = stream
+
+    def to_asgi_response(
+        self,
+        app: Litestar | None,
+        request: Request[Any, Any, Any],
+        *,
+        background: BackgroundTask | BackgroundTasks | None = None,
+        cookies: Iterable[Cookie] | None = None,
+        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: MediaType | str | None = None,
+        status_code: int | None = None,
+        type_encoders: TypeEncodersMap | None = None,
+    ) -> ASGIResponse:
+        return _ASGIEventStream(
+            self._stream,
+            headers={**(headers or {}), **self.headers},
+            cookies=[*self.cookies, *(cookies or ())],
+        )
+
+
+class _ASGIEventStream(ASGIResponse):
+    __slots__ = ("_stream",)
+
+    _should_set_content_length = False  # chunked: the stream has no length
+
+    def __init__(self, stream: _Stream, headers: dict[str, Any], cookies: Iterable[Cookie]) -> None:
+        super().__init__(headers=headers, cookies=cookies, media_type=EVENT_STREAM)
+        self._stream = stream
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        await self._stream.run(send, receive)
+
+
+class _Stream(ABC):
+    """One open SSE stream: its feed, and whether it wrote since the last keepalive tick."""
+
+    __slots__ = ("feed", "kind", "sent", "streams")
+
+    def __init__(self, streams: EventStreams, kind: StreamKind, feed: JobFeed | OwnerFeed) -> None:
+        self.streams = streams
+        self.kind = kind
+        self.feed = feed
+        self.sent = False
+
+    async def run(self, send: Send, receive: Receive) -> None:
+        """Write the stream until it ends, the client leaves, or the hub stops; then close the feed."""
+        streams = self.streams
+        streams._attach(self)
+        left = asyncio.ensure_future(_until_disconnect(receive, self.feed))
+        try:
+            await self.body(send)
+            await send(_END)
+        finally:
+            left.cancel()
+            streams._detach(self)
+            self.feed.close()
+
+    async def write(self, send: Send, data: bytes) -> None:
+        self.sent = True
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+
+    @abstractmethod
+    async def body(self, send: Send) -> None:
+        """Write the stream's frames; return when it is over (FeedClosed included)."""
+
+
+class _JobStream(_Stream):
+    __slots__ = ("first",)
+
+    def __init__(self, streams: EventStreams, feed: JobFeed, first: Job | None) -> None:
+        super().__init__(streams, "job", feed)
+        self.first = first
+
+    async def body(self, send: Send) -> None:
+        streams, feed, first = self.streams, self.feed, self.first
+        assert isinstance(feed, JobFeed)
+        self.first = None
+        await self.write(send, streams.retry + (streams.frame(first) if first is not None else b""))
+        if first is not None and first.terminal:
+            return
+        while True:
+            try:
+                job = await feed.next()
+            except FeedClosed:
+                return
+            if job is None:
+                await self.write(send, KEEPALIVE)
+                continue
+            await self.write(send, streams.frame(job))
+            if job.terminal:
+                return
+
+
+class _OwnerStream(_Stream):
+    __slots__ = ("jobs",)
+
+    def __init__(self, streams: EventStreams, feed: OwnerFeed, jobs: list[Job]) -> None:
+        super().__init__(streams, "owner", feed)
+        self.jobs = jobs
+
+    async def body(self, send: Send) -> None:
+        streams, feed = self.streams, self.feed
+        assert isinstance(feed, OwnerFeed)
+        jobs, self.jobs = self.jobs, []
+        await self.write(send, streams.retry + streams.snapshot_frames(jobs))
+        while True:
+            try:
+                item = await feed.next()
+            except FeedClosed:
+                return
+            if item is None:
+                await self.write(send, KEEPALIVE)
+            elif isinstance(item, Resync):
+                try:
+                    jobs = await feed.snapshot(FEED_SNAPSHOT_SIZE)
+                except (RedisError, OSError):
+                    return  # Redis went away again: the client reconnects and starts afresh
+                if jobs:
+                    await self.write(send, streams.snapshot_frames(jobs))
+            else:
+                await self.write(send, streams.frame(item, with_id=False))
+
+
+async def _until_disconnect(receive: Receive, feed: JobFeed | OwnerFeed) -> None:
+    """Close ``feed`` once the client has gone: its stream's next wait then ends."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    feed.close()
+
+
+class EventStreams:
+    """The process's SSE side: opens feeds on the one hub, encodes frames, keeps streams alive.
+
+    One task ticks every half keepalive interval and nudges each stream that wrote nothing
+    since the previous tick, which then sends ``: keepalive``: a quiet stream hears from
+    the server every ``sse_keepalive_seconds``, without a timer per stream and per wait.
     :meth:`drain` (on SIGTERM) stops the hub, which ends every feed, so every stream and
     long poll returns and the server can finish its graceful shutdown.
     """
@@ -89,8 +246,10 @@ class EventStreams:
     def __init__(self, hub: EventHub, settings: Settings) -> None:
         self.hub = hub
         self._keepalive = settings.sse_keepalive_seconds
-        self._retry = f"retry: {settings.sse_retry_ms}\n\n".encode()
-        self._open = {"job": 0, "owner": 0}
+        self.retry = f"retry: {settings.sse_retry_ms}\n\n".encode()
+        self._open: dict[StreamKind, int] = {"job": 0, "owner": 0}
+        self._streams: set[_Stream] = set()
+        self._ticker: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
@@ -99,6 +258,8 @@ class EventStreams:
         """End every stream now (idempotent, synchronous: called from a signal hook)."""
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self.hub.stop())
+            if self._ticker is not None:
+                self._ticker.cancel()
 
     async def close(self) -> None:
         """Drain, and wait until the hub has stopped (the lifespan's shutdown)."""
@@ -114,6 +275,27 @@ class EventStreams:
             draining=self._stopping is not None,
             hub=self.hub.stats(),
         )
+
+    def _attach(self, stream: _Stream) -> None:
+        self._open[stream.kind] += 1
+        self._streams.add(stream)
+        if self._ticker is None and self._stopping is None:
+            self._ticker = asyncio.get_running_loop().create_task(
+                self._tick(), name="jobstream-sse-keepalive"
+            )
+
+    def _detach(self, stream: _Stream) -> None:
+        self._open[stream.kind] -= 1
+        self._streams.discard(stream)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._keepalive / 2)
+            for stream in self._streams:
+                if stream.sent:
+                    stream.sent = False
+                else:
+                    stream.feed.nudge()
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -134,7 +316,7 @@ class EventStreams:
                 feed.close()
                 return Response(None, status_code=204, headers={"Cache-Control": "no-cache"})
             first = None
-        return self._stream(self._job_frames(feed, first))
+        return EventStream(_JobStream(self, feed, first))
 
     async def owner_stream(self, owner: str) -> Response[Any]:
         """Subscribe to the owner's channel, read the newest jobs, then stream their changes."""
@@ -144,17 +326,7 @@ class EventStreams:
         except BaseException:
             feed.close()
             raise
-        return self._stream(self._owner_frames(feed, jobs))
-
-    @staticmethod
-    def _stream(frames: AsyncGenerator[bytes, None]) -> Response[Any]:
-        """The streaming response; its background task closes the generator (and so the feed)
-        even when the client left while a frame was being sent."""
-
-        async def close() -> None:
-            await frames.aclose()
-
-        return Stream(frames, media_type=EVENT_STREAM, headers=SSE_HEADERS, background=BackgroundTask(close))
+        return EventStream(_OwnerStream(self, feed, jobs))
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -163,52 +335,7 @@ class EventStreams:
         head = b"id: %d\nevent: job\ndata: " % job.version if with_id else b"event: job\ndata: "
         return head + self.hub.json(job) + b"\n\n"
 
-    async def _job_frames(self, feed: JobFeed, first: Job | None) -> AsyncGenerator[bytes, None]:
-        self._open["job"] += 1
-        try:
-            yield self._retry + (self.frame(first) if first is not None else b"")
-            if first is not None and first.terminal:
-                return
-            while True:
-                try:
-                    job = await feed.next(self._keepalive)
-                except FeedClosed:
-                    return
-                if job is None:
-                    yield KEEPALIVE
-                    continue
-                yield self.frame(job)
-                if job.terminal:
-                    return
-        finally:
-            self._open["job"] -= 1
-            feed.close()
-
-    async def _owner_frames(self, feed: OwnerFeed, jobs: list[Job]) -> AsyncGenerator[bytes, None]:
-        self._open["owner"] += 1
-        try:
-            yield self._retry + self._snapshot_frames(jobs)
-            while True:
-                try:
-                    item = await feed.next(self._keepalive)
-                except FeedClosed:
-                    return
-                if item is None:
-                    yield KEEPALIVE
-                elif isinstance(item, Resync):
-                    try:
-                        jobs = await feed.snapshot(FEED_SNAPSHOT_SIZE)
-                    except (RedisError, OSError):
-                        return  # Redis went away again: the client reconnects and starts afresh
-                    if jobs:
-                        yield self._snapshot_frames(jobs)
-                else:
-                    yield self.frame(item, with_id=False)
-        finally:
-            self._open["owner"] -= 1
-            feed.close()
-
-    def _snapshot_frames(self, jobs: list[Job]) -> bytes:
+    def snapshot_frames(self, jobs: list[Job]) -> bytes:
         """Oldest first, so a client that appends shows the newest last."""
         return b"".join(self.frame(job, with_id=False) for job in reversed(jobs))
 
