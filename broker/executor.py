@@ -125,6 +125,7 @@ class JobExecutor:
             outcome = await self._call(spec, ctx, data, running)
         finally:
             del self.running[started.job.id]
+            running.ctx = None  # ctx holds running.interrupt: unlinked, both go by refcount, not GC
         if ctx.cancelled and outcome[0] in ("ok", "error"):
             outcome = ("cancelled", None)  # it saw ctx.cancelled and returned (or gave up) early
         await self._record(spec, started, delivery, outcome)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import os
 import socket
@@ -142,6 +143,7 @@ class JobBroker(RedisStreamBroker):
             asyncio.create_task(self._listen_cancels(), name="jobstream-cancels"),
         ]
         log.info("worker %s consuming %s", self.consumer_name, ", ".join(self.queues))
+        _tune_gc()
 
     async def shutdown(self) -> None:
         """Stop what still runs, hand its entries back for prompt reclaim, then close."""
@@ -419,6 +421,19 @@ class JobBroker(RedisStreamBroker):
     @functools.cached_property
     def _kick_store(self) -> JobStore:
         return JobStore(Redis(connection_pool=self.connection_pool), self.settings)
+
+
+def _tune_gc() -> None:
+    """Keep the garbage collector from costing a worker a tenth of its time per job.
+
+    With the default threshold a worker collected its young objects every few dozen jobs,
+    each time tracing every job in flight, and a full collection traced all the objects
+    of the imported libraries. Jobs leave no reference cycles behind, so collecting
+    rarely costs little memory; what start-up made is frozen out of every collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000)
 
 
 KICK_OWNER = "scheduler"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import signal
 import subprocess
@@ -18,10 +19,12 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
+from broker.executor import JobExecutor
 from broker.models import Job, JobStatus
 from broker.queues import ensure_groups
 from broker.settings import load_settings
-from broker.store import GROUP, JobStore
+from broker.store import GROUP, Delivery, JobStore
+from broker.tasks import registry
 from tests.procs import ROOT, env_for, start_worker, stop
 
 LEASE = 1.5
@@ -326,3 +329,30 @@ async def test_a_worker_without_the_task_leaves_the_job_to_one_with_it(cluster: 
     job = await cluster.wait(job_id, ended, LEASE + 10)
     assert job.status == JobStatus.SUCCESS and job.attempts == 1, job.error
     assert await cluster.count(f"{k}:runs") == 1
+
+
+async def test_a_finished_job_leaves_no_reference_cycle(cluster: Cluster) -> None:
+    """The worker collects garbage rarely (``JobBroker``): that is only cheap if jobs make none."""
+    import workers.tasks  # noqa: F401 - registers demo.noop
+
+    store = cluster.store
+    await store.scripts.load_all(store.redis)
+    executor = JobExecutor(store, registry, "c1")
+    n = 200
+    ids = {await cluster.submit("demo.noop") for _ in range(n)}
+    reply: Any = await store.redis.xreadgroup(GROUP, "c1", {store.keys.queue("default"): ">"}, count=n)
+    stream, entries = reply[0]
+    deliveries = []
+    for entry_id, fields in entries:
+        job_id = msgspec.json.decode(fields[b"data"])["task_id"]
+        deliveries.append(Delivery(job_id, stream.decode(), entry_id.decode(), 1))
+    assert {d.job_id for d in deliveries} == ids
+    gc.collect()
+    gc.disable()
+    try:
+        await asyncio.gather(*(executor.run(d) for d in deliveries))
+        cyclic = gc.collect()
+    finally:
+        gc.enable()
+    assert executor.counters.succeeded == n
+    assert cyclic < n / 4  # one cycle per job would free several objects each
