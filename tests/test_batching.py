@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, ResponseError
 
 from broker.batching import ScriptBatcher
 
@@ -60,3 +62,28 @@ async def test_a_dead_connection_fails_every_waiting_caller() -> None:
     results = await asyncio.gather(*(batcher.call(script, [], []) for _ in range(3)), return_exceptions=True)
     assert all(isinstance(r, Exception) for r in results)
     await redis.aclose()
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+async def test_a_killed_connection_is_retried_as_the_client_says_then_replaced(
+    redis_url: str, prefix: str, retries: int
+) -> None:
+    name = f"{prefix}batcher{retries}".replace(":", "-")
+    client = Redis.from_url(redis_url, client_name=name, retry=Retry(NoBackoff(), retries))
+    admin = Redis.from_url(redis_url)
+    try:
+        batcher = ScriptBatcher(client)
+        script = client.register_script("return ARGV[1]")
+        assert await batcher.call(script, [], ["a"]) == b"a"
+        clients: Any = await admin.client_list()
+        (mine,) = [c for c in clients if c["name"] == name]
+        assert await admin.client_kill_filter(_id=mine["id"]) == 1
+        if retries:
+            assert await batcher.call(script, [], ["b"]) == b"b"  # sent again on a new connection
+        else:
+            with pytest.raises(ConnectionError):
+                await batcher.call(script, [], ["b"])
+        assert await batcher.call(script, [], ["c"]) == b"c"
+    finally:
+        await client.aclose()
+        await admin.aclose()
