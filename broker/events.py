@@ -22,10 +22,10 @@ import logging
 import random
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 from redis.asyncio import ConnectionPool, Redis
@@ -47,6 +47,7 @@ ResyncReason = Literal["reconnect", "overflow"]
 _LOST = (RedisError, OSError)
 """What a dropped or unreachable Redis raises (redis-py wraps most socket errors)."""
 
+T = TypeVar("T")
 _decode_pairs = msgspec.json.Decoder(list[str]).decode
 _JSON_CACHE = 1024
 
@@ -90,65 +91,93 @@ class _Channel:
         self.name = name
         self.kind = kind
         self.key = key
-        self.listeners: set[_Feed] = set()
+        self.listeners: set[_Feed[Any]] = set()
         self.confirmed = asyncio.Event()
         self.sent_gen = -1  # the connection generation SUBSCRIBE was last sent on
 
 
-class _Feed(ABC):
-    """What job and owner feeds share: waking the reader, nudging it, closing, the hub link.
+class _Feed(ABC, Generic[T]):
+    """What job and owner feeds share: handing out states, waking the reader, closing, the hub link.
 
-    The reader sleeps on a bare future that exists only while it waits: with 10,000
-    feeds, an ``asyncio.Event`` each (and its waiters deque) costs memory, and its
-    ``set()`` more CPU per delivery than resolving one future.
+    Two ways to read a feed. Pull: ``await feed.next()`` (or ``async for``), one task per
+    reader, which sleeps on a bare future that exists only while it waits. Push:
+    :meth:`on_change` registers a callback that the hub calls, synchronously, whenever
+    :meth:`take` may have something new or the feed ended; then no task wakes per change,
+    which is what 10,000 SSE streams on one job need (see ``web.sse``).
     """
 
-    __slots__ = ("_channel", "_closed", "_hub", "_nudged", "_waiter")
+    __slots__ = ("_channel", "_closed", "_hub", "_notify", "_waiter")
 
     def __init__(self, hub: EventHub) -> None:
         self._hub = hub
         self._channel: _Channel | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._notify: Callable[[], None] | None = None
         self._closed = False
-        self._nudged = False
 
     @abstractmethod
     def _offer(self, job: Job) -> None:
         """Take a new state of a followed job (each feed keeps only what it needs)."""
 
-    def nudge(self) -> None:
-        """Make the reader's ``next()`` return None now (at once, if it is not waiting yet).
+    @abstractmethod
+    def take(self) -> T | None:
+        """What is there to hand out now (marked handed out), or None; never waits."""
 
-        For work due when a feed was quiet for a while (an SSE keepalive): one periodic
-        task nudges the quiet feeds, instead of a timer per wait.
+    @property
+    @abstractmethod
+    def done(self) -> bool:
+        """True once nothing more will ever come (ended or closed, and nothing left to take)."""
+
+    def on_change(self, callback: Callable[[], None] | None) -> None:
+        """Push mode: the hub calls ``callback()`` when :meth:`take` may have something or the
+        feed ended (it must not raise); ``None`` goes back to waking :meth:`next`."""
+        self._notify = callback
+
+    async def next(self, timeout: float | None = None) -> T | None:
+        """The next item; None if none came within ``timeout`` seconds (None: wait until one does).
+
+        Raises :class:`FeedClosed` once it is :attr:`done`.
         """
-        self._nudged = True
-        self._wake()
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            item = self.take()
+            if item is not None:
+                return item
+            if self.done:
+                raise FeedClosed(f"{self!r} is closed")
+            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                return None
+            await self._wait(deadline)
+
+    def __aiter__(self) -> _Feed[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            item = await self.next()
+        except FeedClosed:
+            raise StopAsyncIteration from None
+        assert item is not None  # no timeout: next() waits until it has one
+        return item
 
     def _end(self) -> None:
-        """The hub stopped: wake the reader, whose next call then raises FeedClosed."""
+        """The hub stopped: tell the reader, whose next call then raises FeedClosed."""
         self._closed = True
-        self._wake()
+        self._changed()
 
     def close(self) -> None:
         """Leave the channel (UNSUBSCRIBE if this was its last feed). Idempotent, never blocks."""
         self._hub._detach(self)
         self._end()
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            _resolve(waiter)
-
-    def _quiet(self, deadline: float | None) -> bool:
-        """Whether ``next()`` should return None now: nudged (the nudge is used up), or timed out."""
-        if self._nudged:
-            self._nudged = False
-            return True
-        return deadline is not None and asyncio.get_running_loop().time() >= deadline
+    def _changed(self) -> None:
+        if self._notify is not None:
+            self._notify()
+        elif self._waiter is not None:
+            _resolve(self._waiter)
 
     async def _wait(self, deadline: float | None) -> None:
-        """Sleep until offered something, closed, nudged, or ``deadline`` (loop time) passed."""
+        """Sleep until offered something, closed, or ``deadline`` (loop time) passed."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = None if deadline is None else loop.call_at(deadline, _resolve, waiter)
@@ -165,11 +194,7 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else asyncio.get_running_loop().time() + timeout
-
-
-class JobFeed(_Feed):
+class JobFeed(_Feed[Job]):
     """The changes of one job, newest state only: reading slowly skips states, never reorders.
 
     Iterating yields each new state and stops after the terminal one (or when the hub stops).
@@ -183,6 +208,9 @@ class JobFeed(_Feed):
         self._latest: Job | None = None
         self._seen = 0
         self._ended = False
+
+    def __repr__(self) -> str:
+        return f"feed of job {self.job_id}"
 
     @property
     def done(self) -> bool:
@@ -210,49 +238,25 @@ class JobFeed(_Feed):
             self._ended = True
         return job
 
-    async def next(self, timeout: float | None = None) -> Job | None:
-        """The next newer state; None if none came within ``timeout`` seconds (None: wait), or nudged.
-
-        Raises :class:`FeedClosed` once the terminal state was handed out or the hub stopped.
-        """
-        deadline = _deadline(timeout)
-        while True:
-            job = self._latest
-            if job is not None:
-                self._latest = None
-                self._deliver(job)
-                return job
-            if self._ended or self._closed:
-                raise FeedClosed(f"feed of job {self.job_id} is closed")
-            if self._quiet(deadline):
-                return None
-            await self._wait(deadline)
-
-    def __aiter__(self) -> JobFeed:
-        return self
-
-    async def __anext__(self) -> Job:
-        try:
-            job = await self.next()
-        except FeedClosed:
-            raise StopAsyncIteration from None
-        assert job is not None  # no timeout: next() waits until it has one
+    def take(self) -> Job | None:
+        """The newest state not handed out yet, if any."""
+        job = self._latest
+        if job is not None:
+            self._latest = None
+            self._seen = job.version
+            if job.terminal:
+                self._ended = True
         return job
-
-    def _deliver(self, job: Job) -> None:
-        self._seen = job.version
-        if job.terminal:
-            self._ended = True
 
     def _offer(self, job: Job) -> None:
         latest = self._latest
         if job.version <= self._seen or (latest is not None and job.version <= latest.version):
             return  # a duplicate or an older state: versions never go backwards
         self._latest = job
-        self._wake()
+        self._changed()
 
 
-class OwnerFeed(_Feed):
+class OwnerFeed(_Feed[Job | Resync]):
     """The changes of all one owner's jobs: per job its newest state, oldest change first.
 
     The backlog holds at most ``max_pending`` distinct jobs; past that it is dropped and the
@@ -271,6 +275,14 @@ class OwnerFeed(_Feed):
         self._max_pending = max_pending
         self._max_tracked = max_tracked
 
+    def __repr__(self) -> str:
+        return f"feed of owner {self.owner}"
+
+    @property
+    def done(self) -> bool:
+        """True once the hub stopped and the backlog is empty."""
+        return self._closed and self._resync is None and not self._pending
+
     def mark_seen(self, job_id: str, version: int) -> None:
         """The caller already has this version of the job: hand out only newer ones."""
         if version > self._seen.get(job_id, 0):
@@ -286,37 +298,11 @@ class OwnerFeed(_Feed):
             self.mark_seen(job.id, job.version)
         return page.jobs
 
-    async def next(self, timeout: float | None = None) -> Job | Resync | None:
-        """The next change (or a :class:`Resync`); None if none came within ``timeout`` s, or nudged.
-
-        Raises :class:`FeedClosed` once the hub stopped and the backlog is empty.
-        """
-        deadline = _deadline(timeout)
-        while True:
-            if self._resync is not None:
-                reason, self._resync = self._resync, None
-                return Resync(reason)
-            job = self._take()
-            if job is not None:
-                return job
-            if self._closed:
-                raise FeedClosed(f"feed of owner {self.owner} is closed")
-            if self._quiet(deadline):
-                return None
-            await self._wait(deadline)
-
-    def __aiter__(self) -> OwnerFeed:
-        return self
-
-    async def __anext__(self) -> Job | Resync:
-        try:
-            item = await self.next()
-        except FeedClosed:
-            raise StopAsyncIteration from None
-        assert item is not None  # no timeout: next() waits until it has one
-        return item
-
-    def _take(self) -> Job | None:
+    def take(self) -> Job | Resync | None:
+        """A :class:`Resync` if one is due, else the oldest pending change, if any."""
+        if self._resync is not None:
+            reason, self._resync = self._resync, None
+            return Resync(reason)
         while self._pending:
             _, job = self._pending.popitem(last=False)
             if job.version > self._seen.get(job.id, 0):  # mark_seen may have passed it since
@@ -326,7 +312,7 @@ class OwnerFeed(_Feed):
 
     def _flag_resync(self, reason: ResyncReason) -> None:
         self._resync = reason
-        self._wake()
+        self._changed()
 
     def _offer(self, job: Job) -> None:
         if job.version <= self._seen.get(job.id, 0):
@@ -340,7 +326,7 @@ class OwnerFeed(_Feed):
             self._pending.clear()
             self._flag_resync("overflow")
         self._pending[job.id] = job
-        self._wake()
+        self._changed()
 
 
 _Command = tuple[Literal["subscribe", "unsubscribe"], _Channel] | tuple[Literal["ping"], None]
@@ -556,7 +542,7 @@ class EventHub:
 
     # -- reference counting ----------------------------------------------------------------
 
-    async def _attach(self, feed: _Feed, name: str, kind: ChannelKind, key: str) -> None:
+    async def _attach(self, feed: _Feed[Any], name: str, kind: ChannelKind, key: str) -> None:
         if not self._running:
             raise FeedClosed("the event hub is not running")
         channel = self._channels.get(name)
@@ -581,7 +567,7 @@ class EventHub:
             self._detach(feed)
             raise FeedClosed("the event hub stopped")
 
-    def _detach(self, feed: _Feed) -> None:
+    def _detach(self, feed: _Feed[Any]) -> None:
         """Synchronous, so it is safe in cancelled tasks and ``finally`` blocks."""
         channel, feed._channel = feed._channel, None
         if channel is None:

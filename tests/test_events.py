@@ -442,3 +442,37 @@ async def test_unreachable_redis_times_out_subscribing(store: JobStore) -> None:
     finally:
         await hub.stop()
         await nowhere.aclose()
+
+
+async def test_push_mode_calls_back_on_each_change_and_take_hands_out_the_newest(
+    hub: EventHub, store: JobStore
+) -> None:
+    started, delivery = await running_job(store)
+    feed = await hub.open_job(started.job.id)
+    assert await feed.snapshot() is not None
+    changed = asyncio.Event()
+    calls = 0
+
+    def on_change() -> None:
+        nonlocal calls
+        calls += 1
+        changed.set()
+
+    feed.on_change(on_change)
+    for step in range(3):  # nobody takes: the feed keeps the newest only
+        await store.progress(started.job.id, started.attempt, step, f"step {step}")
+    await until(lambda: _true(hub.stats().events_received >= 3))
+    assert calls == 3
+    newest = feed.take()
+    assert newest is not None and newest.message == "step 2"
+    assert feed.take() is None and not feed.done
+
+    end = await succeed(store, started, delivery)
+    await asyncio.wait_for(changed.wait(), 5)
+    assert feed.take() == end
+    assert feed.done  # the terminal state was handed out
+    feed.close()  # still calls back once more (the stream's cue to finish), then never again
+    assert calls == 5
+    feed.on_change(None)
+    with pytest.raises(FeedClosed):
+        await feed.next()

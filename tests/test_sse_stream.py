@@ -6,8 +6,10 @@ Job versions: 1 on create, 2 when a worker starts it, +1 per progress call, +1 a
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
 import signal
+import socket
 import time
 import uuid
 from typing import Any
@@ -200,3 +202,74 @@ async def test_sigterm_ends_open_streams_and_long_polls_and_exits_cleanly(sse_st
         assert bad not in log, log
     with pytest.raises(httpx.ConnectError):
         await stack.http.get("/healthz")
+
+
+async def _stalled_stream(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream whose client reads nothing yet, with a small receive window: the server's
+    writes stall once the kernel buffers are full."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=2**24)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+def _events_of(raw: bytes) -> list[dict[str, Any]]:
+    return [
+        json.loads(line.removeprefix(b"data: ")) for line in raw.split(b"\n") if line.startswith(b"data: ")
+    ]
+
+
+@pytest.mark.timeout(90)
+async def test_a_client_that_stops_reading_holds_up_no_one_and_later_gets_the_newest_state(
+    sse_stack: Any,
+) -> None:
+    stack: SseStack = await sse_stack()
+    # every event carries the ~0.9 MB input: 12 of them are far more than the socket buffers hold
+    text = "\n".join(f"word{i % 50} other{i % 7} line {i}" for i in range(36_000))
+    job = await stack.create("demo.wordcount", {"text": text})
+    url = f"/jobs/{job['id']}/events"
+    stalled, writer = await _stalled_stream(int(stack.base_url.rsplit(":", 1)[1]), url)
+    reader = Reader(stack.http, url)
+    await reader.until_version(1)
+    stack.start_worker()
+    try:
+        end = await reader.until_terminal(timeout=60)
+        assert end["status"] == "SUCCESS"
+        assert strictly_increasing(reader.versions)
+        # now the stalled client reads: what it gets is in order and ends with the same final state
+        raw = await asyncio.wait_for(stalled.read(), 30)  # the server closes after the terminal event
+        events = _events_of(raw)
+        assert [event["version"] for event in events] == sorted({event["version"] for event in events})
+        assert events[-1] == end
+        assert len(raw) > 4 * 2**20  # it really was behind by more than the kernel buffers hold
+        assert "Traceback" not in stack.log_text()
+    finally:
+        writer.close()
+        await reader.close()
+
+
+@pytest.mark.timeout(60)
+async def test_clients_that_leave_an_idle_stream_are_forgotten_at_once(sse_stack: Any) -> None:
+    stack: SseStack = await sse_stack()
+    job = await stack.create("demo.sleep")  # no worker: the streams stay idle
+    readers = [Reader(stack.http, f"/jobs/{job['id']}/events") for _ in range(20)]
+    readers.append(Reader(stack.http, "/events"))
+    for reader in readers:
+        await reader.until_version(1)
+    stats = (await stack.http.get("/events/stats")).json()
+    assert (stats["job_streams"], stats["owner_streams"], stats["hub"]["listeners"]) == (20, 1, 21)
+
+    for reader in readers:
+        await reader.close()
+    deadline = time.monotonic() + 10  # keepalives are 15 s apart: only the disconnect can end them
+    while True:
+        stats = (await stack.http.get("/events/stats")).json()
+        hub = stats["hub"]
+        if (stats["job_streams"], stats["owner_streams"], hub["listeners"], hub["channels"]) == (0, 0, 0, 0):
+            break
+        assert time.monotonic() < deadline, stats
+        await asyncio.sleep(0.02)

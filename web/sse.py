@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Coroutine, Generator, Iterable
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -34,7 +34,7 @@ from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response.base import ASGIResponse
-from litestar.types import HTTPResponseBodyEvent, Receive, Send, TypeEncodersMap
+from litestar.types import HTTPResponseBodyEvent, Receive, Scope, Send, TypeEncodersMap
 from redis.exceptions import RedisError
 
 from broker.errors import JobNotFound
@@ -64,6 +64,7 @@ F = TypeVar("F", JobFeed, OwnerFeed)
 StreamKind = Literal["job", "owner"]
 _END: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
 
+
 LastEventId = Annotated[
     str | None,
     HeaderParameter(name="Last-Event-ID", description="the last version received (EventSource sends it)"),
@@ -86,14 +87,14 @@ class StreamStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EventStream(Response[None]):
-    """A ``text/event-stream`` response written by a :class:`_Stream` in the request's own task.
+    """A ``text/event-stream`` response whose frames the hub writes as it dispatches them.
 
-    Litestar's :class:`~litestar.response.Stream` runs every response in an anyio task
-    group, with a second task listening for the disconnect and an async generator between
-    the feed and ``send``: per idle connection that is a task group, a cancel scope, two
-    tasks and their contexts and several suspended frames, and per delivery a pass through
-    all of them. 10,000 idle streams on one process need less: one task writes (the
-    request's), and a bare task waits for ``http.disconnect`` and then closes the feed.
+    Litestar's :class:`~litestar.response.Stream` pulls from an async generator in an
+    anyio task group, with a second task listening for the disconnect: per connection a
+    task group, a cancel scope, two tasks, several suspended frames, and per delivery a
+    task wake-up through all of them. Here the request's task only waits for the stream
+    to end, a bare task waits for ``http.disconnect``, and each new state is written by
+    :class:`_Stream` from the hub's dispatch, synchronously while the socket takes it.
     """
 
     __slots__ = ("_stream",)
@@ -116,11 +117,8 @@ class EventStream(Response[None]):
         status_code: int | None = None,
         type_encoders: TypeEncodersMap | None = None,
     ) -> ASGIResponse:
-        return _ASGIEventStream(
-            self._stream,
-            headers={**(headers or {}), **self.headers},
-            cookies=[*self.cookies, *(cookies or ())],
-        )
+        merged = {**(headers or {}), **self.headers}
+        return _ASGIEventStream(self._stream, headers=merged, cookies=[*self.cookies, *(cookies or ())])
 
 
 class _ASGIEventStream(ASGIResponse):
@@ -132,41 +130,134 @@ class _ASGIEventStream(ASGIResponse):
         super().__init__(headers=headers, cookies=cookies, media_type=EVENT_STREAM)
         self._stream = stream
 
-    async def send_body(self, send: Send, receive: Receive) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.start_response(send)
         await self._stream.run(send, receive)
 
 
 class _Stream(ABC):
-    """One open SSE stream: its feed, and whether it wrote since the last keepalive tick."""
+    """One open SSE stream, written whenever its feed changes, from the hub's own dispatch.
 
-    __slots__ = ("feed", "kind", "sent", "streams")
+    A write goes straight through ``send`` while the transport takes it (uvicorn's ``send``
+    only suspends when the client reads too slowly); a write that does suspend is finished
+    by a task of its own, and until it is, newer states wait in the feed, which keeps the
+    newest only. So one slow client never holds up the others, and a delivery costs no
+    task wake-up. ``sent`` tells the keepalive tick whether it wrote since the last tick.
+    """
+
+    __slots__ = ("_busy", "_done", "_later", "_send", "feed", "kind", "sent", "streams")
 
     def __init__(self, streams: EventStreams, kind: StreamKind, feed: JobFeed | OwnerFeed) -> None:
         self.streams = streams
         self.kind = kind
         self.feed = feed
         self.sent = False
+        self._busy = True  # until the opening frames are out
+        self._send: Send | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._later: asyncio.Task[None] | None = None
 
     async def run(self, send: Send, receive: Receive) -> None:
-        """Write the stream until it ends, the client leaves, or the hub stops; then close the feed."""
-        streams = self.streams
-        streams._attach(self)
+        """Stream until the last frame, the client leaving, or the hub stopping; then close the feed."""
+        self._send = send
+        self._done = asyncio.get_running_loop().create_future()
+        self.streams._attach(self)
         left = asyncio.ensure_future(_until_disconnect(receive, self.feed))
         try:
-            await self.body(send)
+            if await self.opening(send):
+                self._busy = False
+                self.feed.on_change(self._pump)
+                self._pump()
+                await self._done
+            self._busy = True  # nothing more but the end
             await send(_END)
         finally:
+            self.feed.on_change(None)
             left.cancel()
-            streams._detach(self)
+            if self._later is not None:
+                self._later.cancel()
+            self.streams._detach(self)
             self.feed.close()
 
-    async def write(self, send: Send, data: bytes) -> None:
-        self.sent = True
-        await send({"type": "http.response.body", "body": data, "more_body": True})
+    @abstractmethod
+    async def opening(self, send: Send) -> bool:
+        """Send the first frames; False if the stream is already over."""
 
     @abstractmethod
-    async def body(self, send: Send) -> None:
-        """Write the stream's frames; return when it is over (FeedClosed included)."""
+    def frame_of(self, item: Job | Resync) -> bytes | None:
+        """The bytes for one item taken from the feed (None: handled otherwise)."""
+
+    def keepalive(self) -> None:
+        """The tick found this stream quiet: send a comment, unless a write is under way."""
+        if not self._busy:
+            self._write(KEEPALIVE)
+
+    def _pump(self) -> None:
+        """Write what the feed holds while the transport takes it; end the stream once it is done."""
+        while not self._busy and self._done is not None and not self._done.done():
+            item = self.feed.take()
+            if item is None:
+                if self.feed.done:
+                    self._done.set_result(None)
+                return
+            data = self.frame_of(item)
+            if data is not None:
+                self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        assert self._send is not None
+        self.sent = True
+        steps = self._send(_body(data)).__await__()
+        try:
+            waits_on = steps.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:  # handed to the request's task, which raises it
+            self._fail(exc)
+            return
+        self._in_background(_finish(steps, waits_on))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task of its own; meanwhile newer states wait in the feed."""
+        self._busy = True
+        self._later = asyncio.ensure_future(work)
+        self._later.add_done_callback(self._resume)
+
+    def _resume(self, task: asyncio.Task[None]) -> None:
+        self._later = None
+        if task.cancelled() or self._done is None or self._done.done():
+            return
+        self._busy = False
+        exc = task.exception()
+        if exc is not None:
+            self._fail(exc)
+        else:
+            self._pump()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(exc)
+
+
+async def _finish(steps: Generator[Any, Any, None], waits_on: Any) -> None:
+    """Run a ``send`` that suspended (on a future, or a bare yield) to its end in this task."""
+    while True:
+        try:
+            if waits_on is None:
+                await asyncio.sleep(0)
+            else:
+                waits_on._asyncio_future_blocking = False  # as a task would: it is ours to await now
+                await waits_on
+        except BaseException as exc:  # cancelled, or the awaited future failed: the send decides
+            try:
+                waits_on = steps.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waits_on = steps.send(None)
+        except StopIteration:
+            return
 
 
 class _JobStream(_Stream):
@@ -176,24 +267,13 @@ class _JobStream(_Stream):
         super().__init__(streams, "job", feed)
         self.first = first
 
-    async def body(self, send: Send) -> None:
-        streams, feed, first = self.streams, self.feed, self.first
-        assert isinstance(feed, JobFeed)
-        self.first = None
-        await self.write(send, streams.retry + (streams.frame(first) if first is not None else b""))
-        if first is not None and first.terminal:
-            return
-        while True:
-            try:
-                job = await feed.next()
-            except FeedClosed:
-                return
-            if job is None:
-                await self.write(send, KEEPALIVE)
-                continue
-            await self.write(send, streams.frame(job))
-            if job.terminal:
-                return
+    async def opening(self, send: Send) -> bool:
+        first, self.first = self.first, None
+        await send(_body(self.streams.retry + (self.streams.frame(first) if first is not None else b"")))
+        return first is None or not first.terminal
+
+    def frame_of(self, item: Job | Resync) -> bytes | None:
+        return self.streams.frame(item) if isinstance(item, Job) else None  # a job feed never resyncs
 
 
 class _OwnerStream(_Stream):
@@ -203,31 +283,36 @@ class _OwnerStream(_Stream):
         super().__init__(streams, "owner", feed)
         self.jobs = jobs
 
-    async def body(self, send: Send) -> None:
-        streams, feed = self.streams, self.feed
-        assert isinstance(feed, OwnerFeed)
+    async def opening(self, send: Send) -> bool:
         jobs, self.jobs = self.jobs, []
-        await self.write(send, streams.retry + streams.snapshot_frames(jobs))
-        while True:
-            try:
-                item = await feed.next()
-            except FeedClosed:
-                return
-            if item is None:
-                await self.write(send, KEEPALIVE)
-            elif isinstance(item, Resync):
-                try:
-                    jobs = await feed.snapshot(FEED_SNAPSHOT_SIZE)
-                except (RedisError, OSError):
-                    return  # Redis went away again: the client reconnects and starts afresh
-                if jobs:
-                    await self.write(send, streams.snapshot_frames(jobs))
-            else:
-                await self.write(send, streams.frame(item, with_id=False))
+        await send(_body(self.streams.retry + self.streams.snapshot_frames(jobs)))
+        return True
+
+    def frame_of(self, item: Job | Resync) -> bytes | None:
+        if isinstance(item, Resync):
+            self._in_background(self._resync())
+            return None
+        return self.streams.frame(item, with_id=False)
+
+    async def _resync(self) -> None:
+        """Send the owner's newest jobs again (the feed may have missed changes)."""
+        assert isinstance(self.feed, OwnerFeed) and self._send is not None
+        try:
+            jobs = await self.feed.snapshot(FEED_SNAPSHOT_SIZE)
+        except (RedisError, OSError):
+            self.feed.close()  # Redis went away again: the client reconnects and starts afresh
+            return
+        if jobs:
+            self.sent = True
+            await self._send(_body(self.streams.snapshot_frames(jobs)))
+
+
+def _body(data: bytes) -> HTTPResponseBodyEvent:
+    return {"type": "http.response.body", "body": data, "more_body": True}
 
 
 async def _until_disconnect(receive: Receive, feed: JobFeed | OwnerFeed) -> None:
-    """Close ``feed`` once the client has gone: its stream's next wait then ends."""
+    """Close ``feed`` once the client has gone: its stream then ends."""
     while (await receive())["type"] != "http.disconnect":
         pass
     feed.close()
@@ -295,7 +380,7 @@ class EventStreams:
                 if stream.sent:
                     stream.sent = False
                 else:
-                    stream.feed.nudge()
+                    stream.keepalive()
 
     # -- opening ---------------------------------------------------------------------------
 
