@@ -150,13 +150,14 @@ async def test_the_stream_cookie_opens_the_owners_streams_only(sse_stack: Any) -
     await assert_no_token_logged(stack, minted.json()["token"], queried=False)
 
 
-async def test_without_auth_tokens_are_still_minted_and_streams_need_none(sse_stack: Any) -> None:
+async def test_without_auth_streams_need_no_token_and_the_token_routes_still_mint(sse_stack: Any) -> None:
     stack: SseStack = await sse_stack()
     job = await stack.create("demo.sleep")
-    assert job["stream_token"]
+    assert job["stream_token"] is None  # POST /jobs mints none: a stream needs none
     url = f"/jobs/{job['id']}/events"
     assert (await first_event(stack, url))["id"] == job["id"]
-    assert (await first_event(stack, f"{url}?token={job['stream_token']}"))["id"] == job["id"]
+    minted = (await stack.http.post(f"{url.removesuffix('/events')}/stream-token")).json()
+    assert (await first_event(stack, minted["url"]))["id"] == job["id"]
     grant = (await stack.http.post("/events/stream-token")).json()
     assert (await first_event(stack, grant["url"]))["id"] == job["id"]
-    await assert_no_token_logged(stack, job["stream_token"], grant["token"])
+    await assert_no_token_logged(stack, minted["token"], grant["token"])

@@ -60,7 +60,7 @@ async def test_create_answers_202_with_location_and_the_pending_job(client: Clie
     assert job["owner"] == "local"
     assert job["queue"] == "default"
     assert job["input"] == {"seconds": 2.0, "steps": 10}  # validated, defaults filled in, re-encoded
-    assert job.pop("stream_token")  # the create answer also opens the job's event stream
+    assert job.pop("stream_token") is None  # no-auth mode: a stream needs no token
     assert (await client.get(response.headers["location"])).json() == job
 
 
@@ -380,9 +380,17 @@ async def test_openapi_schema_and_docs_page(client: Client) -> None:
     )
     create_op = spec["paths"]["/jobs"]["post"]
     assert create_op["requestBody"]["content"]["application/json"]["schema"]["required"] == ["type"]
-    assert "202" in create_op["responses"]
+    created = {"$ref": "#/components/schemas/CreatedJob"}
+    for status in ("202", "200"):  # 200: an Idempotency-Key replay
+        assert create_op["responses"][status]["content"]["application/json"]["schema"] == created
     assert create_op["responses"]["422"]["content"][PROBLEM_JSON]
-    assert "Job" in spec["components"]["schemas"]
+    assert [p["name"] for p in create_op["parameters"]] == ["Idempotency-Key"]
+    get_op = spec["paths"]["/jobs/{job_id}"]["get"]
+    job = {"$ref": "#/components/schemas/Job"}
+    assert get_op["responses"]["200"]["content"]["application/json"]["schema"] == job
+    assert "content" not in get_op["responses"]["304"]
+    token = spec["components"]["schemas"]["CreatedJob"]["properties"]["stream_token"]
+    assert token == {"oneOf": [{"type": "string"}, {"type": "null"}]}
 
 
 async def test_unknown_route_and_wrong_method_are_problems(client: Client) -> None:

@@ -16,6 +16,7 @@ from litestar.testing import AsyncTestClient
 from broker.settings import Settings
 from tests.web_support import PROBLEM_JSON, SECRET, app_client, web_settings
 from web.auth import make_token
+from web.stream_tokens import STREAM_AUDIENCE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,6 +48,22 @@ async def create_as(client: Client, headers: dict[str, str]) -> dict[str, Any]:
 async def test_the_token_subject_owns_the_job(client: Client, settings: Settings) -> None:
     job = await create_as(client, bearer(settings, "alice"))
     assert job["owner"] == "alice"
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
+async def test_the_create_answer_carries_a_stream_token_for_that_job(
+    redis_url: str, prefix: str, algorithm: str
+) -> None:
+    settings = web_settings(redis_url, prefix, auth="jwt", jwt_secret=SECRET, jwt_algorithm=algorithm)
+    async with app_client(settings) as client:
+        job = await create_as(client, bearer(settings, "alice", settings.admin_role))
+    token = job["stream_token"]
+    assert jwt.get_unverified_header(token) == {"alg": algorithm, "typ": "JWT"}
+    claims = jwt.decode(token, SECRET, algorithms=[algorithm], audience=STREAM_AUDIENCE)
+    assert claims.pop("exp") - claims.pop("iat") == settings.stream_token_ttl_seconds
+    assert claims == {"sub": "alice", "admin": True, "aud": STREAM_AUDIENCE, "scope": f"job:{job['id']}"}
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, SECRET + "x", algorithms=[algorithm], audience=STREAM_AUDIENCE)
 
 
 async def test_another_owner_gets_404_on_every_route(client: Client, settings: Settings) -> None:

@@ -21,7 +21,7 @@ from web.log_redaction import install_log_redaction
 from web.openapi import RawJsonSchemaPlugin, openapi_config
 from web.ops import healthz, readyz
 from web.problems import EXCEPTION_HANDLERS
-from web.resources import dependencies, lifespan, stream_tokens_for
+from web.resources import Opened, dependencies, lifespan, stream_tokens_for
 from web.sse import ROUTES as SSE_ROUTES
 from web.tasks import list_tasks
 
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
     load_task_modules(settings.task_modules)
     install_log_redaction()
     tokens = stream_tokens_for(settings)
+    opened = Opened()
     docs_path = f"{prefix}/schema"
     api = Router(
         path=prefix or "/",
@@ -59,8 +60,8 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
     )
     return Litestar(
         route_handlers=[api],
-        dependencies=dependencies(settings, tokens),
-        lifespan=[lifespan(settings, tokens)],
+        dependencies=dependencies(settings, tokens, opened),
+        lifespan=[lifespan(settings, tokens, opened)],
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth_hook(settings, exclude=[f"^{re.escape(docs_path)}(/|$)"])],
         openapi_config=openapi_config(docs_path),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
@@ -48,6 +48,8 @@ Jobs = NamedDependency[JobRoutesContext]
 Caller = NamedDependency[User]
 UserRequest = Request[User, Any, Any]
 
+_encode = msgspec.json.Encoder().encode
+
 
 def job_headers(job: Job, settings: Settings) -> dict[str, str]:
     """ETag, no-cache, and a ``Retry-After`` polling hint while the job is still active."""
@@ -66,14 +68,31 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
 
 
+def json_answer(body: msgspec.Struct, headers: dict[str, str], status_code: int = 200) -> Response[bytes]:
+    """``body`` encoded here by msgspec, so Litestar sends the bytes without a serializer pass.
+
+    A route answering this documents its body with ``responses`` (see :func:`json_answers`).
+    """
+    return Response(_encode(body), status_code=status_code, headers=headers, media_type=MediaType.JSON)
+
+
+def json_answers(body: type[msgspec.Struct], descriptions: dict[int, str]) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the statuses a route answers with ``body`` through :func:`json_answer`."""
+    return {
+        status: ResponseSpec(body, description=text, generate_examples=False)
+        for status, text in descriptions.items()
+    }
+
+
 def not_modified(headers: dict[str, str]) -> Response[Any]:
     """304: no body, the same validators and hints as the 200 would have."""
     return Response(None, status_code=304, headers=headers)
 
 
-def creation_body(job: Job, tokens: StreamTokens, caller: User) -> CreatedJob:
-    """What ``POST /jobs`` answers: the job, and a ``stream_token`` that opens its event stream."""
-    token, _ = tokens.mint(caller.id, admin=caller.admin, scope=job_scope(job.id))
+def creation_body(job: Job, tokens: StreamTokens | None, caller: User) -> CreatedJob:
+    """What ``POST /jobs`` answers: the job, and a ``stream_token`` that opens its event stream
+    (none without ``tokens``: in no-auth mode a stream needs no token)."""
+    token = tokens.mint(caller.id, admin=caller.admin, scope=job_scope(job.id))[0] if tokens else None
     return CreatedJob(**msgspec.structs.asdict(job), stream_token=token)
 
 
@@ -101,12 +120,17 @@ class JobController(Controller):
         "/",
         status_code=202,
         operation_class=CreateJobOperation,
-        responses=problem_responses(400, 401, 404, 413, 422, 429),
+        responses={
+            **json_answers(
+                CreatedJob, {202: "Accepted: the job, queued", 200: "the job this Idempotency-Key created"}
+            ),
+            **problem_responses(400, 401, 404, 413, 422, 429),
+        },
         summary="Create a job",
     )
     async def create_job(
         self, request: UserRequest, jobs: Jobs, idempotency_key: IdempotencyKey = None
-    ) -> Response[CreatedJob]:
+    ) -> Response[bytes]:
         """Validate, then queue the job: 202 and ``Location``.
 
         A replayed ``Idempotency-Key`` (same owner) answers 200 with the job the key first
@@ -127,14 +151,18 @@ class JobController(Controller):
             delay_ms=delay_ms,
         )
         headers = job_headers(job, settings)
-        headers["Location"] = request.app.route_reverse("get_job", job_id=job.id)
-        answer = creation_body(job, jobs.tokens, caller)
-        return Response(answer, status_code=202 if created else 200, headers=headers)
+        headers["Location"] = jobs.job_path + job.id
+        answer = creation_body(job, jobs.creation_tokens, caller)
+        return json_answer(answer, headers, 202 if created else 200)
 
     @get(
         "/{job_id:str}",
         name="get_job",
-        responses={304: ResponseSpec(None, description="Not Modified"), **problem_responses(400, 401, 404)},
+        responses={
+            **json_answers(Job, {200: "the job"}),
+            304: ResponseSpec(None, description="Not Modified"),
+            **problem_responses(400, 401, 404),
+        },
         summary="Get a job",
     )
     async def get_job(
@@ -144,7 +172,7 @@ class JobController(Controller):
         jobs: Jobs,
         if_none_match: IfNoneMatch = None,
         wait: WaitSeconds = None,
-    ) -> Response[Job]:
+    ) -> Response[bytes]:
         """The job's current state; 304 when ``If-None-Match`` holds its current ETag.
 
         With ``wait``, a request whose ETag is current waits (up to ``long_poll_max_seconds``)
@@ -157,7 +185,7 @@ class JobController(Controller):
         headers = job_headers(job, settings)
         if etag_matches(if_none_match, job.etag):
             return not_modified(headers)
-        return Response(job, headers=headers)
+        return json_answer(job, headers)
 
     @get("/", responses=problem_responses(400, 401, 403), summary="List jobs")
     async def list_jobs(

@@ -18,6 +18,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from broker.connection import HiredisConnection
 from broker.events import EventHub
 from broker.queues import ensure_groups
 from broker.settings import Settings
@@ -43,8 +44,21 @@ class JobRoutesContext:
 
     store: JobStore
     hub: EventHub
-    tokens: StreamTokens
     settings: Settings
+    creation_tokens: StreamTokens | None
+    """Mints the stream token of each created job; None in no-auth mode, where streams need none."""
+    job_path: str
+    """``GET /jobs/{id}``'s path up to the id (the ``Location`` of a created job)."""
+
+
+class Opened:
+    """What the lifespan opened that a parameterless provider hands out (one per app).
+
+    A provider with parameters (``state``) costs a signature-model pass on every request;
+    ``jobs`` is on the hot routes, so its provider reads it from here instead.
+    """
+
+    jobs: JobRoutesContext | None = None
 
 
 def stream_tokens_for(settings: Settings) -> StreamTokens:
@@ -55,7 +69,7 @@ def stream_tokens_for(settings: Settings) -> StreamTokens:
 
 
 def lifespan(
-    settings: Settings, tokens: StreamTokens
+    settings: Settings, tokens: StreamTokens, opened: Opened
 ) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     """Open Redis, the store (creating every queue's group) and the event hub; close at shutdown.
 
@@ -70,7 +84,10 @@ def lifespan(
         # (redis-py 8: 100 connections) raises MaxConnectionsError instead, which a burst
         # of SSE clients opening at once turned into 500s.
         pool = BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_SECONDS
+            settings.redis_url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=REDIS_POOL_WAIT_SECONDS,
+            connection_class=HiredisConnection,
         )
         redis = Redis.from_pool(pool)
         try:
@@ -84,11 +101,14 @@ def lifespan(
             app.state.store = store
             app.state.hub = hub
             app.state.streams = streams
-            app.state.jobs = JobRoutesContext(store, hub, tokens, settings)
+            creation_tokens = tokens if settings.auth == "jwt" else None
+            job_path = app.route_reverse("get_job", job_id="_").removesuffix("_")
+            opened.jobs = JobRoutesContext(store, hub, settings, creation_tokens, job_path)
             try:
                 with on_exit_signal(streams.drain):
                     yield
             finally:
+                opened.jobs = None
                 await streams.close()
         finally:
             await redis.aclose()
@@ -125,17 +145,16 @@ def provide_caller(request: Request[User, Any, Any]) -> User:
     return request.user
 
 
-def provide_jobs(state: State) -> JobRoutesContext:
-    """The job routes' bundle (see :class:`JobRoutesContext`)."""
-    jobs: JobRoutesContext = state.jobs
-    return jobs
-
-
-def dependencies(settings: Settings, tokens: StreamTokens) -> dict[str, Provide]:
+def dependencies(settings: Settings, tokens: StreamTokens, opened: Opened) -> dict[str, Provide]:
     """The app-level dependencies every route may ask for by name."""
 
     def provide_settings() -> Settings:
         return settings
+
+    def provide_jobs() -> JobRoutesContext:
+        if opened.jobs is None:
+            raise RuntimeError("the app's resources are not open (outside its lifespan)")
+        return opened.jobs
 
     def provide_stream_tokens() -> StreamTokens:
         return tokens
