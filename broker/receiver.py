@@ -9,8 +9,9 @@ was most of a worker's CPU. This receiver keeps Taskiq's own admission code (the
 ``max_async_tasks`` limit, ``max_prefetch``, ``max_tasks_per_child``, and the
 ``wait_tasks_timeout`` grace on shutdown) and changes two steps only:
 
-- a delivery from a ``JobBroker`` without middlewares goes straight to the broker's job
-  runner (``JobBroker.run_delivered``);
+- a delivery from a ``JobBroker`` without middlewares comes as a bare frame (no pydantic
+  ``AckableMessage``) and goes straight to the broker's job runner
+  (``JobBroker.run_delivered``), which releases the entry when done;
 - an entry the broker's last XREADGROUP already returned is taken without helper tasks,
   when a delivery slot is free at once; a read that has to wait for Redis still goes the
   usual way, racing the shutdown signal.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from taskiq import AckableMessage
+from taskiq import AckableMessage, AsyncBroker
 from taskiq.receiver import Receiver
 
 from broker.taskiq_broker import JobBroker
@@ -34,31 +35,26 @@ from broker.taskiq_broker import JobBroker
 class JobReceiver(Receiver):
     """``taskiq.receiver.Receiver`` that runs ``JobBroker`` deliveries directly."""
 
-    def _direct_broker(self) -> JobBroker | None:
-        broker = self.broker
+    def __init__(self, broker: AsyncBroker, *args: Any, **kwargs: Any) -> None:
+        super().__init__(broker, *args, **kwargs)
+        self.jobs: JobBroker | None = None
         if isinstance(broker, JobBroker) and not broker.middlewares:
-            return broker
-        return None
+            self.jobs = broker
+            broker.yield_frames = True  # nothing to acknowledge: run_delivered releases the entry
 
     async def callback(self, message: bytes | AckableMessage, raise_err: bool = False) -> None:
         """Run a job delivery directly; anything else the way Taskiq does."""
-        broker = self._direct_broker()
-        if broker is None or not isinstance(message, AckableMessage):
-            await super().callback(message, raise_err)
+        if self.jobs is not None and isinstance(message, bytes):
+            await self.jobs.run_delivered(message)
             return
-        await broker.run_delivered(message.data)
+        await super().callback(message, raise_err)
 
     async def _get_prefetched_message(
         self, state: Any, finish_event: asyncio.Event, finish_waiter: asyncio.Task[bool]
     ) -> bytes | AckableMessage | None:
         """Take an entry already read, without a task or a wait, when a slot is free now."""
-        broker = self._direct_broker()
-        if (
-            broker is None
-            or broker.ready <= 0
-            or self.sem_prefetch.locked()
-            or finish_event.is_set()
-        ):
+        jobs = self.jobs
+        if jobs is None or jobs.ready <= 0 or self.sem_prefetch.locked() or finish_event.is_set():
             return await super()._get_prefetched_message(state, finish_event, finish_waiter)
         await self.sem_prefetch.acquire()  # free now: returns without suspending
         state.owns_delivery_slot = True

@@ -115,6 +115,8 @@ class JobBroker(RedisStreamBroker):
         self.streams = streams
         self.inflight: dict[str, set[str]] = {stream: set() for stream in streams}
         self.ready = 0
+        # Set by ``JobReceiver``: deliveries travel as bare frames, since it runs them itself.
+        self.yield_frames = False
         self.executor: JobExecutor | None = None
         self._background: list[asyncio.Task[None]] = []
         self._redis: Redis | None = None
@@ -201,7 +203,7 @@ class JobBroker(RedisStreamBroker):
 
     # -- reading ----------------------------------------------------------------------------
 
-    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+    async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:  # type: ignore[override]
         """New entries from this worker's streams, and entries reclaimed from dead workers.
 
         ``ready`` counts the entries of the last read not yet yielded: the next ones this
@@ -244,9 +246,11 @@ class JobBroker(RedisStreamBroker):
             self.ready = 0
             await redis.aclose(close_connection_pool=False)
 
-    def _accept(self, stream: str, entry_id: str, payload: bytes) -> AckableMessage:
+    def _accept(self, stream: str, entry_id: str, payload: bytes) -> bytes | AckableMessage:
         self.inflight[stream].add(entry_id)
         frame = stream.encode() + _SEP + entry_id.encode() + _SEP + payload
+        if self.yield_frames:
+            return frame
         # Taskiq's receiver acks once it is done with the message: the final-state script
         # already acked a finished job; an entry nobody ran (unknown task, unreadable)
         # stops being renewed and is redelivered later, until max_deliveries sends it to
@@ -258,7 +262,7 @@ class JobBroker(RedisStreamBroker):
         """Stop renewing an entry's lease: its job ended here, or it is not to run here."""
         self.inflight.get(stream, set()).discard(entry_id)
 
-    async def _reclaim(self, redis: Redis) -> AsyncGenerator[AckableMessage, None]:
+    async def _reclaim(self, redis: Redis) -> AsyncGenerator[bytes | AckableMessage, None]:
         assert self.executor is not None
         scripts = self.executor.store.scripts
         lease_ms = int(self.settings.lease_seconds * 1000)
