@@ -24,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import profiling
 from bench import sse_client as sse
 from bench.common import (
     OWNER,
@@ -38,9 +40,9 @@ from bench.common import (
     job_store,
     jobstream_env,
     redis_version,
+    stop,
 )
-from bench.http import Server, uvicorn
-from bench.latency import pcts
+from bench.http import Server, profile_notes, uvicorn
 from bench.sse_client import Deliveries
 from broker.store import JobStore, Started
 
@@ -74,13 +76,19 @@ async def _run(options: Options) -> Report:
         with uvicorn("web.app:app", env, log, "/healthz") as web:
             async with job_store(redis.url, PREFIX) as store:
                 started = await sse.running_job(store)
-                result = await measure(web, store, started, connections, events)
+                profile_to = options.out / "web-fanout-profile.txt" if options.profile else None
+                result = await measure(web, store, started, connections, events, profile_to)
         result.update(redis=redis_version(redis.url), rlimit_nofile=nofile, wanted=wanted)
     return report(result)
 
 
-async def measure(server: Server, store: JobStore, started: Started, n: int, events: int) -> dict[str, Any]:
-    """Open ``n`` streams on the job, measure RSS and Redis connections, then time ``events`` updates."""
+async def measure(
+    server: Server, store: JobStore, started: Started, n: int, events: int, profile_to: Path | None = None
+) -> dict[str, Any]:
+    """Open ``n`` streams on the job, measure RSS and Redis connections, then time ``events`` updates.
+
+    ``profile_to``: record the web process with py-spy while the events are delivered.
+    """
     port, path = sse.port_of(server), f"/jobs/{started.job.id}/events"
     sse.close_all(await sse.open_streams(port, [path] * WARMUP_STREAMS))
     await sse.settle(server)
@@ -94,6 +102,7 @@ async def measure(server: Server, store: JobStore, started: Started, n: int, eve
         after = sse.rss_kib(server.proc.pid)
         redis_clients = await web_redis_clients(store, server.proc.pid)
         first = (await store.get(started.job.id)).version + 1
+        profiler = profiling.start(server.proc.pid, profile_to) if profile_to else None
         cpu0 = server.cpu_seconds()
         per_event = []
         for k in range(events):
@@ -104,6 +113,8 @@ async def measure(server: Server, store: JobStore, started: Started, n: int, eve
             per_event.append(sorted(lat * 1000 for v, lat in sink.latencies[n * k :] if v == version))
             await asyncio.sleep(PAUSE)
         cpu = server.cpu_seconds() - cpu0
+        if profiler is not None:
+            stop(profiler, signal.SIGINT, timeout=30)  # py-spy writes its output on Ctrl-C
         lost = sum(1 for s in streams if s.closed.done())
     finally:
         sse.close_all(streams)
@@ -116,10 +127,11 @@ async def measure(server: Server, store: JobStore, started: Started, n: int, eve
         "rss_after_mib": after / 1024,
         "kib_per_connection": (after - before) / n,
         "redis_clients": redis_clients,
-        "per_event": [{**pcts(one), "n": len(one)} for one in per_event],
-        **pcts(every),
+        "per_event": [{**sse.pcts(one), "n": len(one)} for one in per_event],
+        **sse.pcts(every),
         "web_cpu_us_per_delivery": 1e6 * cpu / (n * events),
         "streams_closed_early": lost,
+        "profile": sse.profile_summary(profile_to) if profile_to else None,
     }
 
 
@@ -209,6 +221,7 @@ def report(r: dict[str, Any]) -> Report:
             f"delivery: time.time() before the progress script -> event bytes at each client; "
             f"{r['events']} events, {PAUSE:g} s apart",
             "targets met: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in met.items()),
+            *(profile_notes("web process, during the events", r["profile"]) if r["profile"] else []),
         ],
         chart=chart,
     )

@@ -23,14 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
+import json
 import re
 import shutil
+import signal
+import statistics
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
+from bench import profiling
 from bench.common import (
     OWNER,
     Options,
@@ -38,22 +44,23 @@ from bench.common import (
     bench_redis,
     jobstream_env,
     log_tail,
-    percentile,
     redis_version,
     spawn,
     stop,
     tree_cpu_seconds,
     worker_argv,
 )
-from bench.http import Server, uvicorn
+from bench.http import Server, profile_notes, uvicorn
 from bench.sse import latency_run
-from bench.sse_client import JOB_ID, STATUS, close_all, open_streams, port_of
+from bench.sse_client import JOB_ID, STATUS, close_all, open_streams, pcts, port_of, profile_summary
 from broker.redis_server import EmbeddedRedis
 
 PREFIX = "lat:"
 TASK_MODULES = "workers.tasks,tests.worker_tasks"
 NOOP_BODY = b'{"type":"demo.noop","input":{}}'
-PAUSE = 0.005  # between samples: each job starts on an idle system
+PAUSES = {"back to back": 0.0, "5 ms idle before each": 0.005}
+"""Enqueue series: jobs one at a time, the next sent as soon as the last was seen (as
+``redis-benchmark -c 1`` does), and with every process idle for 5 ms before each job."""
 TARGETS = {"enqueue_p50_ms": 2.0, "enqueue_p99_ms": 10.0, "progress_p50_ms": 2.0}
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
@@ -100,11 +107,11 @@ class HttpConnection(asyncio.Protocol):
 
 
 class Successes:
-    """A sink for the owner feed: when each job's ``SUCCESS`` event arrived."""
+    """A sink for the owner feed: when each job's ``SUCCESS`` event arrived, and the event."""
 
     def __init__(self) -> None:
-        self.arrived: dict[bytes, float] = {}
-        self._waiting: dict[bytes, asyncio.Future[float]] = {}
+        self.arrived: dict[bytes, tuple[float, bytes]] = {}
+        self._waiting: dict[bytes, asyncio.Future[tuple[float, bytes]]] = {}
 
     def __call__(self, event: bytes, now: float) -> None:
         status = STATUS.search(event)
@@ -112,12 +119,12 @@ class Successes:
         if status is None or job_id is None or status.group(1) != b"SUCCESS":
             return
         key = job_id.group(1)
-        self.arrived[key] = now
+        self.arrived[key] = (now, event)
         waiter = self._waiting.pop(key, None)
         if waiter is not None and not waiter.done():
-            waiter.set_result(now)
+            waiter.set_result((now, event))
 
-    async def wait(self, job_id: bytes, timeout: float) -> float:
+    async def wait(self, job_id: bytes, timeout: float) -> tuple[float, bytes]:
         if job_id in self.arrived:
             return self.arrived.pop(job_id)
         waiter = self._waiting[job_id] = asyncio.get_running_loop().create_future()
@@ -128,10 +135,30 @@ class Successes:
             self.arrived.pop(job_id, None)
 
 
-async def enqueue_to_success(server: Server, samples: int, worker: subprocess.Popen[bytes]) -> dict[str, Any]:
-    """``samples`` noop jobs one at a time: POST -> its SUCCESS on an already open owner feed.
+STAGES = ["POST -> created", "created -> started", "started -> completed", "completed -> SSE client"]
 
-    Also the CPU time the web and the worker process spent per job (from /proc).
+
+def stages(t0: float, arrived: float, event: bytes) -> list[float]:
+    """Where one sample's time went (ms), from the job's own times (Redis clock, whole ms)."""
+    data = json.loads(event[event.index(b"data: ") + 6 :])
+    created, started, completed = (
+        datetime.fromisoformat(data[name]).timestamp()
+        for name in ("created_at", "started_at", "completed_at")
+    )
+    return [1000 * (b - a) for a, b in itertools.pairwise([t0, created, started, completed, arrived])]
+
+
+async def enqueue_to_success(
+    server: Server,
+    samples: int,
+    worker: subprocess.Popen[bytes],
+    pause: float,
+    profile_to: Path | None = None,
+) -> dict[str, Any]:
+    """``samples`` noop jobs one at a time, ``pause`` s apart: POST -> its SUCCESS on an open owner feed.
+
+    Also the CPU time the web and the worker process spent per job (from /proc);
+    ``profile_to``: py-spy records the web process (after the warm-up) into that file.
     """
     port = port_of(server)
     successes = Successes()
@@ -145,6 +172,8 @@ async def enqueue_to_success(server: Server, samples: int, worker: subprocess.Po
     warmup = max(1, samples // 10)
     to_success: list[float] = []
     to_answer: list[float] = []
+    breakdown: list[list[float]] = []
+    profiler = None
     try:
         for i in range(warmup + samples):
             t0 = time.time()
@@ -154,33 +183,31 @@ async def enqueue_to_success(server: Server, samples: int, worker: subprocess.Po
                 raise RuntimeError(f"POST /jobs answered {body[:300]!r}")
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with {worker.returncode}")
-            done = await successes.wait(found.group(1), 60 if i == 0 else 10)  # the first: worker start
+            done, event = await successes.wait(found.group(1), 60 if i == 0 else 10)  # 1st: worker start
             if i == warmup - 1:
                 cpu = (server.cpu_seconds(), tree_cpu_seconds(worker.pid))
+                profiler = profiling.start(server.proc.pid, profile_to) if profile_to else None
             if i >= warmup:
                 to_success.append((done - t0) * 1000)
                 to_answer.append((answered - t0) * 1000)
-            await asyncio.sleep(PAUSE)
+                breakdown.append(stages(t0, done, event))
+            await asyncio.sleep(pause)
         web_cpu, worker_cpu = server.cpu_seconds() - cpu[0], tree_cpu_seconds(worker.pid) - cpu[1]
+        if profiler is not None:
+            stop(profiler, signal.SIGINT, timeout=30)  # py-spy writes its output on Ctrl-C
     finally:
         http.close()
         close_all(feed)
     return {
+        "pause_s": pause,
         "samples": len(to_success),
         "warmup": warmup,
         **pcts(to_success),
         "post": pcts(to_answer),
+        "stages_mean_ms": {name: statistics.fmean(b[i] for b in breakdown) for i, name in enumerate(STAGES)},
         "web_cpu_us_per_job": 1e6 * web_cpu / samples,
+        "profile": profile_summary(profile_to) if profile_to else None,
         "worker_cpu_us_per_job": 1e6 * worker_cpu / samples,
-    }
-
-
-def pcts(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50_ms": percentile(ordered, 0.5),
-        "p99_ms": percentile(ordered, 0.99),
-        "max_ms": ordered[-1] if ordered else float("nan"),
     }
 
 
@@ -227,7 +254,12 @@ async def _run(options: Options) -> Report:
             progress = await latency_run(web, env, log, 1, samples + max(1, samples // 9), interval)
             worker = spawn(worker_argv(), env, log)
             try:
-                enqueue = await enqueue_to_success(web, samples, worker)
+                enqueue = {}
+                for name, pause in PAUSES.items():
+                    profile_to = (
+                        options.out / "web-latency-profile.txt" if options.profile and not pause else None
+                    )
+                    enqueue[name] = await enqueue_to_success(web, samples, worker, pause, profile_to)
             except (RuntimeError, TimeoutError) as exc:
                 raise RuntimeError(f"{exc}\n{log_tail(log)}") from exc
             finally:
@@ -237,7 +269,7 @@ async def _run(options: Options) -> Report:
 
 
 def report(
-    enqueue: dict[str, Any],
+    enqueue: dict[str, dict[str, Any]],
     progress: dict[str, Any],
     floor: list[dict[str, Any]],
     version: str,
@@ -246,27 +278,51 @@ def report(
     def ms(d: dict[str, Any]) -> list[str]:
         return [f"{d['p50_ms']:.3f}", f"{d['p99_ms']:.3f}", f"{d['max_ms']:.2f}"]
 
-    rows = [
-        ["enqueue -> SUCCESS on GET /events", *ms(enqueue), f"{enqueue['samples']:,}", "p50 < 2, p99 < 10"],
-        ["  of which POST /jobs answered", *ms(enqueue["post"]), f"{enqueue['samples']:,}", ""],
-        ["progress call -> GET /jobs/{id}/events", *ms(progress), f"{progress['deliveries']:,}", "p50 < 2"],
-    ]
+    rows = []
+    met = {}
+    for name, series in enqueue.items():
+        n = f"{series['samples']:,}"
+        rows.append([f"enqueue -> SUCCESS on GET /events, {name}", *ms(series), n, "p50 < 2, p99 < 10"])
+        rows.append(["  of which POST /jobs answered", *ms(series["post"]), n, ""])
+        met[f"enqueue p50, {name}"] = series["p50_ms"] < TARGETS["enqueue_p50_ms"]
+        met[f"enqueue p99, {name}"] = series["p99_ms"] < TARGETS["enqueue_p99_ms"]
+    rows.append(
+        ["progress call -> GET /jobs/{id}/events", *ms(progress), f"{progress['deliveries']:,}", "p50 < 2"]
+    )
+    met["progress p50"] = progress["p50_ms"] < TARGETS["progress_p50_ms"]
     rows += [[f"Redis round trip ({f['test']}, floor)", *ms(f), "", ""] for f in floor if "p50_ms" in f]
-    met = {
-        "enqueue_p50_ms": enqueue["p50_ms"] < TARGETS["enqueue_p50_ms"],
-        "enqueue_p99_ms": enqueue["p99_ms"] < TARGETS["enqueue_p99_ms"],
-        "progress_p50_ms": progress["p50_ms"] < TARGETS["progress_p50_ms"],
-    }
-    title = "Latency on an idle system: enqueue -> SUCCESS and progress -> SSE client"
+    title = "Latency, one job at a time: enqueue -> SUCCESS and progress -> SSE client"
 
     def chart(path: Path) -> None:
         from bench.common import bar_chart
 
-        labels = ["enqueue->SUCCESS p50", "p99", "progress->SSE p50", "p99", "Redis RTT p50"]
-        values = [enqueue["p50_ms"], enqueue["p99_ms"], progress["p50_ms"], progress["p99_ms"],
+        labels = [*(f"enqueue->SUCCESS\n{name}" for name in enqueue), "progress->SSE", "Redis RTT"]
+        values = [*(series["p50_ms"] for series in enqueue.values()), progress["p50_ms"],
                   floor[0].get("p50_ms", 0.0)]  # fmt: skip
-        bar_chart(path, title, labels, values, "ms")
+        bar_chart(path, title + " (p50)", labels, values, "ms")
 
+    notes = [
+        "one uvicorn process (uvloop, httptools, no access log), one worker (python -m workers), "
+        f"Redis {version}; clients are raw asyncio protocols in the bench process; all on loopback",
+        "enqueue: time.time() before writing POST /jobs on a kept-alive connection -> SUCCESS event bytes "
+        "on an owner feed (GET /events) opened before; jobs one at a time; the first 10% are warm-up",
+    ]
+    for name, series in enqueue.items():
+        notes.append(
+            f"  {name}: CPU per job: web {series['web_cpu_us_per_job']:.0f} us, worker "
+            f"{series['worker_cpu_us_per_job']:.0f} us; mean ms by stage (the job's own times, whole ms, "
+            "so the first stage reads ~0.5 low and the last ~0.5 high): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in series["stages_mean_ms"].items())
+        )
+    notes += [
+        "progress: time.time() in the task just before ctx.progress() -> event bytes at one client of "
+        f"GET /jobs/{{id}}/events; updates {interval * 1000:.0f} ms apart; the first 10% are warm-up",
+        "floor: redis-benchmark -c 1 -P 1 (one client, no pipelining, back to back) against the same Redis",
+        "targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in met.items()),
+    ]
+    for name, series in enqueue.items():
+        if series["profile"]:
+            notes += profile_notes(f"web, enqueue -> SUCCESS {name}", series["profile"])
     return Report(
         scenario="latency",
         title=title,
@@ -281,17 +337,6 @@ def report(
             "met": met,
             "interval_s": interval,
         },
-        notes=[
-            "one uvicorn process (uvloop, httptools, no access log), one worker (python -m workers), "
-            f"Redis {version}; clients are raw asyncio protocols in the bench process; all on loopback",
-            "enqueue: time.time() before writing POST /jobs on a kept-alive connection -> SUCCESS event "
-            f"bytes on an owner feed (GET /events) opened before; jobs one at a time, {PAUSE * 1000:.0f} ms "
-            f"apart; the first 10% are warm-up; CPU per job: web {enqueue['web_cpu_us_per_job']:.0f} us, "
-            f"worker {enqueue['worker_cpu_us_per_job']:.0f} us",
-            "progress: time.time() in the task just before ctx.progress() -> event bytes at one client of "
-            f"GET /jobs/{{id}}/events; updates {interval * 1000:.0f} ms apart; the first 10% are warm-up",
-            "floor: redis-benchmark -c 1 -P 1 (one client, no pipelining) against the same Redis",
-            "targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in met.items()),
-        ],
+        notes=notes,
         chart=chart,
     )

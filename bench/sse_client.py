@@ -21,7 +21,8 @@ from typing import Any, cast
 
 import httpx
 
-from bench.common import OWNER
+from bench import profiling
+from bench.common import OWNER, percentile
 from bench.http import Server
 from broker.store import GROUP, Delivery, JobStore, Started
 
@@ -169,3 +170,21 @@ async def running_job(store: JobStore, queue: str = "default", task: str = "demo
     started = await store.start(delivery, "bench")
     assert started is not None
     return started
+
+
+def pcts(values: list[float]) -> dict[str, float]:
+    """p50, p99 and max of some latencies (ms)."""
+    ordered = sorted(values)
+    return {
+        "p50_ms": percentile(ordered, 0.5),
+        "p99_ms": percentile(ordered, 0.99),
+        "max_ms": ordered[-1] if ordered else float("nan"),
+    }
+
+
+def profile_summary(out: Path) -> dict[str, Any]:
+    """A py-spy recording (collapsed stacks) as top functions by own time and own time by package."""
+    if not out.exists():
+        return {"error": f"py-spy wrote nothing; see {out.with_suffix('.log')}"}
+    top, by_package = profiling.own_time(out), profiling.own_by_package(out)
+    return {"raw": str(out), "top_own": top, "own_by_package": by_package}
