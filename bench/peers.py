@@ -181,7 +181,7 @@ def _argv(system: str, concurrency: int) -> list[str]:
 
 
 _SYSTEMS: list[tuple[str, int, str, Enqueue, Completed]] = [
-    ("jobstream", 100, "lease 30 s, full job records, ack with the final state",
+    ("jobstream", 100, "JobReceiver, lease 30 s, full job records, ack with the final state",
      _jobstream_enqueue, _jobstream_completed),
     ("arq", 10, "poll_delay 0.5 s, keep_result 3600 s", _arq_enqueue, _arq_completed),
     ("saq", 10, "BLMOVE dequeue, job ttl 600 s", _saq_enqueue, _saq_completed),

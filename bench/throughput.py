@@ -209,8 +209,8 @@ async def _main(options: Options) -> Report:
         "spawn -> last completion; start-up = spawn -> first started_at.",
         "CPU from /proc from 20% to 100% of the jobs done: us per job summed over the "
         "workers, utilisation per worker process (100% = one core) and of Redis.",
-        f"worker: python -m workers (concurrency 100, lease 30 s); Redis {version}, AOF everysec, "
-        f"loopback; {os.cpu_count()} CPU cores shared by Redis, workers and this bench.",
+        f"worker: python -m workers (JobReceiver, concurrency 100, lease 30 s); Redis {version}, "
+        f"AOF everysec, loopback; {os.cpu_count()} CPU cores shared by Redis, workers and this bench.",
     ]
     data: dict[str, Any] = {
         "n": n,
