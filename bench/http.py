@@ -166,8 +166,8 @@ def wrk_report(
         f"wrk 1 thread, 32 connections, {seconds} s per run after a 1 s warm-up, {rounds} round(s) "
         "interleaved; medians. latency and CPU columns: the last round.",
         "server: python -m uvicorn APP " + " ".join(UVICORN_OPTIONS) + " --port P (one process); "
-        f"JOBSTREAM_AUTH=none; Redis {version}. wrk, uvicorn and Redis share 2 cores: 'req per server "
-        "CPU-s' is what one dedicated core would serve.",
+        f"JOBSTREAM_AUTH=none unless the row says otherwise; Redis {version}. wrk, uvicorn and Redis "
+        "share 2 cores: 'req per server CPU-s' is what one dedicated core would serve.",
         "errors (socket + non-2xx/3xx): " + ", ".join(f"{k}: {v}" for k, v in errors.items()),
     ]
 

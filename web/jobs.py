@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, MediaType, Request, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
@@ -17,6 +17,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 from broker.models import Job, JobStatus
 from broker.settings import Settings
 from broker.tasks import registry
+from web.answers import JsonAnswer, json_answers
 from web.auth import User
 from web.creation import decode_body, due, validated_input
 from web.openapi import CreateJobOperation, problem_responses
@@ -48,8 +49,6 @@ Jobs = NamedDependency[JobRoutesContext]
 Caller = NamedDependency[User]
 UserRequest = Request[User, Any, Any]
 
-_encode = msgspec.json.Encoder().encode
-
 
 def job_headers(job: Job, settings: Settings) -> dict[str, str]:
     """ETag, no-cache, and a ``Retry-After`` polling hint while the job is still active."""
@@ -66,27 +65,6 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     if if_none_match.strip() == "*":
         return True
     return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
-
-
-def json_answer(body: msgspec.Struct, headers: dict[str, str], status_code: int = 200) -> Response[bytes]:
-    """``body`` encoded here by msgspec, so Litestar sends the bytes without a serializer pass.
-
-    A route answering this documents its body with ``responses`` (see :func:`json_answers`).
-    """
-    return Response(_encode(body), status_code=status_code, headers=headers, media_type=MediaType.JSON)
-
-
-def json_answers(body: type[msgspec.Struct], descriptions: dict[int, str]) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the statuses a route answers with ``body`` through :func:`json_answer`."""
-    return {
-        status: ResponseSpec(body, description=text, generate_examples=False)
-        for status, text in descriptions.items()
-    }
-
-
-def not_modified(headers: dict[str, str]) -> Response[Any]:
-    """304: no body, the same validators and hints as the 200 would have."""
-    return Response(None, status_code=304, headers=headers)
 
 
 def creation_body(job: Job, tokens: StreamTokens | None, caller: User) -> CreatedJob:
@@ -130,7 +108,7 @@ class JobController(Controller):
     )
     async def create_job(
         self, request: UserRequest, jobs: Jobs, idempotency_key: IdempotencyKey = None
-    ) -> Response[bytes]:
+    ) -> JsonAnswer:
         """Validate, then queue the job: 202 and ``Location``.
 
         A replayed ``Idempotency-Key`` (same owner) answers 200 with the job the key first
@@ -153,7 +131,7 @@ class JobController(Controller):
         headers = job_headers(job, settings)
         headers["Location"] = jobs.job_path + job.id
         answer = creation_body(job, jobs.creation_tokens, caller)
-        return json_answer(answer, headers, 202 if created else 200)
+        return JsonAnswer(answer, headers, 202 if created else 200)
 
     @get(
         "/{job_id:str}",
@@ -172,7 +150,7 @@ class JobController(Controller):
         jobs: Jobs,
         if_none_match: IfNoneMatch = None,
         wait: WaitSeconds = None,
-    ) -> Response[bytes]:
+    ) -> JsonAnswer:
         """The job's current state; 304 when ``If-None-Match`` holds its current ETag.
 
         With ``wait``, a request whose ETag is current waits (up to ``long_poll_max_seconds``)
@@ -184,8 +162,8 @@ class JobController(Controller):
             job = await wait_for_newer(jobs.hub, job, min(wait, settings.long_poll_max_seconds), scope)
         headers = job_headers(job, settings)
         if etag_matches(if_none_match, job.etag):
-            return not_modified(headers)
-        return json_answer(job, headers)
+            return JsonAnswer.not_modified(headers)
+        return JsonAnswer(job, headers)
 
     @get("/", responses=problem_responses(400, 401, 403), summary="List jobs")
     async def list_jobs(

@@ -1,6 +1,7 @@
 -- request.lua: the request every wrk connection repeats, and a JSON summary at the end.
 -- Environment: WRK_METHOD (default GET), WRK_BODY (sent as application/json),
--- WRK_IF_NONE_MATCH (an ETag for If-None-Match). The request is built once (wrk's
+-- WRK_IF_NONE_MATCH (an ETag for If-None-Match), WRK_AUTHORIZATION (an Authorization
+-- header, e.g. "Bearer <jwt>"). The request is built once (wrk's
 -- default init/request), so the script costs nothing per request.
 -- Prints: one line "WRK_JSON {...}" with requests, duration, errors and latency (us).
 
@@ -13,6 +14,10 @@ end
 local etag = os.getenv("WRK_IF_NONE_MATCH")
 if etag then
   wrk.headers["If-None-Match"] = etag
+end
+local authorization = os.getenv("WRK_AUTHORIZATION")
+if authorization then
+  wrk.headers["Authorization"] = authorization
 end
 
 function done(summary, latency, requests)
