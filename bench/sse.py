@@ -34,6 +34,7 @@ import httpx
 
 from bench.common import (
     OWNER,
+    RESULTS,
     Options,
     Report,
     bench_redis,
@@ -223,8 +224,9 @@ def report(latency: list[dict[str, Any]], memory: list[dict[str, Any]], version:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.sse", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run (not a measurement)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
-    options = Options(quick=args.quick)
+    options = Options(quick=args.quick, out=args.out)
     publish(run(options), options)
 
 
