@@ -36,9 +36,12 @@ def test_every_command_names_an_object_that_exists(monkeypatch: pytest.MonkeyPat
         "worker": services["worker"]["command"][2],
         "scheduler": services["scheduler"]["command"][2],
     }
+    worker = services["worker"]["command"]
+    targets["receiver"] = worker[worker.index("--receiver") + 1]
     assert targets == {
         "web": "web.app:app",
         "worker": "workers.app:broker",
+        "receiver": "broker.receiver:JobReceiver",
         "scheduler": "scheduler.app:scheduler",
     }
     for target in targets.values():
