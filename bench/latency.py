@@ -299,7 +299,7 @@ def report(
         labels = [*(f"enqueue->SUCCESS\n{name}" for name in enqueue), "progress->SSE", "Redis RTT"]
         values = [*(series["p50_ms"] for series in enqueue.values()), progress["p50_ms"],
                   floor[0].get("p50_ms", 0.0)]  # fmt: skip
-        bar_chart(path, title + " (p50)", labels, values, "ms")
+        bar_chart(path, "One job at a time: p50 latency", labels, values, "ms")
 
     notes = [
         "one uvicorn process (uvloop, httptools, no access log), one worker (python -m workers), "
