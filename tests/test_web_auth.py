@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -133,6 +135,17 @@ async def test_missing_or_bad_tokens_are_401_problems(
     assert response.status_code == 401
     assert response.headers["content-type"] == PROBLEM_JSON
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_remembered_token_is_refused_once_it_expires(client: Client, settings: Settings) -> None:
+    headers = {"Authorization": f"Bearer {make_token(settings, 'alice', ttl=timedelta(seconds=2))}"}
+    assert (await client.get("/jobs", headers=headers)).status_code == 200
+    assert (await client.get("/jobs", headers=headers)).status_code == 200  # from the verified tokens
+    deadline = time.monotonic() + 10
+    while (response := await client.get("/jobs", headers=headers)).status_code == 200:
+        assert time.monotonic() < deadline, "the token outlived its exp"
+        await asyncio.sleep(0.05)
+    assert response.status_code == 401
 
 
 async def test_public_routes_need_no_token(client: Client) -> None:
