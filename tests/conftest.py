@@ -37,8 +37,12 @@ def prefix() -> str:
 
 @pytest_asyncio.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    """An asyncio client of the session Redis (bytes replies), closed after the test."""
-    client = Redis.from_url(redis_url, decode_responses=False)
+    """An asyncio client of the session Redis (bytes replies), closed after the test.
+
+    Its socket timeouts bound every command: a read that never completes fails the test in
+    seconds instead of hanging it (and its event loop's teardown) until CI gives up.
+    """
+    client = Redis.from_url(redis_url, decode_responses=False, socket_timeout=15, socket_connect_timeout=5)
     try:
         yield client
     finally:
