@@ -68,11 +68,6 @@ class Keys:
         return f"{self.prefix}worker:*"
 
     @property
-    def queue_pattern(self) -> str:
-        """SCAN pattern over queue streams (and their companions)."""
-        return f"{self.prefix}queue:*"
-
-    @property
     def owner_index_pattern(self) -> str:
         """SCAN pattern over owner job indexes."""
         return f"{self.prefix}owner:*:jobs"
@@ -105,7 +100,3 @@ class Keys:
     def lock(self, name: str) -> str:
         """A lock with an expiry (scheduler ticks)."""
         return f"{self.prefix}lock:{name}"
-
-    def stream_token_seen(self, jti: str) -> str:
-        """Reserved for stream-token bookkeeping."""
-        return f"{self.prefix}stoken:{jti}"

@@ -46,7 +46,6 @@ WaitSeconds = Annotated[
     ),
 ]
 Jobs = NamedDependency[JobRoutesContext]
-Caller = NamedDependency[User]
 UserRequest = Request[User, Any, Any]
 
 
