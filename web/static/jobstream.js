@@ -211,6 +211,7 @@ export class Jobstream {
         query = `?wait=${this.pollWaitSeconds}`;
       }
       let response;
+      const asked = Date.now();
       try {
         response = await this.request("GET", path + query, { headers, signal });
       } catch (err) {
@@ -224,8 +225,12 @@ export class Jobstream {
         offer(job, "poll");
         if (isTerminal(job)) return job;
       }
-      // 200 while active or 304: ask again after Retry-After (0 after a long poll that waited).
-      await sleep(query ? 0 : retryAfterMs(response, this.pollIntervalMs), signal);
+      // After news (200) or a long poll that waited, ask again at once (the next request
+      // long-polls); a 304 that came back at once (the server cannot wait right now)
+      // waits Retry-After, so a client never spins.
+      const waited = Date.now() - asked >= this.pollIntervalMs;
+      const again = response.status === 200 || waited ? 0 : retryAfterMs(response, this.pollIntervalMs);
+      await sleep(again, signal);
     }
   }
 
