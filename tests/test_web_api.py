@@ -353,7 +353,7 @@ async def test_health_readiness_and_home(client: Client) -> None:
     home = await client.get("/")
     assert home.status_code == 200
     assert "jobstream" in home.text
-    assert '<base href="/">' in home.text  # the dashboard (tests/test_dashboard.py)
+    assert '<base href="/">' in home.text  # the dashboard (tests/test_zz_browser_dashboard.py)
 
 
 async def test_readyz_is_503_when_redis_is_gone(client: Client) -> None:

@@ -1,6 +1,6 @@
 """The dashboard page and the browser client's files, served by the app (in process).
 
-The browser itself drives them in ``tests/test_dashboard.py``.
+The browser itself drives them in ``tests/test_zz_browser_dashboard.py``.
 """
 
 from __future__ import annotations

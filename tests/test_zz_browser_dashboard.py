@@ -3,6 +3,10 @@
 One web process (JWT auth) and one worker serve the whole module; each test has its own
 user, so it sees only its own jobs. The browser is the system's ``chromium`` (CI installs
 it with apt); Playwright never downloads one.
+
+The file name makes it run last: Playwright's sync API runs its own event loop in this
+process, and in 2 of 3 fresh-clone CI runs an asyncio test after it
+(test_each_tick_runs_on_one_replica_only) hung; suspected, not proven.
 """
 
 from __future__ import annotations
