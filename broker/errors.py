@@ -43,6 +43,10 @@ class QuotaExceeded(JobstreamError):
     """The owner has too many active jobs."""
 
 
+class IdempotencyConflict(JobstreamError):
+    """An idempotency key was used again with another task type or input (names the first job)."""
+
+
 class UnknownTask(JobstreamError):
     """No task is registered under that name."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +10,8 @@ import msgspec
 from redis.asyncio import Redis
 
 from broker.batching import ScriptBatcher
-from broker.errors import IllegalTransition, JobNotFound, ScriptCode, raise_for_code
+from broker.errors import IdempotencyConflict, IllegalTransition, JobNotFound, ScriptCode, raise_for_code
+from broker.ids import new_job_id
 from broker.keys import Keys
 from broker.message import encode_message
 from broker.models import Job, JobError, JobStatus, job_from_fields, pairs_to_fields
@@ -107,10 +107,13 @@ class JobStore:
         """Create and queue a job; returns it and whether it is new (False: idempotent replay).
 
         ``run_at_ms`` (epoch ms) or ``delay_ms`` (from now, by the Redis clock) delays it.
+        A replayed ``idempotency_key`` returns the job it first created, and raises
+        :class:`IdempotencyConflict` when that job's type or input differ from this one's.
+        Safe to re-send after a lost reply: a create that finds its own id took effect.
         """
         replace_dangling = False
+        job_id = new_job_id()
         while True:
-            job_id = str(uuid.uuid4())
             code, detail = await self._create(
                 job_id,
                 task,
@@ -126,11 +129,16 @@ class JobStore:
             if code == ScriptCode.QUOTA:
                 raise_for_code(code, job_id, "create")
             existing = detail.decode() if isinstance(detail, bytes) else str(detail)
-            if existing != job_id:
-                try:
-                    return await self.get(existing, owner=owner), False
-                except JobNotFound:
-                    replace_dangling = True  # the key outlived its job: take it over
+            if existing == job_id:  # an earlier send of this very create got through
+                return await self.get(job_id, owner=owner), True
+            try:
+                job = await self.get(existing, owner=owner)
+            except JobNotFound:
+                replace_dangling = True  # the key outlived its job: take it over
+                continue
+            if job.type != task or msgspec.json.decode(job.input) != msgspec.json.decode(input_json):
+                raise IdempotencyConflict(existing)
+            return job, False
 
     async def _create(
         self,

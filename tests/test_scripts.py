@@ -11,7 +11,15 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from broker.errors import IllegalTransition, JobNotFound, QuotaExceeded, ScriptCode, StaleAttempt
+from broker.errors import (
+    IdempotencyConflict,
+    IllegalTransition,
+    JobNotFound,
+    QuotaExceeded,
+    ScriptCode,
+    StaleAttempt,
+)
+from broker.ids import new_job_id
 from broker.message import decode_message
 from broker.models import JobError, JobStatus
 from broker.queues import ensure_groups
@@ -110,6 +118,42 @@ async def test_idempotency_key_returns_the_same_job(store: JobStore) -> None:
     assert created and not created_again
     assert again.id == first.id != other.id
     assert await store.redis.xlen(store.keys.queue("default")) == 2
+
+
+async def test_an_idempotency_key_replayed_with_another_input_is_refused(store: JobStore) -> None:
+    first = await make(store, idempotency_key="k")
+    replay = {"owner": "alice", "queue": "default", "idempotency_key": "k"}
+    with pytest.raises(IdempotencyConflict, match=first):
+        await store.create(task="demo.sleep", input_json=b'{"seconds":2}', **replay)
+    with pytest.raises(IdempotencyConflict):
+        await store.create(task="demo.noop", input_json=b"{}", **replay)
+    # the same input, spaced differently, is a replay
+    same, created = await store.create(task="demo.sleep", input_json=b'{ "seconds": 1 }', **replay)
+    assert (same.id, created) == (first, False)
+    assert await store.redis.xlen(store.keys.queue("default")) == 1
+
+
+async def test_a_create_sent_again_after_a_lost_reply_makes_one_job(store: JobStore) -> None:
+    """The script ran but its reply was lost; the caller sends the same create (same id) again."""
+    job_id = new_job_id()
+    args = (job_id, "demo.noop", b"{}", "alice", "default", None, (0, 0), False)
+    first = await store._create(*args)
+    again = await store._create(*args)
+    assert (first[0], again) == (ScriptCode.OK, (ScriptCode.DUPLICATE, job_id.encode()))
+    for _ in range(2):  # also when the first send filled the owner's quota
+        await make(store)
+    assert (await store._create(*args))[0] == ScriptCode.DUPLICATE
+    assert await store.redis.xlen(store.keys.queue("default")) == 3
+    assert await store.redis.zcard(store.keys.owner_jobs("alice")) == 3
+
+
+def test_job_ids_are_uuid7_and_ordered_by_time() -> None:
+    ids = [new_job_id() for _ in range(200)]
+    uuid7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+    assert all(uuid7.fullmatch(i) for i in ids)
+    assert len(set(ids)) == 200
+    prefixes = [i[:13] for i in ids]  # the 48-bit millisecond time
+    assert prefixes == sorted(prefixes)
 
 
 async def test_a_dangling_idempotency_key_is_replaced(store: JobStore) -> None:
@@ -345,3 +389,21 @@ async def test_listing_filters_and_skips_expired_records(store: JobStore) -> Non
     assert [job.id for job in (await store.list("alice")).jobs] == [ids[2], ids[0]]
     with pytest.raises(ValueError, match="cursor"):
         await store.list("alice", cursor="12")
+
+
+async def test_jobs_list_in_creation_order_within_one_millisecond(store: JobStore) -> None:
+    """Many creates in one pipeline land in the same millisecond (often the same microsecond)."""
+    store.settings = load_settings({}, prefix=store.settings.prefix, max_active_per_owner=0)
+    created = await asyncio.gather(*(make(store) for _ in range(60)))
+    rows: Any = await store.redis.zrange(store.keys.owner_jobs("alice"), 0, -1, withscores=True)
+    by_time = {job_id: (await store.get(job_id)).created_at for job_id in created}
+    assert len(set(by_time.values())) < len(created)  # some share a millisecond
+    assert len({score for _, score in rows}) == len(created)  # the index order is total
+    listed: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list("alice", limit=7, cursor=cursor)
+        listed += [job.id for job in page.jobs]
+        if (cursor := page.cursor) is None:
+            break
+    assert listed == created[::-1]

@@ -164,6 +164,20 @@ async def test_idempotency_key_replay_still_validates_the_body(
     assert len(await job_keys(redis, prefix)) == 1
 
 
+async def test_idempotency_key_replayed_with_another_valid_body_is_a_422(
+    client: Client, redis: Redis, prefix: str
+) -> None:
+    headers = {"Idempotency-Key": "k"}
+    body = {"type": "demo.sleep", "input": {"seconds": 1}}
+    first = await client.post("/jobs", json=body, headers=headers)
+    other = await client.post("/jobs", json={**body, "input": {"seconds": 2}}, headers=headers)
+    problem = assert_problem(other, 422)
+    assert problem["type"] == "urn:jobstream:problem:idempotency-key-reused"
+    assert first.json()["id"] in problem["detail"]
+    assert (await client.post("/jobs", json=body, headers=headers)).status_code == 200
+    assert len(await job_keys(redis, prefix)) == 1
+
+
 async def test_overlong_idempotency_key_is_refused(client: Client, redis: Redis, prefix: str) -> None:
     response = await client.post("/jobs", json={"type": "demo.noop"}, headers={"Idempotency-Key": "k" * 256})
     assert_problem(response, 400)

@@ -33,7 +33,8 @@ IdempotencyKey = Annotated[
         name="Idempotency-Key",
         min_length=1,
         max_length=255,
-        description="Same owner + same key returns the first job (200) instead of creating another.",
+        description="Same owner + same key returns the first job (200) instead of creating another; "
+        "422 if the body asks for another type or input.",
     ),
 ]
 IfNoneMatch = Annotated[str | None, HeaderParameter(name="If-None-Match", description="a previous ETag")]
@@ -111,7 +112,7 @@ class JobController(Controller):
         """Validate, then queue the job: 202 and ``Location``.
 
         A replayed ``Idempotency-Key`` (same owner) answers 200 with the job the key first
-        created, whatever the new body asks (it is still validated first).
+        created; 422 when the new body asks for another type or input.
         """
         store, settings, caller = jobs.store, jobs.settings, request.user
         body = decode_body(await request.body())
@@ -172,7 +173,7 @@ class JobController(Controller):
         status: FromQuery[JobStatus | None] = None,
         task_type: Annotated[str | None, QueryParameter(name="type", max_length=200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        cursor: Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,15}\.[0-9a-f-]{36}$")] = None,
+        cursor: Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,17}\.[0-9a-f-]{36}$")] = None,
         owner: Annotated[str | None, QueryParameter(description="another owner's jobs (admins only)")] = None,
     ) -> Response[JobPage]:
         """The owner's jobs, newest first, filtered by ``status`` and ``type``."""

@@ -18,7 +18,14 @@ from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ExceptionHandlersMap
 
-from broker.errors import IllegalTransition, JobNotFound, JobstreamError, QuotaExceeded, UnknownTask
+from broker.errors import (
+    IdempotencyConflict,
+    IllegalTransition,
+    JobNotFound,
+    JobstreamError,
+    QuotaExceeded,
+    UnknownTask,
+)
 from broker.models import Job, JobError, JobStatus
 
 PROBLEM_JSON = "application/problem+json"
@@ -124,6 +131,7 @@ _DOMAIN: dict[type[JobstreamError], tuple[int, str]] = {
     UnknownTask: (404, "unknown-task"),
     IllegalTransition: (409, "illegal-transition"),
     QuotaExceeded: (429, "quota-exceeded"),
+    IdempotencyConflict: (422, "idempotency-key-reused"),
 }
 
 
@@ -142,6 +150,11 @@ def _domain_detail(exc: JobstreamError) -> str:
         return "no such job (it may have expired)"
     if isinstance(exc, UnknownTask):
         return f"no task type named {exc.args[0]!r}; GET /tasks lists them"
+    if isinstance(exc, IdempotencyConflict):
+        return (
+            f"this Idempotency-Key already created job {exc.args[0]} with another type or input; "
+            "use a new key for a different request"
+        )
     if isinstance(exc, QuotaExceeded):
         return "too many active jobs for this owner; wait for some to finish"
     return str(exc)

@@ -2,10 +2,14 @@
 -- Result codes (must match broker.errors.ScriptCode).
 local OK, NOT_FOUND, BAD_TRANSITION, STALE, DUPLICATE, QUOTA, SKIPPED = 0, 1, 2, 3, 4, 5, 6
 
--- Server time in epoch milliseconds, so every process shares one clock.
-local function js_now()
+-- Server time in epoch microseconds and milliseconds, so every process shares one clock.
+local function js_now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function js_now()
+  return math.floor(js_now_us() / 1000)
 end
 
 local TERMINAL = {SUCCESS = true, FAILURE = true, CANCELLED = true}

@@ -1,4 +1,7 @@
 -- create_job: a new PENDING job, indexed for its owner and queued (or scheduled).
+-- The owner index is scored by a creation sequence: Redis time in microseconds, raised
+-- to one past the index's newest score when the clock has not moved on (or went back), so
+-- listing order is creation order even for jobs made within one microsecond.
 -- KEYS: 1 job hash, 2 owner index (zset), 3 owner active set, 4 idempotency key,
 --       5 queue stream, 6 queue delayed zset
 -- ARGV: 1 owner channel prefix, 2 id, 3 type, 4 owner, 5 queue, 6 input JSON,
@@ -6,6 +9,8 @@
 --       10 Taskiq message, 11 run_at ms (0 = now), 12 '1' to replace a dangling idempotency key,
 --       13 delay ms from now by the server clock (0 = none; used instead of 11 when set)
 -- Returns: {OK, flat record} | {DUPLICATE, existing id} | {QUOTA}
+--   A job that already exists under ARGV[2] answers {DUPLICATE, ARGV[2]}: a create re-sent
+--   after a lost reply finds its own job, and the caller takes it as created.
 -- Publishes: the PENDING job.
 local job, index, active, idem, stream, delayed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, ttl, quota, idem_ttl = ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -16,14 +21,15 @@ if idem_ttl > 0 and ARGV[12] ~= '1' then
     return {DUPLICATE, existing}
   end
 end
-if quota > 0 and redis.call('SCARD', active) >= quota then
-  return {QUOTA}
-end
 if redis.call('EXISTS', job) == 1 then
   return {DUPLICATE, id}
 end
+if quota > 0 and redis.call('SCARD', active) >= quota then
+  return {QUOTA}
+end
 
-local now = js_now()
+local now_us = js_now_us()
+local now = math.floor(now_us / 1000)
 local run_at = tonumber(ARGV[11])
 if tonumber(ARGV[13]) > 0 then
   run_at = now + tonumber(ARGV[13])
@@ -36,7 +42,12 @@ if run_at > now then
   changes.run_at = tostring(run_at)
 end
 local flat = js_commit(job, changes, ttl, now, ARGV[1])
-redis.call('ZADD', index, now, id)
+local seq = now_us
+local newest = redis.call('ZRANGE', index, 0, 0, 'REV', 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) >= seq then
+  seq = tonumber(newest[2]) + 1
+end
+redis.call('ZADD', index, string.format('%.0f', seq), id)
 redis.call('SADD', active, id)
 if idem_ttl > 0 then
   redis.call('SET', idem, id, 'EX', idem_ttl)
