@@ -183,13 +183,17 @@ class JobStore:
 
     async def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job, if it exists and ``owner`` (None: any, for admins) may see it."""
+        return (await self._read(job_id, owner))[0]
+
+    async def _read(self, job_id: str, owner: str | None) -> tuple[Job, dict[bytes, bytes]]:
+        """The job and its raw hash fields; raises :class:`JobNotFound` as :meth:`get` does."""
         fields: Any = await self.redis.hgetall(self.keys.job(job_id))
         if not fields:
             raise JobNotFound(job_id)
         job = job_from_fields(fields)
         if owner is not None and job.owner != owner:
             raise JobNotFound(job_id)
-        return job
+        return job, fields
 
     async def list(
         self,
@@ -400,11 +404,12 @@ class JobStore:
 
         ``retention`` is seconds, or a function of the job's task name giving them.
         """
-        job = await self.get(job_id, owner)
+        job, fields = await self._read(job_id, owner)
         if callable(retention):
             retention = retention(job.type)
+        queued = encode_message(job_id, job.type, int(fields.get(b"dispatch", 1)))
         reply = await self.scripts.cancel_job(
-            keys=[self.keys.job(job_id), self.keys.owner_active(job.owner)],
+            keys=[self.keys.job(job_id), self.keys.owner_active(job.owner), self.keys.delayed(job.queue)],
             args=[
                 self._owner_prefix,
                 owner or "",
@@ -412,6 +417,7 @@ class JobStore:
                 self.keys.cancel_channel,
                 job_id,
                 _CANCELLED,
+                queued,
             ],
         )
         code = int(reply[0])

@@ -407,3 +407,14 @@ async def test_jobs_list_in_creation_order_within_one_millisecond(store: JobStor
         if (cursor := page.cursor) is None:
             break
     assert listed == created[::-1]
+
+
+async def test_cancelling_a_delayed_job_takes_its_message_off_the_delayed_set(store: JobStore) -> None:
+    delayed = store.keys.delayed("default")
+    job_id = await make(store, delay_ms=3_600_000)
+    other = await make(store, delay_ms=3_600_000)
+    assert await store.redis.zcard(delayed) == 2
+    cancelled = await store.cancel(job_id, "alice", RETENTION)
+    assert cancelled.status == JobStatus.CANCELLED
+    remaining: Any = await store.redis.zrange(delayed, 0, -1)
+    assert [decode_message(m).task_id for m in remaining] == [other]
