@@ -23,7 +23,10 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import redis.exceptions as redis_errors
 from httpx_sse import aconnect_sse
+from litestar import Litestar, get
+from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -36,6 +39,7 @@ from broker.settings import load_settings
 from broker.store import JobStore
 from tests.procs import start_web, start_worker, stop, wait_port
 from tests.web_support import PROBLEM_JSON, until
+from web.problems import EXCEPTION_HANDLERS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -509,6 +513,49 @@ async def test_the_hub_resubscribes_after_a_redis_restart_and_resends_fresh_stat
             assert hub.stats().reconnects == 1
         finally:
             await hub.stop()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis_errors.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."),
+        redis_errors.ConnectionError("No connection available."),  # the blocking pool's wait ran out
+        redis_errors.MaxConnectionsError("Too many connections"),
+        redis_errors.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis_errors.TimeoutError("Timeout reading from socket"),
+        redis_errors.ReadOnlyError("You can't write against a read only replica."),
+        TimeoutError(),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+    ids=type,
+)
+async def test_redis_being_unavailable_is_a_503_problem_wherever_it_is_raised(error: Exception) -> None:
+    """The one mapping in ``web.problems``: each way redis-py says "not now" is a 503 with
+    Retry-After, never a 500; a Redis error that is a bug (a script error) stays a 500."""
+
+    @get("/boom", sync_to_thread=False)
+    def boom() -> None:
+        raise error
+
+    app = Litestar([boom], exception_handlers=EXCEPTION_HANDLERS)
+    async with AsyncTestClient(app) as client:
+        response = await client.get("/boom")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.json()["type"] == "urn:jobstream:problem:redis-unavailable"
+
+
+async def test_a_redis_error_that_is_a_bug_stays_a_500() -> None:
+    @get("/boom", sync_to_thread=False)
+    def boom() -> None:
+        raise redis_errors.ResponseError("ERR Error running script: attempt to compare nil with number")
+
+    app = Litestar([boom], exception_handlers=EXCEPTION_HANDLERS)
+    async with AsyncTestClient(app) as client:
+        response = await client.get("/boom")
+    assert response.status_code == 500
+    assert "retry-after" not in response.headers
 
 
 async def _until(condition: Callable[[], bool]) -> None:

@@ -2,7 +2,7 @@
 
 Every stream follows the SSE contract in DESIGN.md: subscribe first (the hub confirms the
 SUBSCRIBE), then read the hash, then forward only newer versions, so nothing is missed,
-repeated or reordered. Problems (404, 401, 403, 503) are answered before a stream starts.
+repeated or reordered. Problems (404, 401, 403, 429, 503) are answered before a stream starts.
 
 The streams write pre-encoded bytes through :class:`EventStream`, a response of our own,
 rather than :class:`~litestar.response.ServerSentEvent` or :class:`~litestar.response.Stream`.
@@ -583,7 +583,7 @@ async def owner_events(streams: Streams, caller: Caller, token: QueryToken = Non
     "/jobs/{job_id:str}/stream-token",
     status_code=201,
     tags=["events"],
-    responses=problem_responses(401, 404),
+    responses=problem_responses(401, 404, 503),
     summary="A token that opens this job's event stream",
 )
 async def job_stream_token(
