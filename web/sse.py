@@ -105,8 +105,8 @@ class OwnerSlots:
         self.cap = cap
         self._held: dict[str, int] = {}
 
-    def take(self, owner: str) -> str:
-        """Count one more for ``owner`` and return the key to give back; 429 if at the cap."""
+    def take(self, owner: str) -> None:
+        """Count one more for ``owner``; 429 (a :class:`ProblemError`) if it is at the cap."""
         if self.cap:
             held = self._held.get(owner, 0)
             if held >= self.cap:
@@ -116,7 +116,6 @@ class OwnerSlots:
                     {"Retry-After": str(STREAM_CAP_RETRY_AFTER_SECONDS)},
                 )
             self._held[owner] = held + 1
-        return owner
 
     def give_back(self, owner: str) -> None:
         """One stream or long poll of ``owner`` ended."""
@@ -445,7 +444,8 @@ class EventStreams:
     async def job_stream(self, job_id: str, caller: User, last_event_id: int | None) -> Response[Any]:
         """Subscribe, read the job, then stream it; 404 if the caller may not see it, 204 if
         done, 429 if the caller holds too many streams already."""
-        holder = self.slots.take(caller.id)
+        holder = caller.id
+        self.slots.take(holder)
         try:
             feed = await _opened(self.hub.open_job(job_id))
         except BaseException:
@@ -471,7 +471,8 @@ class EventStreams:
     async def owner_stream(self, owner: str) -> Response[Any]:
         """Subscribe to the owner's channel, read the newest jobs, then stream their changes
         (429 if the owner holds too many streams already)."""
-        holder = self.slots.take(owner)
+        holder = owner
+        self.slots.take(holder)
         try:
             feed = await _opened(self.hub.open_owner(owner))
         except BaseException:
@@ -492,13 +493,13 @@ class EventStreams:
         the hub cannot follow the job (Redis away, the server stopping) it answers at once
         with ``job``: the caller replies 304 and the client asks again after ``Retry-After``.
         """
-        holder = self.slots.take(caller.id)
+        self.slots.take(caller.id)
         try:
             newer = await self.hub.wait_for_change(job.id, job.version, seconds, owner=caller.scope)
         except (EventsUnavailable, FeedClosed):
             return job
         finally:
-            self.slots.give_back(holder)
+            self.slots.give_back(caller.id)
         return newer or job
 
     # -- frames ----------------------------------------------------------------------------
