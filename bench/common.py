@@ -306,11 +306,15 @@ def stop_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) ->
 
 
 def jobstream_env(redis_url: str, prefix: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of a jobstream process bound to this bench's Redis and key prefix."""
+    """Environment of a jobstream process bound to this bench's Redis and key prefix.
+
+    No stream cap: the SSE and polling benches open thousands of streams as one owner.
+    """
     return {
         "JOBSTREAM_REDIS_URL": redis_url,
         "JOBSTREAM_PREFIX": prefix,
         "JOBSTREAM_AUTH": "none",
+        "JOBSTREAM_MAX_STREAMS_PER_OWNER": "0",
         **(extra or {}),
     }
 

@@ -1,4 +1,9 @@
-"""A redis-py asyncio connection that packs commands in C (hiredis), as the sync client does.
+"""Redis connections: one that packs commands in C (hiredis), and the fault policy of the
+long-lived roles (workers, scheduler): pools that reconnect and retry through a blip, and
+one warning per outage instead of a traceback per try.
+
+``HiredisConnection``: a redis-py asyncio connection that packs commands in C, as the sync
+client does.
 
 redis-py's asyncio ``Connection.pack_command`` is pure Python, about a microsecond per
 argument; the create script alone has 22 arguments, so packing was a tenth of a
@@ -9,12 +14,16 @@ argument rules (str/bytes/int/float; anything else is a ``DataError``).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Connection
-from redis.exceptions import DataError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import DataError, RedisError
 from redis.typing import EncodableT
 
 _pack = cast("Callable[[tuple[Any, ...]], bytes]", hiredis.pack_command)  # its stub says a 1-tuple
@@ -42,3 +51,72 @@ class HiredisConnection(Connection):
 
 def _plain(arg: EncodableT) -> EncodableT:
     return bytes(arg) if isinstance(arg, (bytearray, memoryview)) else arg
+
+
+REDIS_FAULTS: tuple[type[Exception], ...] = (RedisError, OSError)
+"""What a Redis call raises when Redis, not the caller, failed: retried or waited out."""
+
+_RETRIES = 6
+_BACKOFF_BASE_SECONDS = 0.05
+_BACKOFF_CAP_SECONDS = 0.5
+_HEALTH_CHECK_SECONDS = 10
+
+
+def resilient_options() -> dict[str, Any]:
+    """Connection options for a worker's or the scheduler's pool: ride out a Redis blip.
+
+    Each command is retried on a connection error or timeout (a killed connection, a
+    restart, ``LOADING`` while Redis replays its AOF) after 0.05, 0.1, 0.2, 0.4, 0.5 and
+    0.5 s on a fresh connection, so a blip of about a second and a half never reaches
+    the caller; a connection idle for ``_HEALTH_CHECK_SECONDS`` is PINGed before use.
+    Only scripts that are idempotent on a resend use these pools for state changes
+    (start, finish, retry; see their headers). Longer outages are the caller's to wait
+    out: see :class:`RedisWatch`.
+    """
+    return {
+        "retry": Retry(ExponentialBackoff(cap=_BACKOFF_CAP_SECONDS, base=_BACKOFF_BASE_SECONDS), _RETRIES),
+        "health_check_interval": _HEALTH_CHECK_SECONDS,
+        "socket_keepalive": True,
+    }
+
+
+class RedisWatch:
+    """Tells the log once that Redis stopped answering a process, and once that it is back.
+
+    Every loop of the process reports here: ``failed`` when a call raised one of
+    :data:`REDIS_FAULTS`, ``answered`` when one went through. A failure of a call that
+    began before Redis was last seen back says nothing new, and is not logged again.
+    """
+
+    def __init__(self, logger: logging.Logger, role: str) -> None:
+        self.logger = logger
+        self.role = role
+        self.down_since: float | None = None
+        self.back_at = 0.0
+
+    @property
+    def down(self) -> bool:
+        """Whether the last word from Redis was a failure."""
+        return self.down_since is not None
+
+    def failed(self, where: str, err: BaseException, began: float | None = None) -> None:
+        """A call (started at ``began``, monotonic) failed because of Redis."""
+        if self.down_since is not None or (began is not None and began < self.back_at):
+            return
+        self.down_since = time.monotonic()
+        self.logger.warning(
+            "%s: Redis is unreachable (%s: %s); retrying until it is back", self.role, where, err
+        )
+
+    def answered(self) -> None:
+        """A call went through: if Redis was down, it is back."""
+        if self.down_since is None:
+            return
+        self.back_at = time.monotonic()
+        self.logger.warning("%s: Redis is back after %.1f s", self.role, self.back_at - self.down_since)
+        self.down_since = None
+
+
+def backoff(failures: int, cap: float = 1.0) -> float:
+    """Seconds to wait before a loop's next try after ``failures`` failures in a row."""
+    return min(cap, 0.05 * 2.0 ** min(failures, 16))

@@ -374,6 +374,12 @@ class EventHub:
     ``start()`` in the app's lifespan, ``stop()`` on the way out; in between, open feeds with
     :meth:`listen_job` / :meth:`listen_owner` (context managers) or :meth:`open_job` /
     :meth:`open_owner` (the caller calls ``feed.close()``).
+
+    Opening a feed waits up to ``subscribe_timeout`` for Redis to confirm the SUBSCRIBE
+    while the hub is connected, but only ``offline_timeout`` while it is not (Redis is
+    away and the hub is reconnecting): a caller learns of an outage in well under a second,
+    instead of hanging. Reconnect attempts back off up to ``backoff_cap`` seconds, so the
+    hub is live again about that soon after Redis is.
     """
 
     def __init__(
@@ -383,9 +389,10 @@ class EventHub:
         store: JobStore,
         *,
         subscribe_timeout: float = 10.0,
+        offline_timeout: float = 0.5,
         keepalive_seconds: float = 30.0,
         backoff_base: float = 0.05,
-        backoff_cap: float = 5.0,
+        backoff_cap: float = 1.0,
         owner_max_pending: int = 1000,
         owner_max_tracked: int = 10_000,
         client_name: str = "jobstream-events",
@@ -394,6 +401,7 @@ class EventHub:
         self.keys = keys
         self.store = store
         self._subscribe_timeout = subscribe_timeout
+        self._offline_timeout = min(offline_timeout, subscribe_timeout)
         self._keepalive = keepalive_seconds
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -474,6 +482,11 @@ class EventHub:
                 self._json.popitem(last=False)
         return body
 
+    @property
+    def connected(self) -> bool:
+        """Whether the pub/sub connection is up (readiness: a web process without it serves no events)."""
+        return self._live.is_set()
+
     def stats(self) -> HubStats:
         """Counters for metrics."""
         return HubStats(
@@ -552,14 +565,13 @@ class EventHub:
         channel.listeners.add(feed)
         feed._channel = channel
         self._listeners += 1
+        timeout = self._subscribe_timeout if self._live.is_set() else self._offline_timeout
         try:
-            async with asyncio.timeout(self._subscribe_timeout):
+            async with asyncio.timeout(timeout):
                 await channel.confirmed.wait()
         except TimeoutError:
             self._detach(feed)
-            raise EventsUnavailable(
-                f"Redis did not confirm SUBSCRIBE {name} within {self._subscribe_timeout:g}s"
-            ) from None
+            raise EventsUnavailable(f"Redis did not confirm SUBSCRIBE {name} within {timeout:g}s") from None
         except BaseException:
             self._detach(feed)
             raise

@@ -1,5 +1,12 @@
 """Runs one delivered job: start it, run the task under its timeout and cancel handle, and
-write the final state (which also acknowledges the entry), or schedule a retry."""
+write the final state (which also acknowledges the entry), or schedule a retry.
+
+Faults of Redis are never the task's: the start and the final writes (succeed, fail,
+retry, cancelled) are retried with backoff until the job's lease would lapse (they are
+idempotent, see their scripts), and a write given up is logged once with the job id; the
+job then runs again once its lease lapses. A retry of the task is spent only on the
+task's own failures.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +14,28 @@ import asyncio
 import logging
 import random
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from broker.errors import JobstreamError, StaleAttempt, UnknownTask
-from broker.models import JobError
+from broker.connection import REDIS_FAULTS, RedisWatch, backoff
+from broker.errors import IllegalTransition, JobNotFound, JobstreamError, StaleAttempt
+from broker.models import JobError, JobStatus
 from broker.store import Delivery, JobStore, Started
-from broker.tasks import JobContext, TaskRegistry, TaskSpec
+from broker.tasks import JobContext, TaskOptions, TaskRegistry, TaskSpec
 
 log = logging.getLogger("jobstream.worker")
 _encode = msgspec.json.Encoder().encode
+T = TypeVar("T")
+_MAX_BACKOFF_EXPONENT = 64
+_COUNTERS = {JobStatus.SUCCESS: "succeeded", JobStatus.FAILURE: "failed", JobStatus.CANCELLED: "cancelled"}
+
+
+class LeaseLapsed(JobstreamError):
+    """A write could not reach Redis before the job's lease lapsed; the job will run again."""
 
 
 @dataclass(slots=True)
@@ -55,9 +72,15 @@ class Running:
             self.interrupted = True
             self.task.cancel()
 
+    def abandon(self) -> None:
+        """Stop the task's code with no final write: this attempt no longer holds the job."""
+        self.abandoned = True
+        self.interrupt()
+
 
 Outcome = tuple[str, Any]
-"""("ok", result) | ("error", exception) | ("timeout", None) | ("cancelled", None) | ("lost", None)"""
+"""("ok", result) | ("error", exception) | ("timeout", None) | ("cancelled", None) | ("lost", None)
+| ("invalid", JobError): the job cannot run here at all (unknown task, bad input)."""
 
 
 @dataclass(slots=True)
@@ -71,24 +94,38 @@ class JobExecutor:
     counters: Counters = field(default_factory=Counters)
     # Cancel requests that arrived between a job's start script and its registration here.
     early_cancels: dict[str, float] = field(default_factory=dict)
+    watch: RedisWatch = field(default_factory=lambda: RedisWatch(log, "worker"))
+    # When the last renewal of every held entry that went through began (monotonic).
+    leases_renewed_at: float = 0.0
 
     async def run(self, delivery: Delivery) -> None:
         """Run the job a delivery names, from start to its final state."""
         if delivery.job_id in self.running:
             return  # already running here: the entry came back to us, leave it be
-        started = await self.store.start(delivery, self.consumer)
-        if started is None:
-            return
-        self.counters.started += 1
+        received = time.monotonic()
+        token = uuid.uuid4().hex
         try:
-            spec = self.registry.get(started.job.type)
-        except UnknownTask:
-            await self._fail(started, delivery, None, JobError("UnknownTask", started.job.type))
-            return
-        if started.job.cancel_requested:
-            await self._end_cancelled(started, delivery, spec)
-            return
-        await self._run_started(spec, started, delivery)
+            started = await self._persist(
+                delivery.job_id,
+                "start it",
+                received,
+                lambda: self.store.start(delivery, self.consumer, token),
+            )
+            if started is None:
+                return
+            self.counters.started += 1
+            await self._run_started(started, delivery, received)
+        except LeaseLapsed:
+            self.counters.lost += 1
+
+    async def _run_started(self, started: Started, delivery: Delivery, received: float) -> None:
+        job = started.job
+        spec = self.registry.get(job.type) if job.type in self.registry else None
+        if spec is None:
+            outcome: Outcome = ("invalid", JobError("UnknownTask", job.type))
+        else:
+            outcome = await self._execute(spec, started, delivery)
+        await self._record(spec, started, delivery, received, outcome)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job running here (a cancel request arrived); False if not here."""
@@ -105,19 +142,71 @@ class JobExecutor:
         """Stop a job without writing a state: its lease was lost or the worker is leaving."""
         running = self.running.get(job_id)
         if running is not None:
-            running.abandoned = True
-            running.interrupt()
+            running.abandon()
 
-    async def _run_started(self, spec: TaskSpec, started: Started, delivery: Delivery) -> None:
+    async def flush_progress(self) -> None:
+        """Write the newest progress of jobs whose progress writes failed (Redis was away)."""
+        for running in list(self.running.values()):
+            ctx = running.ctx
+            if ctx is not None and ctx.unsaved_since is not None:
+                await ctx.flush()
+
+    async def recheck_cancels(self) -> None:
+        """Cancel running jobs whose cancel was asked while the cancel channel was not heard."""
+        job_ids = [job_id for job_id, running in self.running.items() if not running.abandoned]
+        if not job_ids:
+            return
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.store.keys.job(job_id), "cancel_requested")
+            flags = await pipe.execute()
+        for job_id, flag in zip(job_ids, flags, strict=True):
+            if flag:
+                self.cancel(job_id)
+
+    async def _persist(self, job_id: str, what: str, since: float, write: Callable[[], Awaitable[T]]) -> T:
+        """Make an idempotent write, retried with backoff while Redis fails, until the lease lapses.
+
+        The lease of the job's entry lapses one lease after the later of ``since`` (when
+        the entry was received) and the last renewal of all held entries. Raises
+        :class:`LeaseLapsed`, logged here once with the job id, when it would lapse first.
+        """
+        lease = self.store.settings.lease_seconds
+        failures = 0
+        while True:
+            began = time.monotonic()
+            try:
+                result = await write()
+            except REDIS_FAULTS as err:
+                self.watch.failed(f"job {job_id}: {what}", err, began)
+                failures += 1
+                pause = backoff(failures)
+                if time.monotonic() + pause >= max(since, self.leases_renewed_at) + lease:
+                    log.error(
+                        "job %s: could not %s before its lease lapsed (%s: %s); it will run again",
+                        job_id,
+                        what,
+                        type(err).__name__,
+                        err,
+                    )
+                    raise LeaseLapsed(job_id) from None
+                await asyncio.sleep(pause)
+                continue
+            self.watch.answered()
+            return result
+
+    async def _execute(self, spec: TaskSpec, started: Started, delivery: Delivery) -> Outcome:
+        """Run the task's code for a started job (unless a cancel came first); say how it ended."""
+        if started.job.cancel_requested:
+            return ("cancelled", None)
         try:
             data = spec.decode_input(started.job.input)
         except msgspec.ValidationError as err:
-            await self._fail(started, delivery, spec, JobError("InvalidInput", str(err)))
-            return
+            return ("invalid", JobError("InvalidInput", str(err)))
         task = asyncio.current_task()
         assert task is not None
         running = Running(task, delivery)
-        running.ctx = ctx = JobContext(self.store, started, running.interrupt)
+        running.ctx = ctx = JobContext(self.store, started, running.interrupt, running.abandon)
         self.running[started.job.id] = running
         if self.early_cancels.pop(started.job.id, None) is not None:
             ctx.request_cancel()
@@ -125,10 +214,10 @@ class JobExecutor:
             outcome = await self._call(spec, ctx, data, running)
         finally:
             del self.running[started.job.id]
-            running.ctx = None  # ctx holds running.interrupt: unlinked, both go by refcount, not GC
+            running.ctx = None  # ctx holds running's methods: unlinked, both go by refcount, not GC
         if ctx.cancelled and outcome[0] in ("ok", "error"):
             outcome = ("cancelled", None)  # it saw ctx.cancelled and returned (or gave up) early
-        await self._record(spec, started, delivery, outcome)
+        return outcome
 
     async def _call(  # noqa: PLR0911 - one return per way a task can end
         self, spec: TaskSpec, ctx: JobContext, data: Any, running: Running
@@ -163,59 +252,106 @@ class JobExecutor:
     def _interrupted(running: Running) -> Outcome:
         return ("lost", None) if running.abandoned else ("cancelled", None)
 
-    async def _record(self, spec: TaskSpec, started: Started, delivery: Delivery, outcome: Outcome) -> None:
+    async def _record(
+        self, spec: TaskSpec | None, started: Started, delivery: Delivery, received: float, outcome: Outcome
+    ) -> None:
         kind, value = outcome
+        if kind == "lost":
+            self.counters.lost += 1
+            return
+        job_id = started.job.id
         try:
-            if kind == "lost":
-                self.counters.lost += 1
+            if kind == "invalid" or spec is None:
+                await self._fail(started, delivery, spec, received, value)
             elif kind == "timeout":
                 error = JobError("Timeout", f"ran longer than {spec.options.timeout} s")
-                await self._fail_or_retry(spec, started, delivery, error)
+                await self._fail_or_retry(spec, started, delivery, received, error)
             elif kind == "cancelled":
-                await self._end_cancelled(started, delivery, spec)
+                await self._end_cancelled(started, delivery, spec, received)
             elif kind == "error":
-                await self._fail_or_retry(spec, started, delivery, _error_of(value))
+                await self._fail_or_retry(spec, started, delivery, received, _error_of(value))
             else:
-                await self._succeed(spec, started, delivery, value)
+                await self._succeed(spec, started, delivery, received, value)
         except StaleAttempt:
             self.counters.lost += 1
-            log.warning("job %s: lost its lease before it could record its end", started.job.id)
+            log.warning("job %s: lost its lease before it could record its end", job_id)
+        except (IllegalTransition, JobNotFound) as err:
+            self.counters.lost += 1
+            log.warning("job %s: its end was refused (%s); another actor ended it first", job_id, err)
 
-    async def _succeed(self, spec: TaskSpec, started: Started, delivery: Delivery, result: Any) -> None:
+    async def _end(
+        self,
+        started: Started,
+        spec: TaskSpec | None,
+        received: float,
+        status: JobStatus,
+        write: Callable[[int], Awaitable[None]],
+    ) -> None:
+        """Write the job's terminal state with ``write(retention)``, retried as every end is."""
+        retention = self._retention(spec)
+        await self._persist(started.job.id, f"record its {status.value}", received, lambda: write(retention))
+        counter = _COUNTERS[status]
+        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+
+    async def _end_cancelled(
+        self, started: Started, delivery: Delivery, spec: TaskSpec | None, received: float
+    ) -> None:
+        await self._end(
+            started, spec, received, JobStatus.CANCELLED, lambda r: self.store.cancelled(started, delivery, r)
+        )
+
+    async def _succeed(
+        self, spec: TaskSpec, started: Started, delivery: Delivery, received: float, result: Any
+    ) -> None:
         try:
             payload = _encode(result)
         except (TypeError, msgspec.EncodeError) as err:
-            await self._fail(started, delivery, spec, JobError("BadResult", str(err)))
+            await self._fail(started, delivery, spec, received, JobError("BadResult", str(err)))
             return
-        await self.store.succeed(started, delivery, payload, self._retention(spec))
-        self.counters.succeeded += 1
+        await self._end(
+            started,
+            spec,
+            received,
+            JobStatus.SUCCESS,
+            lambda r: self.store.succeed(started, delivery, payload, r),
+        )
 
     async def _fail_or_retry(
-        self, spec: TaskSpec, started: Started, delivery: Delivery, error: JobError
+        self, spec: TaskSpec, started: Started, delivery: Delivery, received: float, error: JobError
     ) -> None:
-        options = spec.options
-        if started.attempt <= options.retries:
-            delay = min(options.backoff_max, options.backoff * 2 ** (started.attempt - 1))
-            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
-            run_at_ms = int((time.time() + delay) * 1000)
-            await self.store.retry(started, delivery, error, run_at_ms)
+        if started.attempt <= spec.options.retries:
+            run_at_ms = int((time.time() + retry_delay(spec.options, started.attempt)) * 1000)
+            await self._persist(
+                started.job.id,
+                "schedule its retry",
+                received,
+                lambda: self.store.retry(started, delivery, error, run_at_ms),
+            )
             self.counters.retried += 1
             return
-        await self._fail(started, delivery, spec, error)
+        await self._fail(started, delivery, spec, received, error)
 
     async def _fail(
-        self, started: Started, delivery: Delivery, spec: TaskSpec | None, error: JobError
+        self, started: Started, delivery: Delivery, spec: TaskSpec | None, received: float, error: JobError
     ) -> None:
-        await self.store.fail(started, delivery, error, self._retention(spec))
-        self.counters.failed += 1
-
-    async def _end_cancelled(self, started: Started, delivery: Delivery, spec: TaskSpec) -> None:
-        await self.store.cancelled(started, delivery, self._retention(spec))
-        self.counters.cancelled += 1
+        await self._end(
+            started, spec, received, JobStatus.FAILURE, lambda r: self.store.fail(started, delivery, error, r)
+        )
 
     def _retention(self, spec: TaskSpec | None) -> int:
         default = self.store.settings.retention_seconds
         return default if spec is None else self.registry.retention(spec.name, default)
+
+
+def retry_delay(options: TaskOptions, attempt: int, jitter: float | None = None) -> float:
+    """Seconds from failed attempt ``attempt`` (1-based) to the next: ``backoff * 2**(attempt-1)``,
+    at most ``backoff_max``, times a jitter in [0.5, 1] (random unless given).
+
+    The exponent is capped, so a task with thousands of retries never overflows a float.
+    """
+    exponent = min(max(attempt - 1, 0), _MAX_BACKOFF_EXPONENT)
+    delay = min(options.backoff_max, options.backoff * 2.0**exponent)
+    return delay * (random.uniform(0.5, 1.0) if jitter is None else jitter)  # noqa: S311 - jitter, not crypto
 
 
 def _error_of(exc: BaseException) -> JobError:

@@ -49,6 +49,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sse_keepalive_seconds: float = 15.0
     sse_retry_ms: int = 2_000
     long_poll_max_seconds: float = 30.0
+    # Open SSE streams plus waiting long polls one owner may hold on one web process; past
+    # it a new one is answered 429 with Retry-After. 0: no cap. Without auth every client
+    # is the one local user, so there it caps the whole process.
+    max_streams_per_owner: int = 100
     poll_retry_after_seconds: int = 1
     # Scheduler.
     cleanup_interval_seconds: int = 60
@@ -63,6 +67,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise msgspec.ValidationError("lease_seconds must be positive")
         if self.max_deliveries < 1:
             raise msgspec.ValidationError("max_deliveries must be at least 1")
+        if self.max_streams_per_owner < 0:
+            raise msgspec.ValidationError("max_streams_per_owner must be 0 (no cap) or more")
         if self.cleanup_interval_seconds < 1 or self.reaper_interval_seconds < 1:
             raise msgspec.ValidationError("scheduler intervals must be at least 1 second")
 

@@ -256,8 +256,12 @@ class JobStore:
 
     # -- the worker's side -------------------------------------------------------------
 
-    async def start(self, delivery: Delivery, consumer: str) -> Started | None:
-        """Take the job for this delivery: PROCESSING, attempts + 1. None if it is not to run."""
+    async def start(self, delivery: Delivery, consumer: str, token: str | None = None) -> Started | None:
+        """Take the job for this delivery: PROCESSING, attempts + 1. None if it is not to run.
+
+        ``token`` names this start (a fresh one if None): resent with the same token, say
+        after a dropped connection, the start counts once and answers the same job.
+        """
         reply = await self.batcher.call(
             self.scripts.start_job,
             keys=[self.keys.job(delivery.job_id), delivery.stream],
@@ -268,6 +272,7 @@ class JobStore:
                 delivery.entry_id,
                 delivery.dispatch,
                 self.settings.active_ttl_seconds,
+                token or uuid.uuid4().hex,
             ],
         )
         if int(reply[0]) != ScriptCode.OK:

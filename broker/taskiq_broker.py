@@ -8,7 +8,10 @@ What it changes, and why (see DESIGN.md, "Workers"):
 - entries are acknowledged and deleted by the same script that writes the final state;
 - entries delivered more than ``max_deliveries`` times go to the dead stream;
 - running jobs can be cancelled (a pub/sub channel), and on shutdown the entries still
-  held are handed back at once for other workers to reclaim.
+  held are handed back at once for other workers to reclaim;
+- Redis faults are waited out, not passed on: the pool retries each command through a
+  blip, every loop keeps trying with backoff (one warning when Redis goes, one when it is
+  back), and no job is failed or abandoned for it (see ``JobExecutor``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from taskiq.abc.formatter import TaskiqFormatter
 from taskiq.message import BrokerMessage, TaskiqMessage
 from taskiq_redis import RedisStreamBroker
 
+from broker.connection import REDIS_FAULTS, RedisWatch, backoff, resilient_options
 from broker.executor import JobExecutor
 from broker.keys import Keys
 from broker.message import decode_message
@@ -44,6 +48,8 @@ from broker.tasks import TaskRegistry
 
 log = logging.getLogger("jobstream.broker")
 _SEP = b"\x00"
+_SHUTDOWN_WRITES_SECONDS = 5.0
+"""How long shutdown waits for the lease loop's last writes (hand-back, heartbeat delete)."""
 _HEARTBEAT_FIELDS_TTL_LEASES = 3
 
 
@@ -110,6 +116,7 @@ class JobBroker(RedisStreamBroker):
             # that never came, and SIGTERM then idled forever (seen about 1 run in 10).
             socket_timeout=min(1000, lease_ms) / 1000 + 5,
             socket_connect_timeout=5,
+            **resilient_options(),
         )
         self.formatter = JobFormatter()
         self.streams = streams
@@ -119,7 +126,11 @@ class JobBroker(RedisStreamBroker):
         self.yield_frames = False
         self.executor: JobExecutor | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._leases: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._hand_back: dict[str, set[str]] = {}
         self._redis: Redis | None = None
+        self.watch = RedisWatch(log, "worker")
         for spec in registry:
             self.register_task(self._entry_point(), task_name=spec.name)
 
@@ -138,9 +149,9 @@ class JobBroker(RedisStreamBroker):
         store = JobStore(self._redis, self.settings)
         await store.scripts.load_all(self._redis)
         await ensure_groups(self._redis, self.keys, self.queues)
-        self.executor = JobExecutor(store, self.registry, self.consumer_name)
+        self.executor = JobExecutor(store, self.registry, self.consumer_name, watch=self.watch)
+        self._leases = asyncio.create_task(self._keep_leases(), name="jobstream-leases")
         self._background = [
-            asyncio.create_task(self._keep_leases(), name="jobstream-leases"),
             asyncio.create_task(self._promote_due(), name="jobstream-delayed"),
             asyncio.create_task(self._listen_cancels(), name="jobstream-cancels"),
         ]
@@ -148,15 +159,26 @@ class JobBroker(RedisStreamBroker):
         _tune_gc()
 
     async def shutdown(self) -> None:
-        """Stop what still runs, hand its entries back for prompt reclaim, then close."""
-        if self.executor is not None and self._redis is not None:
-            held = {stream: set(ids) for stream, ids in self.inflight.items()}
+        """Stop what still runs, hand its entries back for prompt reclaim, then close.
+
+        The lease loop itself hands the entries back and deletes the heartbeat, after its
+        last beat has been answered: a beat still in flight can never land after the
+        delete and show a gone worker as live until the heartbeat's TTL.
+        """
+        if self.executor is not None:
+            self._hand_back = {stream: set(ids) for stream, ids in self.inflight.items()}
             for job_id in list(self.executor.running):
                 self.executor.abandon(job_id)
-            with contextlib.suppress(Exception):
-                # An idle time far past the lease: the next reclaim anywhere takes them.
-                await self._renew(held, idle_ms=int(self.settings.lease_seconds * 1000) * 10)
-                await self._redis.delete(self.keys.worker(self.consumer_name))
+        self._stopping.set()
+        if self._leases is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._leases), _SHUTDOWN_WRITES_SECONDS)
+            except (TimeoutError, RedisError, OSError) as err:  # the heartbeat's TTL ends it; leases lapse
+                log.warning("worker %s: could not sign off from Redis (%r)", self.consumer_name, err)
+            except Exception:
+                log.exception("worker %s: the lease loop failed", self.consumer_name)
+            self._leases.cancel()
+            self._background.append(self._leases)
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -195,9 +217,17 @@ class JobBroker(RedisStreamBroker):
         await self._run(Delivery(message.task_id, stream, entry_id, message.labels.dispatch))
 
     async def _run(self, delivery: Delivery) -> None:
+        """Run a delivery; no exception escapes (Taskiq would drop it unlogged until shutdown)."""
         try:
             if self.executor is not None:
                 await self.executor.run(delivery)
+        except Exception:
+            log.exception(
+                "job %s (%s %s): the worker failed running it",
+                delivery.job_id,
+                delivery.stream,
+                delivery.entry_id,
+            )
         finally:
             self._release(delivery.stream, delivery.entry_id)
 
@@ -213,6 +243,7 @@ class JobBroker(RedisStreamBroker):
         reclaim_every = self.settings.lease_seconds / 3
         next_reclaim = 0.0
         read: Any = dict.fromkeys(self.streams, ">")
+        failures = 0
         try:
             while True:
                 this_task = asyncio.current_task()
@@ -221,18 +252,22 @@ class JobBroker(RedisStreamBroker):
                     # (asyncio.wait_for) can swallow that cancel, which left the worker
                     # idling forever on SIGTERM now and then. Honour it here.
                     raise asyncio.CancelledError
+                began = time.monotonic()
                 try:
-                    if time.monotonic() >= next_reclaim:
-                        next_reclaim = time.monotonic() + reclaim_every
+                    if began >= next_reclaim:
+                        next_reclaim = began + reclaim_every
                         async for message in self._reclaim(redis):
                             yield message
                     fetched: Any = await redis.xreadgroup(
                         GROUP, self.consumer_name, read, count=self.count, block=self.block
                     )
-                except (RedisError, OSError) as err:
-                    log.warning("reading the queues failed (%s); retrying", err)
-                    await asyncio.sleep(0.5)
+                except REDIS_FAULTS as err:
+                    self.watch.failed("reading the queues", err, began)
+                    failures += 1
+                    await asyncio.sleep(backoff(failures))
                     continue
+                failures = 0
+                self.watch.answered()
                 batch = [
                     (stream, entry_id, fields[b"data"])
                     for stream, entries in fetched or ()
@@ -308,16 +343,42 @@ class JobBroker(RedisStreamBroker):
     # -- background loops --------------------------------------------------------------------
 
     async def _keep_leases(self) -> None:
-        """Renew held entries and refresh the heartbeat every lease/3."""
-        while True:
+        """Renew held entries and refresh the heartbeat every lease/3, until shutdown.
+
+        While Redis fails, it tries again with backoff (never slower than lease/3), so the
+        leases are renewed as soon as Redis is back and a blip shorter than the lease
+        costs no job; then it writes the progress that could not be saved meanwhile.
+        On shutdown it hands the held entries back and deletes the heartbeat.
+        """
+        assert self.executor is not None
+        period = self.settings.lease_seconds / 3
+        failures = 0
+        while not self._stopping.is_set():
+            began = time.monotonic()
             try:
                 await self._renew(self.inflight, idle_ms=0)
+                self.executor.leases_renewed_at = began
                 await self._heartbeat()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("lease renewal failed; retrying")
-            await asyncio.sleep(self.settings.lease_seconds / 3)
+                await self.executor.flush_progress()
+            except REDIS_FAULTS as err:
+                self.watch.failed("renewing leases", err, began)
+                failures += 1
+            else:
+                self.watch.answered()
+                failures = 0
+            wait = min(period, backoff(failures)) if failures else period
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+        await self._sign_off()
+
+    async def _sign_off(self) -> None:
+        """Hand held entries back for prompt reclaim, and delete this worker's heartbeat."""
+        assert self._redis is not None
+        try:
+            # An idle time far past the lease: the next reclaim anywhere takes them.
+            await self._renew(self._hand_back, idle_ms=int(self.settings.lease_seconds * 1000) * 10)
+        finally:
+            await self._redis.delete(self.keys.worker(self.consumer_name))
 
     async def _renew(self, entries: dict[str, set[str]], idle_ms: int) -> None:
         assert self.executor is not None and self._redis is not None
@@ -361,8 +422,10 @@ class JobBroker(RedisStreamBroker):
         """Move due delayed messages (delayed jobs, retry backoff) onto their streams."""
         assert self.executor is not None and self._redis is not None
         scripts = self.executor.store.scripts
+        failures = 0
         while True:
             wait = 0.25
+            began = time.monotonic()
             try:
                 for queue in self.queues:
                     _, next_ms = await scripts.promote_due(
@@ -372,28 +435,35 @@ class JobBroker(RedisStreamBroker):
                     )
                     if int(next_ms) >= 0:
                         wait = min(wait, int(next_ms) / 1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("promoting delayed jobs failed; retrying")
+            except REDIS_FAULTS as err:
+                self.watch.failed("promoting delayed jobs", err, began)
+                failures += 1
+                wait = backoff(failures)
+            else:
+                self.watch.answered()
+                failures = 0
             await asyncio.sleep(max(wait, 0.01))
 
     async def _listen_cancels(self) -> None:
         """Cancel requests for running jobs arrive here, by pub/sub, within milliseconds."""
         assert self.executor is not None and self._redis is not None
+        failures = 0
         while True:
+            began = time.monotonic()
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.keys.cancel_channel)
+                    # Cancels published while the channel was not heard are in the job records.
+                    await self.executor.recheck_cancels()
+                    failures = 0
                     while True:  # get_message with a timeout: never a read without one
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if message is not None:
                             self.executor.cancel(message["data"].decode())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("cancel listener lost its connection; reconnecting")
-                await asyncio.sleep(1)
+            except REDIS_FAULTS as err:
+                self.watch.failed("listening for cancels", err, began)
+                failures += 1
+                await asyncio.sleep(backoff(failures))
 
     # -- sending ----------------------------------------------------------------------------
 

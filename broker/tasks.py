@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -12,10 +13,13 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 
 import msgspec
 
-from broker.errors import UnknownTask
+from broker.connection import REDIS_FAULTS
+from broker.errors import IllegalTransition, JobNotFound, StaleAttempt, UnknownTask
 
 if TYPE_CHECKING:
     from broker.store import JobStore, Started
+
+log = logging.getLogger("jobstream.worker")
 
 TaskFn = Callable[["JobContext", Any], Awaitable[Any]]
 
@@ -140,19 +144,43 @@ class JobContext:
 
     ``await ctx.progress(40, "Parsing")`` records progress (and an ETA, estimated from
     the rate so far unless given); ``ctx.cancelled`` turns true when a cancel was asked.
+
+    Progress is best effort: a write Redis cannot take never reaches the task's code.
+    The newest values are kept and written by :meth:`flush` once Redis answers (the
+    worker's lease loop calls it), and until then ``progress`` returns at once. A write
+    refused because this attempt no longer holds the job (its lease was taken over, the
+    job was ended for it) stops the task's code, as a cancel does, without a final write.
     """
 
-    __slots__ = ("_cancel", "_started_at", "_store", "attempt", "cancelled", "job_id", "owner", "task")
+    __slots__ = (
+        "_cancel",
+        "_lose",
+        "_pending",
+        "_started_at",
+        "_store",
+        "attempt",
+        "cancelled",
+        "job_id",
+        "owner",
+        "task",
+        "unsaved_since",
+    )
 
-    def __init__(self, store: JobStore, started: Started, cancel: Callable[[], None]) -> None:
+    def __init__(
+        self, store: JobStore, started: Started, cancel: Callable[[], None], lose: Callable[[], None]
+    ) -> None:
         self._store = store
         self._cancel = cancel
+        self._lose = lose
         self._started_at = time.monotonic()
+        self._pending: tuple[float, str | None, float | None] | None = None
         self.job_id = started.job.id
         self.owner = started.job.owner
         self.task = started.job.type
         self.attempt = started.attempt
         self.cancelled = False
+        self.unsaved_since: float | None = None
+        """When progress writes started failing (monotonic); None while they go through."""
 
     async def progress(
         self, percent: float, message: str | None = None, *, eta_seconds: float | None = None
@@ -162,7 +190,37 @@ class JobContext:
         if eta_seconds is None and percent > 0:
             elapsed = time.monotonic() - self._started_at
             eta_seconds = elapsed * (100.0 - percent) / percent
-        if await self._store.progress(self.job_id, self.attempt, percent, message, eta_seconds):
+        self._pending = (percent, message, eta_seconds)
+        if self.unsaved_since is None:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the newest progress not yet written; keep it for later if Redis fails."""
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            cancel_requested = await self._store.progress(self.job_id, self.attempt, *pending)
+        except REDIS_FAULTS as err:
+            if self.unsaved_since is None:
+                self.unsaved_since = time.monotonic()
+                log.debug(
+                    "job %s: progress not saved (%s); the newest is written once Redis answers",
+                    self.job_id,
+                    err,
+                )
+            return
+        except (StaleAttempt, JobNotFound, IllegalTransition) as err:
+            log.warning(
+                "job %s: attempt %d no longer holds the job (%s); stopping it", self.job_id, self.attempt, err
+            )
+            self._lose()
+            await asyncio.sleep(0)  # let the interruption land here, at a clean point
+            return
+        if self._pending is pending:
+            self._pending = None
+        self.unsaved_since = None
+        if cancel_requested:
             self.request_cancel()
             await asyncio.sleep(0)  # let the cancellation land here, at a clean point
 

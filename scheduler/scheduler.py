@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from taskiq import ScheduledTask, ScheduleSource, TaskiqScheduler
 from taskiq.exceptions import SendTaskError
 
+from broker.connection import RedisWatch, resilient_options
 from broker.queues import ensure_groups
 from broker.scripts import Scripts
 from broker.settings import Settings
@@ -75,7 +76,7 @@ class JobScheduler(TaskiqScheduler):
     async def startup(self) -> None:
         """Start the broker, create the consumer groups, and start the maintenance timers."""
         await super().startup()
-        redis = self._redis = Redis.from_url(self.settings.redis_url)
+        redis = self._redis = Redis.from_url(self.settings.redis_url, **resilient_options())
         scripts = Scripts.register(redis)
         await scripts.load_all(redis)
         broker = self.job_broker
@@ -83,8 +84,9 @@ class JobScheduler(TaskiqScheduler):
         await ensure_groups(redis, broker.keys, sorted(queues))
         cleanup = Cleanup(redis, self.settings, scripts)
         reaper = Reaper(redis, self.settings, scripts, broker.registry, queues)
+        watch = RedisWatch(log, f"scheduler {self.claimant}")
         self.tickers = [
-            Ticker(redis, broker.keys, scripts, self.claimant, job)
+            Ticker(redis, broker.keys, scripts, self.claimant, job, watch)
             for job in (
                 Periodic("cleanup", self.settings.cleanup_interval_seconds, cleanup.run),
                 Periodic("reaper", self.settings.reaper_interval_seconds, reaper.run),
@@ -129,4 +131,3 @@ def _stop_on_sigterm() -> None:
     if main is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-

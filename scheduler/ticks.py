@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from broker.connection import REDIS_FAULTS, RedisWatch, backoff
 from broker.errors import ScriptCode
 from broker.keys import Keys
 from broker.scripts import Scripts
@@ -55,8 +56,17 @@ class Claim:
 class Ticker:
     """Runs one :class:`Periodic` job on this replica's side of the tick claims."""
 
-    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts, claimant: str, job: Periodic) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        scripts: Scripts,
+        claimant: str,
+        job: Periodic,
+        watch: RedisWatch | None = None,
+    ) -> None:
         self.redis = redis
+        self.watch = watch or RedisWatch(log, "scheduler")
         self.scripts = scripts
         self.claimant = claimant
         self.job = job
@@ -85,15 +95,26 @@ class Ticker:
         return claim
 
     async def run_forever(self) -> None:
-        """Tick at every slot boundary until cancelled; a failed run is logged, not fatal."""
+        """Tick at every slot boundary until cancelled; a failed run is logged, not fatal.
+
+        While Redis is away it tries again with backoff (the watch logs the outage once)
+        rather than waiting a whole period; a slot already claimed is not run twice.
+        """
+        failures = 0
         while True:
             wait = self.job.period_seconds
+            began = time.monotonic()
             try:
                 wait = (await self.tick()).next_in_seconds
-            except asyncio.CancelledError:
-                raise
+            except REDIS_FAULTS as err:
+                self.watch.failed(self.job.name, err, began)
+                failures += 1
+                wait = min(wait, backoff(failures, cap=5.0))
             except Exception:
                 log.exception("%s: run failed; trying again next tick", self.job.name)
+            else:
+                self.watch.answered()
+                failures = 0
             jitter = random.uniform(0, min(0.05, self.job.period_seconds / 20))  # noqa: S311
             await asyncio.sleep(max(0.0, wait) + _AFTER_BOUNDARY_S + jitter)
 

@@ -145,7 +145,7 @@ async def test_500_clients_share_one_pubsub_connection_and_all_get_the_end(
     sse_stack: Any, redis: Redis
 ) -> None:
     raise_open_files(4096)
-    stack: SseStack = await sse_stack()
+    stack: SseStack = await sse_stack(max_streams_per_owner="500")  # one owner: at its cap, not over
     job = await stack.create("test.steps", {"count": 20, "interval": 0.01})
     url = f"/jobs/{job['id']}/events"
     readers = [Reader(stack.http, url) for _ in range(500)]

@@ -24,7 +24,6 @@ from web.openapi import CreateJobOperation, problem_responses
 from web.problems import ProblemError, job_ended, problem
 from web.resources import JobRoutesContext
 from web.schemas import JobPage, JobResult
-from web.sse import wait_for_newer
 from web.stream_tokens import CreatedJob, StreamTokens, job_scope
 
 IdempotencyKey = Annotated[
@@ -139,7 +138,7 @@ class JobController(Controller):
         responses={
             **json_answers(Job, {200: "the job"}),
             304: ResponseSpec(None, description="Not Modified"),
-            **problem_responses(400, 401, 404),
+            **problem_responses(400, 401, 404, 429, 503),
         },
         summary="Get a job",
     )
@@ -154,12 +153,14 @@ class JobController(Controller):
         """The job's current state; 304 when ``If-None-Match`` holds its current ETag.
 
         With ``wait``, a request whose ETag is current waits (up to ``long_poll_max_seconds``)
-        for the next change and answers it at once; 304 if none came.
+        for the next change and answers it at once; 304 if none came; 429 if the caller
+        already holds ``max_streams_per_owner`` streams and long polls.
         """
         settings, scope = jobs.settings, request.user.scope
         job = await jobs.store.get(job_id, scope)
         if wait and not job.terminal and etag_matches(if_none_match, job.etag):
-            job = await wait_for_newer(jobs.hub, job, min(wait, settings.long_poll_max_seconds), scope)
+            seconds = min(wait, settings.long_poll_max_seconds)
+            job = await jobs.streams.wait_for_newer(job, seconds, request.user)
         headers = job_headers(job, settings)
         if etag_matches(if_none_match, job.etag):
             return JsonAnswer.not_modified(headers)

@@ -1,8 +1,9 @@
 """Every error answer is ``application/problem+json`` (RFC 9457): the shape and its handlers.
 
 Handlers cover Litestar's own HTTP errors (404 route, 405, 413, 401, its parameter
-validation), jobstream's domain errors, and anything unexpected (a logged 500 that shows
-no internals). Routes raise :class:`ProblemError` for answers they shape themselves.
+validation), jobstream's domain errors, Redis being unreachable (503 with ``Retry-After``,
+see :data:`REDIS_UNAVAILABLE`), and anything unexpected (a logged 500 that shows no
+internals). Routes raise :class:`ProblemError` for answers they shape themselves.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from http import HTTPStatus
 from typing import Any
 
 import msgspec
+import redis.exceptions as redis_errors
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers import HTTPRouteHandler
@@ -165,6 +167,33 @@ def _internal_problem(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return respond(request, problem(500, "internal-error", "an unexpected error occurred"))
 
 
+REDIS_RETRY_AFTER_SECONDS = 1
+"""``Retry-After`` of a 503 while Redis is away: outages are short, and a refused retry is cheap."""
+
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis_errors.ConnectionError,  # refused, reset, closed; LOADING (BusyLoadingError); pool exhausted
+    redis_errors.TimeoutError,  # connect or read timeout
+    redis_errors.ReadOnlyError,  # a failed-over primary that is now a replica
+    redis_errors.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN
+    redis_errors.TryAgainError,  # a cluster slot migrating
+    ConnectionError,  # socket errors redis-py did not wrap
+    TimeoutError,  # a deadline of our own around Redis calls (asyncio.timeout)
+)
+"""What Redis (or the way to it) being unavailable raises: answered 503, never 500.
+
+Every Redis call a route makes that cannot be retried safely surfaces here (the pool
+already retried connection errors on a fresh connection, see ``web.resources``)."""
+
+
+def _redis_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    logger.warning(  # no traceback: the cause is outside this process, and an outage repeats it
+        "Redis unavailable on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc
+    )
+    detail = "the job store (Redis) is unavailable right now; retry after a moment"
+    headers = {"Retry-After": str(REDIS_RETRY_AFTER_SECONDS)}
+    return respond(request, problem(503, "redis-unavailable", detail), headers)
+
+
 def job_ended(job: Job) -> ProblemError:
     """409 for the result of a job that ended without one (FAILURE or CANCELLED)."""
     detail = job.error.message if job.error else f"the job ended {job.status}"
@@ -176,6 +205,7 @@ def job_ended(job: Job) -> ProblemError:
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_problem,
     JobstreamError: _domain_problem,
+    **dict.fromkeys(REDIS_UNAVAILABLE, _redis_unavailable),
     Exception: _internal_problem,
 }
 """The app's exception handlers: every error answer becomes a problem document."""

@@ -17,6 +17,9 @@ from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from broker.connection import HiredisConnection
 from broker.events import EventHub
@@ -30,7 +33,17 @@ from web.sse import EventStreams
 from web.stream_tokens import StreamTokens
 
 REDIS_POOL_SIZE = 100
-REDIS_POOL_WAIT_SECONDS = 10.0
+REDIS_POOL_WAIT_SECONDS = 1.0
+"""How long a request waits for a free pooled connection before its 503."""
+REDIS_CONNECT_TIMEOUT_SECONDS = 1.0
+"""Connecting to Redis (a ``socket_connect_timeout`` in the URL overrides it)."""
+REDIS_HEALTH_CHECK_SECONDS = 30
+"""A pooled connection idle this long is PINGed before its next command (busy ones never are)."""
+REDIS_RETRIES = 2
+REDIS_BACKOFF = ExponentialBackoff(cap=0.2, base=0.025)
+"""Connection errors are retried on a fresh connection after 50 ms, then 100 ms: a socket
+that died while idle (Redis restarted, CLIENT KILL, a proxy's idle cut) costs its request
+nothing, and an outage is answered 503 in well under a second."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +56,8 @@ class JobRoutesContext:
     """
 
     store: JobStore
-    hub: EventHub
+    streams: EventStreams
+    """The SSE side: long polls wait on its hub, within the owner's stream cap."""
     settings: Settings
     creation_tokens: StreamTokens | None
     """Mints the stream token of each created job; None in no-auth mode, where streams need none."""
@@ -68,6 +82,32 @@ def stream_tokens_for(settings: Settings) -> StreamTokens:
     )
 
 
+SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+"""How long a new stream waits for Redis to confirm its SUBSCRIBE while the hub is connected
+(a hung Redis); while the hub is disconnected it answers 503 within half a second."""
+
+
+def redis_pool(url: str) -> BlockingConnectionPool:
+    """The web process's connection pool, made to ride out Redis restarts.
+
+    Blocking: past its size a request waits (``REDIS_POOL_WAIT_SECONDS``) for a free
+    connection, then gets a 503; the plain pool raises at once, which a burst of SSE
+    clients opening together turned into errors. Connection errors are retried on a new
+    connection (reads are idempotent, and the create script recognises a re-sent create
+    by its job id); timeouts are not (the command may have run), and surface as a 503.
+    """
+    return BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=REDIS_POOL_WAIT_SECONDS,
+        connection_class=HiredisConnection,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+        health_check_interval=REDIS_HEALTH_CHECK_SECONDS,
+        retry=Retry(REDIS_BACKOFF, REDIS_RETRIES, supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError],
+    )
+
+
 def lifespan(
     settings: Settings, tokens: StreamTokens, opened: Opened
 ) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
@@ -80,21 +120,18 @@ def lifespan(
 
     @asynccontextmanager
     async def open_resources(app: Litestar) -> AsyncIterator[None]:
-        # Blocking: past its size a request waits for a free connection. The plain pool
-        # (redis-py 8: 100 connections) raises MaxConnectionsError instead, which a burst
-        # of SSE clients opening at once turned into 500s.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=REDIS_POOL_SIZE,
-            timeout=REDIS_POOL_WAIT_SECONDS,
-            connection_class=HiredisConnection,
-        )
-        redis = Redis.from_pool(pool)
+        redis = Redis.from_pool(redis_pool(settings.redis_url))
         try:
             store = JobStore(redis, settings)
             await store.scripts.load_all(redis)
             await ensure_groups(redis, store.keys, registry.queues(settings.default_queue))
-            hub = EventHub(redis, store.keys, store, client_name=f"jobstream-web:{os.getpid()}")
+            hub = EventHub(
+                redis,
+                store.keys,
+                store,
+                subscribe_timeout=SUBSCRIBE_TIMEOUT_SECONDS,
+                client_name=f"jobstream-web:{os.getpid()}",
+            )
             await hub.start()
             streams = EventStreams(hub, settings)
             app.state.redis = redis
@@ -103,7 +140,7 @@ def lifespan(
             app.state.streams = streams
             creation_tokens = tokens if settings.auth == "jwt" else None
             job_path = app.route_reverse("get_job", job_id="_").removesuffix("_")
-            opened.jobs = JobRoutesContext(store, hub, settings, creation_tokens, job_path)
+            opened.jobs = JobRoutesContext(store, streams, settings, creation_tokens, job_path)
             try:
                 with on_exit_signal(streams.drain):
                     yield

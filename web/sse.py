@@ -2,7 +2,7 @@
 
 Every stream follows the SSE contract in DESIGN.md: subscribe first (the hub confirms the
 SUBSCRIBE), then read the hash, then forward only newer versions, so nothing is missed,
-repeated or reordered. Problems (404, 401, 403, 503) are answered before a stream starts.
+repeated or reordered. Problems (404, 401, 403, 429, 503) are answered before a stream starts.
 
 The streams write pre-encoded bytes through :class:`EventStream`, a response of our own,
 rather than :class:`~litestar.response.ServerSentEvent` or :class:`~litestar.response.Stream`.
@@ -12,6 +12,10 @@ on every new stream; here a job's JSON is encoded once per state by :meth:`Event
 for all its clients. ``Stream`` costs a task group, a second task and an async generator
 per connection (see :class:`EventStream`): 10,000 idle clients on one process need less.
 The 204 for a finished job is a plain response.
+
+Each owner may hold at most ``max_streams_per_owner`` open streams and waiting long polls
+on one process (:class:`OwnerSlots`, a counter per owner: no Redis round trip); past it
+a new one is answered 429 with ``Retry-After``.
 
 ``GET /events`` sends no ``id:`` lines: event ids are per-job versions, which mean nothing
 across jobs, and a reconnect resumes with a fresh snapshot instead (each event carries
@@ -44,7 +48,7 @@ from broker.settings import Settings
 from broker.store import JobStore
 from web.auth import EXCLUDE_KEY, User
 from web.openapi import problem_responses
-from web.problems import ProblemError, problem
+from web.problems import REDIS_RETRY_AFTER_SECONDS, ProblemError, problem
 from web.stream_tokens import (
     OWNER_SCOPE,
     STREAM_COOKIE,
@@ -59,6 +63,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 KEEPALIVE = b": keepalive\n\n"
 FEED_SNAPSHOT_SIZE = 50
 """How many of the owner's newest jobs ``GET /events`` sends on connect and on resync."""
+STREAM_CAP_RETRY_AFTER_SECONDS = 5
+"""``Retry-After`` of the 429 over the stream cap: long enough for one of the owner's streams to end."""
 
 F = TypeVar("F", JobFeed, OwnerFeed)
 StreamKind = Literal["job", "owner"]
@@ -84,6 +90,42 @@ class StreamStats(msgspec.Struct, frozen=True, kw_only=True):
     owner_streams: int
     draining: bool
     hub: HubStats
+
+
+class OwnerSlots:
+    """How many streams and waiting long polls each owner holds in this process, capped.
+
+    A dict of counters, touched once when a stream or long poll starts and once when it
+    ends; an owner at zero is forgotten. ``cap`` 0 counts nothing and refuses nothing.
+    """
+
+    __slots__ = ("_held", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._held: dict[str, int] = {}
+
+    def take(self, owner: str) -> None:
+        """Count one more for ``owner``; 429 (a :class:`ProblemError`) if it is at the cap."""
+        if self.cap:
+            held = self._held.get(owner, 0)
+            if held >= self.cap:
+                detail = f"at most {self.cap} open event streams and long polls per owner; close one first"
+                raise ProblemError(
+                    problem(429, "too-many-streams", detail),
+                    {"Retry-After": str(STREAM_CAP_RETRY_AFTER_SECONDS)},
+                )
+            self._held[owner] = held + 1
+
+    def give_back(self, owner: str) -> None:
+        """One stream or long poll of ``owner`` ended."""
+        held = self._held.get(owner)
+        if held is None:
+            return
+        if held > 1:
+            self._held[owner] = held - 1
+        else:
+            del self._held[owner]
 
 
 class EventStream(Response[None]):
@@ -131,7 +173,11 @@ class _ASGIEventStream(ASGIResponse):
         self._stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.start_response(send)
+        try:
+            await self.start_response(send)
+        except BaseException:
+            self._stream.abandon()  # the client left before the headers went out
+            raise
         await self._stream.run(send, receive)
 
 
@@ -145,12 +191,15 @@ class _Stream(ABC):
     task wake-up. ``sent`` tells the keepalive tick whether it wrote since the last tick.
     """
 
-    __slots__ = ("_busy", "_done", "_later", "_send", "feed", "kind", "sent", "streams")
+    __slots__ = ("_busy", "_done", "_later", "_send", "feed", "holder", "kind", "sent", "streams")
 
-    def __init__(self, streams: EventStreams, kind: StreamKind, feed: JobFeed | OwnerFeed) -> None:
+    def __init__(
+        self, streams: EventStreams, kind: StreamKind, feed: JobFeed | OwnerFeed, holder: str
+    ) -> None:
         self.streams = streams
         self.kind = kind
         self.feed = feed
+        self.holder: str | None = holder  # whose stream-cap slot this holds; None once given back
         self.sent = False
         self._busy = True  # until the opening frames are out
         self._send: Send | None = None
@@ -177,7 +226,14 @@ class _Stream(ABC):
             if self._later is not None:
                 self._later.cancel()
             self.streams._detach(self)
-            self.feed.close()
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Close the feed and give back the owner's slot (idempotent)."""
+        self.feed.close()
+        holder, self.holder = self.holder, None
+        if holder is not None:
+            self.streams.slots.give_back(holder)
 
     @abstractmethod
     async def opening(self, send: Send) -> bool:
@@ -263,8 +319,8 @@ async def _finish(steps: Generator[Any, Any, None], waits_on: Any) -> None:
 class _JobStream(_Stream):
     __slots__ = ("first",)
 
-    def __init__(self, streams: EventStreams, feed: JobFeed, first: Job | None) -> None:
-        super().__init__(streams, "job", feed)
+    def __init__(self, streams: EventStreams, feed: JobFeed, first: Job | None, holder: str) -> None:
+        super().__init__(streams, "job", feed, holder)
         self.first = first
 
     async def opening(self, send: Send) -> bool:
@@ -279,8 +335,8 @@ class _JobStream(_Stream):
 class _OwnerStream(_Stream):
     __slots__ = ("jobs",)
 
-    def __init__(self, streams: EventStreams, feed: OwnerFeed, jobs: list[Job]) -> None:
-        super().__init__(streams, "owner", feed)
+    def __init__(self, streams: EventStreams, feed: OwnerFeed, jobs: list[Job], holder: str) -> None:
+        super().__init__(streams, "owner", feed, holder)
         self.jobs = jobs
 
     async def opening(self, send: Send) -> bool:
@@ -332,6 +388,7 @@ class EventStreams:
         self.hub = hub
         self._keepalive = settings.sse_keepalive_seconds
         self.retry = f"retry: {settings.sse_retry_ms}\n\n".encode()
+        self.slots = OwnerSlots(settings.max_streams_per_owner)
         self._open: dict[StreamKind, int] = {"job": 0, "owner": 0}
         self._streams: set[_Stream] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -384,34 +441,66 @@ class EventStreams:
 
     # -- opening ---------------------------------------------------------------------------
 
-    async def job_stream(self, job_id: str, owner: str | None, last_event_id: int | None) -> Response[Any]:
-        """Subscribe, read the job, then stream it; 404 if it is not ``owner``'s, 204 if done."""
-        feed = await _opened(self.hub.open_job(job_id))
+    async def job_stream(self, job_id: str, caller: User, last_event_id: int | None) -> Response[Any]:
+        """Subscribe, read the job, then stream it; 404 if the caller may not see it, 204 if
+        done, 429 if the caller holds too many streams already."""
+        holder = caller.id
+        self.slots.take(holder)
         try:
-            job = await feed.snapshot(owner)
+            feed = await _opened(self.hub.open_job(job_id))
+        except BaseException:
+            self.slots.give_back(holder)
+            raise
+        try:
+            job = await feed.snapshot(caller.scope)
+            if job is None:
+                raise JobNotFound(job_id)
         except BaseException:
             feed.close()
+            self.slots.give_back(holder)
             raise
-        if job is None:
-            feed.close()
-            raise JobNotFound(job_id)
         first: Job | None = job  # sent unless the client has exactly this version already
         if last_event_id == job.version:
             if job.terminal:
                 feed.close()
+                self.slots.give_back(holder)
                 return Response(None, status_code=204, headers={"Cache-Control": "no-cache"})
             first = None
-        return EventStream(_JobStream(self, feed, first))
+        return EventStream(_JobStream(self, feed, first, holder))
 
     async def owner_stream(self, owner: str) -> Response[Any]:
-        """Subscribe to the owner's channel, read the newest jobs, then stream their changes."""
-        feed = await _opened(self.hub.open_owner(owner))
+        """Subscribe to the owner's channel, read the newest jobs, then stream their changes
+        (429 if the owner holds too many streams already)."""
+        holder = owner
+        self.slots.take(holder)
+        try:
+            feed = await _opened(self.hub.open_owner(owner))
+        except BaseException:
+            self.slots.give_back(holder)
+            raise
         try:
             jobs = await feed.snapshot(FEED_SNAPSHOT_SIZE)
         except BaseException:
             feed.close()
+            self.slots.give_back(holder)
             raise
-        return EventStream(_OwnerStream(self, feed, jobs))
+        return EventStream(_OwnerStream(self, feed, jobs, holder))
+
+    async def wait_for_newer(self, job: Job, seconds: float, caller: User) -> Job:
+        """Long polling: the job once it moves past ``job.version``, else ``job`` after ``seconds``.
+
+        A waiting long poll holds one of the caller's stream slots (429 past the cap). When
+        the hub cannot follow the job (Redis away, the server stopping) it answers at once
+        with ``job``: the caller replies 304 and the client asks again after ``Retry-After``.
+        """
+        self.slots.take(caller.id)
+        try:
+            newer = await self.hub.wait_for_change(job.id, job.version, seconds, owner=caller.scope)
+        except (EventsUnavailable, FeedClosed):
+            return job
+        finally:
+            self.slots.give_back(caller.id)
+        return newer or job
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -431,20 +520,8 @@ async def _opened(opening: Awaitable[F]) -> F:
         return await opening
     except (EventsUnavailable, FeedClosed) as err:
         detail = "live events are unavailable right now; retry, or poll GET /jobs/{id}"
-        raise ProblemError(problem(503, "events-unavailable", detail), {"Retry-After": "1"}) from err
-
-
-async def wait_for_newer(hub: EventHub, job: Job, seconds: float, owner: str | None) -> Job:
-    """Long polling: the job once it moves past ``job.version``, else ``job`` after ``seconds``.
-
-    When the hub cannot follow the job (Redis away, the server stopping) it answers at once
-    with ``job``: the caller replies 304 and the client simply asks again.
-    """
-    try:
-        newer = await hub.wait_for_change(job.id, job.version, seconds, owner=owner)
-    except (EventsUnavailable, FeedClosed):
-        return job
-    return newer or job
+        retry_after = {"Retry-After": str(REDIS_RETRY_AFTER_SECONDS)}
+        raise ProblemError(problem(503, "events-unavailable", detail), retry_after) from err
 
 
 def parse_last_event_id(value: str | None) -> int | None:
@@ -463,7 +540,7 @@ Store = NamedDependency[JobStore]
 
 _SSE_RESPONSES = {
     204: ResponseSpec(None, description="the stream already ended (Last-Event-ID is the terminal version)"),
-    **problem_responses(400, 401, 403, 404, 503),
+    **problem_responses(400, 401, 403, 404, 429, 503),
 }
 
 
@@ -485,7 +562,7 @@ async def job_events(
 ) -> Response[Any]:
     """The job now, then every newer state, ``event: job`` with ``id:`` = version; ends after
     the terminal state. Auth: bearer header, ``?token=`` (stream token), or the stream cookie."""
-    return await streams.job_stream(job_id, caller.scope, parse_last_event_id(last_event_id))
+    return await streams.job_stream(job_id, caller, parse_last_event_id(last_event_id))
 
 
 @get(
@@ -494,7 +571,7 @@ async def job_events(
     opt={STREAM_OPT: "owner"},
     media_type=EVENT_STREAM,
     tags=["events"],
-    responses=problem_responses(401, 403, 503),
+    responses=problem_responses(401, 403, 429, 503),
     summary="Follow all my jobs (SSE)",
 )
 async def owner_events(streams: Streams, caller: Caller, token: QueryToken = None) -> Response[Any]:
@@ -507,7 +584,7 @@ async def owner_events(streams: Streams, caller: Caller, token: QueryToken = Non
     "/jobs/{job_id:str}/stream-token",
     status_code=201,
     tags=["events"],
-    responses=problem_responses(401, 404),
+    responses=problem_responses(401, 404, 503),
     summary="A token that opens this job's event stream",
 )
 async def job_stream_token(
