@@ -42,7 +42,7 @@ from broker.events import EventHub, EventsUnavailable, FeedClosed, HubStats, Job
 from broker.models import Job
 from broker.settings import Settings
 from broker.store import JobStore
-from web.auth import EXCLUDE_KEY, User
+from web.auth import METRICS_OPT, User, operator_guard
 from web.openapi import problem_responses
 from web.problems import ProblemError, problem
 from web.stream_tokens import (
@@ -555,7 +555,14 @@ async def owner_stream_token(
     )
 
 
-@get("/events/stats", opt={EXCLUDE_KEY: True}, tags=["ops"], summary="SSE and event hub counters")
+@get(
+    "/events/stats",
+    opt={METRICS_OPT: True},
+    guards=[operator_guard],
+    tags=["ops"],
+    responses=problem_responses(401, 403),
+    summary="SSE and event hub counters",
+)
 async def event_stats(streams: Streams) -> StreamStats:
     """Open streams and the hub's counters (connected, channels, listeners, events, reconnects)."""
     return streams.stats()
