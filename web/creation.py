@@ -67,8 +67,13 @@ def decode_body(body: bytes) -> CreateJob:
         return _create_decoder.decode(body)
     except msgspec.ValidationError as err:
         raise invalid_input(err) from None
-    except msgspec.DecodeError as err:
-        raise ProblemError(problem(400, "malformed-json", f"the body is not valid JSON: {err}")) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        raise malformed_json(err) from None
+
+
+def malformed_json(err: Exception) -> ProblemError:
+    """400 for a body that is not JSON (or not UTF-8)."""
+    return ProblemError(problem(400, "malformed-json", f"the body is not valid JSON: {err}"))
 
 
 def validated_input(spec: TaskSpec, raw: msgspec.Raw) -> bytes:
@@ -82,6 +87,8 @@ def validated_input(spec: TaskSpec, raw: msgspec.Raw) -> bytes:
         value = spec.decode_input(bytes(raw))
     except msgspec.ValidationError as err:
         value = _with_integral_floats(spec, bytes(raw), err)
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:  # skipped, not read, as part of the body
+        raise malformed_json(err) from None
     return msgspec.json.encode(value)
 
 

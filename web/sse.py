@@ -67,7 +67,9 @@ _END: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_
 
 LastEventId = Annotated[
     str | None,
-    HeaderParameter(name="Last-Event-ID", description="the last version received (EventSource sends it)"),
+    HeaderParameter(
+        name="Last-Event-ID", max_length=20, description="the last version received (EventSource sends it)"
+    ),
 ]
 QueryToken = Annotated[
     str | None,
