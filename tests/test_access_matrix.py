@@ -23,7 +23,8 @@ import jwt
 import pytest
 
 from broker.settings import Settings, load_settings
-from tests.procs import free_port, start_web, stop, wait_port
+from tests.procs import free_port, stop, wait_port
+from tests.sse_support import start_web_logged
 from tests.web_support import SECRET
 from web.auth import make_token
 
@@ -133,7 +134,7 @@ def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "JOBSTREAM_JWT_SECRET": SECRET,
         "JOBSTREAM_METRICS_TOKEN": METRICS_TOKEN,
     }
-    web = start_web(redis_url, f"t{uuid.uuid4().hex[:8]}:", port, env=env, log=log)
+    web = start_web_logged(redis_url, f"t{uuid.uuid4().hex[:8]}:", port, env, log)
     try:
         wait_port(port)
         yield f"http://127.0.0.1:{port}", log
@@ -220,6 +221,8 @@ async def test_stream_tokens_in_the_query_open_their_streams_only(server: tuple[
         await http.get("/healthz")  # the lines before it are in the log by now
     assert not wrong, "\n".join(wrong)
     text = log.read_text()
+    for name in ("token", "%74oken", "TOKEN", "access%5Ftoken"):
+        assert f"?{name}=[redacted]" in text, f"no access-log line shows ?{name}= redacted"
     assert not re.search(r"eyJ[\w-]+\.[\w-]+\.[\w-]*", text), "a token reached the log"
     assert "Traceback" not in text
 
