@@ -2,8 +2,9 @@
 
 Litestar documents most of it from the routes; :func:`finalize_openapi` then fixes what it
 cannot know: who may call each route (public, bearer, stream token or cookie, metrics
-token), the constraints of optional parameters, and the create body, which the route
-decodes itself: one shape per registered task type, with that task's input schema.
+token), the constraints of optional parameters, ``Retry-After`` on 202, 429 and 503, and
+the create body, which the route decodes itself: one shape per registered task type, with
+that task's input schema.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import (
+    OpenAPIHeader,
     OpenAPIMediaType,
+    OpenAPIResponse,
     OpenAPIType,
     Operation,
     Parameter,
@@ -249,6 +252,21 @@ def _constrain_optional_parameters(handler: HTTPRouteHandler, operation: Operati
                         setattr(branch, target, value)
 
 
+_RETRY_AFTER = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+    description="seconds to wait before asking again",
+    required=True,
+)
+_RETRY_AFTER_STATUSES = {"202", "429", "503"}
+"""A 202 (not done yet), a 429 (over a quota or a cap) and a 503 (Redis away) say when to retry."""
+
+
+def _document_retry_after(operation: Operation) -> None:
+    for status, response in (operation.responses or {}).items():
+        if status in _RETRY_AFTER_STATUSES and isinstance(response, OpenAPIResponse):
+            response.headers = {**(response.headers or {}), "Retry-After": _RETRY_AFTER}
+
+
 def finalize_openapi(app: Litestar, settings: Settings) -> None:
     """Complete the app's OpenAPI document (built here, once, before anyone reads it).
 
@@ -261,6 +279,7 @@ def finalize_openapi(app: Litestar, settings: Settings) -> None:
     document.components.schemas.update({name: JsonSchema(raw=schema) for name, schema in inputs.items()})
     for handler, operation in _operations(app, document.paths or {}):
         _constrain_optional_parameters(handler, operation)
+        _document_retry_after(operation)
         if isinstance(operation, CreateJobOperation):
             content = {"application/json": OpenAPIMediaType(schema=JsonSchema(raw=body))}
             operation.request_body = RequestBody(content=content, required=True)
