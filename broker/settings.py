@@ -9,6 +9,8 @@ from typing import Literal
 import msgspec
 
 AuthMode = Literal["jwt", "none"]
+JwtAlgorithm = Literal["HS256", "HS384", "HS512"]
+"""HMAC only: stream tokens are signed with the same shared secret as the bearer tokens."""
 ReapPending = Literal["resend", "fail"]
 
 _ENV_PREFIX = "JOBSTREAM_"
@@ -27,9 +29,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # networks and ``jobstream dev`` only.
     auth: AuthMode = "jwt"
     jwt_secret: str | None = None
-    jwt_algorithm: str = "HS256"
+    jwt_algorithm: JwtAlgorithm = "HS256"
     local_user: str = "local"
     admin_role: str = "admin"
+    # Operator access (web, JWT mode): a credential (``Authorization: Bearer <it>``, 32+
+    # bytes) that reads /metrics and /events/stats only, so Prometheus can scrape without a
+    # user JWT; unset, those routes need an admin JWT.
+    metrics_token: str | None = None
     # Job lifetimes.
     active_ttl_seconds: int = 86_400
     retention_seconds: int = 7 * 86_400

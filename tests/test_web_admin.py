@@ -70,4 +70,6 @@ async def test_operator_routes_need_the_admin_role_with_jwt(redis_url: str, pref
         assert (await client.get("/queues")).status_code == 401
         assert (await client.get("/queues", headers=admin)).status_code == 200
         assert (await client.get("/workers", headers=admin)).status_code == 200
-        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 401  # issue 10: not for anyone
+        assert (await client.get("/metrics", headers=user)).status_code == 403
+        assert (await client.get("/metrics", headers=admin)).status_code == 200

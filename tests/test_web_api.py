@@ -206,7 +206,6 @@ async def test_run_at_in_the_future_is_kept(client: Client) -> None:
     ("schedule", "needle"),
     [
         ({"delay_seconds": 1, "run_at": "2030-01-01T00:00:00Z"}, "not both"),
-        ({"run_at": "2020-01-01T00:00:00Z"}, "in the past"),
         ({"delay_seconds": 10**9}, "at most"),
         ({"run_at": "2999-01-01T00:00:00+02:00"}, "at most"),
     ],
@@ -393,7 +392,8 @@ async def test_openapi_schema_and_docs_page(client: Client) -> None:
         spec["paths"]
     )
     create_op = spec["paths"]["/jobs"]["post"]
-    assert create_op["requestBody"]["content"]["application/json"]["schema"]["required"] == ["type"]
+    body = create_op["requestBody"]["content"]["application/json"]["schema"]  # one shape per task type
+    assert all(shape["required"][0] == "type" for shape in body["oneOf"])
     created = {"$ref": "#/components/schemas/CreatedJob"}
     for status in ("202", "200"):  # 200: an Idempotency-Key replay
         assert create_op["responses"][status]["content"]["application/json"]["schema"] == created

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
+import msgspec
 import pytest
 import pytest_asyncio
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from broker.settings import Settings
+from broker.settings import Settings, load_settings
 from tests.web_support import PROBLEM_JSON, SECRET, app_client, web_settings
+from web.app import create_app
 from web.auth import make_token
 from web.stream_tokens import STREAM_AUDIENCE
 
@@ -52,20 +55,48 @@ async def test_the_token_subject_owns_the_job(client: Client, settings: Settings
     assert job["owner"] == "alice"
 
 
+LONG_SECRET = "a-secret-long-enough-for-hs512-which-needs-sixty-four-bytes-or-more"
+
+
 @pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
 async def test_the_create_answer_carries_a_stream_token_for_that_job(
     redis_url: str, prefix: str, algorithm: str
 ) -> None:
-    settings = web_settings(redis_url, prefix, auth="jwt", jwt_secret=SECRET, jwt_algorithm=algorithm)
+    settings = web_settings(redis_url, prefix, auth="jwt", jwt_secret=LONG_SECRET, jwt_algorithm=algorithm)
     async with app_client(settings) as client:
         job = await create_as(client, bearer(settings, "alice", settings.admin_role))
     token = job["stream_token"]
     assert jwt.get_unverified_header(token) == {"alg": algorithm, "typ": "JWT"}
-    claims = jwt.decode(token, SECRET, algorithms=[algorithm], audience=STREAM_AUDIENCE)
+    claims = jwt.decode(token, LONG_SECRET, algorithms=[algorithm], audience=STREAM_AUDIENCE)
     assert claims.pop("exp") - claims.pop("iat") == settings.stream_token_ttl_seconds
     assert claims == {"sub": "alice", "admin": True, "aud": STREAM_AUDIENCE, "scope": f"job:{job['id']}"}
     with pytest.raises(jwt.InvalidSignatureError):
-        jwt.decode(token, SECRET + "x", algorithms=[algorithm], audience=STREAM_AUDIENCE)
+        jwt.decode(token, LONG_SECRET + "x", algorithms=[algorithm], audience=STREAM_AUDIENCE)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({"jwt_secret": "x"}, "1 bytes; HS256 needs at least 32"),
+        ({"jwt_secret": "s" * 31}, "31 bytes; HS256 needs at least 32"),
+        ({"jwt_secret": "s" * 47, "jwt_algorithm": "HS384"}, "HS384 needs at least 48"),
+        ({"jwt_secret": "s" * 63, "jwt_algorithm": "HS512"}, "HS512 needs at least 64"),
+        ({"jwt_secret": "s" * 64, "jwt_algorithm": "RS256"}, "'RS256' is not supported"),
+        ({"jwt_secret": "s" * 64, "jwt_algorithm": "none"}, "'none' is not supported"),
+        ({"jwt_secret": SECRET, "metrics_token": "short"}, "METRICS_TOKEN must be at least 32 bytes"),
+    ],
+)
+def test_the_app_refuses_to_start_with_a_weak_key_or_an_algorithm_it_cannot_sign_with(
+    redis_url: str, prefix: str, overrides: dict[str, str], complaint: str
+) -> None:
+    settings = Settings(redis_url=redis_url, prefix=prefix, auth="jwt", **overrides)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape(complaint)):
+        create_app(settings)
+
+
+def test_the_environment_names_only_hmac_algorithms() -> None:
+    with pytest.raises(msgspec.ValidationError, match="jwt_algorithm"):
+        load_settings({"JOBSTREAM_JWT_ALGORITHM": "RS256"})
 
 
 async def test_another_owner_gets_404_on_every_route(client: Client, settings: Settings) -> None:

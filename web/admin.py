@@ -1,8 +1,9 @@
-"""Operator routes: ``GET /queues`` and ``GET /workers`` (admins), ``GET /metrics`` (Prometheus).
+"""Operator routes: ``GET /queues``, ``GET /workers`` and ``GET /metrics`` (Prometheus), admins only.
 
-In the no-auth mode the one local user may read them too: that mode is for trusted
-networks, where the operator is the user. ``/metrics`` needs no token, like the health
-routes; keep it on an internal network.
+Queue depths, host names and PIDs are nobody else's business. ``/metrics`` (and
+``/events/stats``) also take the metrics token (``JOBSTREAM_METRICS_TOKEN``) as a bearer
+credential, so Prometheus scrapes without a user JWT. In the no-auth mode the one local
+user may read them: that mode is for trusted networks, where the operator is the user.
 """
 
 from __future__ import annotations
@@ -22,37 +23,35 @@ from broker.keys import Keys
 from broker.ops import QueueStats, WorkerInfo, live_workers, queue_stats
 from broker.settings import Settings
 from broker.tasks import registry
-from web.auth import EXCLUDE_KEY, User
+from web.auth import METRICS_OPT, operator_guard
 from web.openapi import problem_responses
-from web.problems import ProblemError, problem
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _require_operator(caller: User, settings: Settings) -> None:
-    if not (caller.admin or settings.auth == "none"):
-        raise ProblemError(problem(403, "forbidden", "operator routes need the admin role"))
 
 
 def _queues(settings: Settings) -> set[str]:
     return registry.queues(settings.default_queue)
 
 
-@get("/queues", tags=["ops"], responses=problem_responses(401, 403), summary="Queue depths")
-async def list_queues(
-    redis: NamedDependency[Redis], settings: NamedDependency[Settings], caller: NamedDependency[User]
-) -> list[QueueStats]:
+OPERATOR_ROUTE: dict[str, Any] = {
+    "guards": [operator_guard],
+    "tags": ["ops"],
+    "responses": problem_responses(401, 403),
+}
+"""What every operator route declares: admins (or operators) only, 401 and 403 problems."""
+
+
+@get("/queues", summary="Queue depths", **OPERATOR_ROUTE)
+async def list_queues(redis: NamedDependency[Redis], settings: NamedDependency[Settings]) -> list[QueueStats]:
     """Per queue: entries waiting, held by workers (in flight), delayed, and dead-lettered."""
-    _require_operator(caller, settings)
     return await queue_stats(redis, Keys(settings.prefix), _queues(settings))
 
 
-@get("/workers", tags=["ops"], responses=problem_responses(401, 403), summary="Live workers")
+@get("/workers", summary="Live workers", **OPERATOR_ROUTE)
 async def list_workers(
-    redis: NamedDependency[Redis], settings: NamedDependency[Settings], caller: NamedDependency[User]
+    redis: NamedDependency[Redis], settings: NamedDependency[Settings]
 ) -> list[WorkerInfo]:
     """Workers whose heartbeat is current: host, pid, queues, running job ids, counters."""
-    _require_operator(caller, settings)
     return await live_workers(redis, Keys(settings.prefix))
 
 
@@ -108,10 +107,10 @@ class _Snapshot(Collector):
 
 @get(
     "/metrics",
-    opt={EXCLUDE_KEY: True},
-    tags=["ops"],
+    opt={METRICS_OPT: True},
     media_type=PROMETHEUS_TEXT,
     summary="Prometheus metrics",
+    **OPERATOR_ROUTE,
 )
 async def metrics(
     request: Request[Any, Any, Any], redis: NamedDependency[Redis], settings: NamedDependency[Settings]

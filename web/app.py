@@ -8,8 +8,10 @@ loads ``app``, before it serves anything.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from litestar import Litestar, Router
+from litestar import Litestar, Request, Response, Router, route
+from litestar.enums import HttpMethod
 
 from broker.settings import Settings, load_settings
 from broker.tasks import load_task_modules
@@ -18,7 +20,7 @@ from web.auth import auth_hook
 from web.dashboard import ROUTES as DASHBOARD_ROUTES
 from web.jobs import JobController
 from web.log_redaction import install_log_redaction
-from web.openapi import RawJsonSchemaPlugin, openapi_config
+from web.openapi import RawJsonSchemaPlugin, finalize_openapi, openapi_config
 from web.ops import healthz, readyz
 from web.problems import EXCEPTION_HANDLERS
 from web.resources import Opened, dependencies, lifespan, stream_tokens_for
@@ -32,12 +34,25 @@ def normalize_prefix(path_prefix: str) -> str:
     return f"/{stripped}" if stripped else ""
 
 
+@route(JobController.path, http_method=HttpMethod.OPTIONS, include_in_schema=False, sync_to_thread=False)
+def jobs_options(request: Request[Any, Any, Any]) -> Response[None]:
+    """``OPTIONS /jobs``: 204 with every method the path answers.
+
+    Litestar makes the OPTIONS answer of a path when it first registers a handler there,
+    and keeps that one when more handlers join the path, so its ``Allow`` named POST and
+    not GET.
+    """
+    methods = request.app.route_handler_method_map.get(request.url.path, {})
+    return Response(None, status_code=204, headers={"Allow": ", ".join(sorted(methods))})
+
+
 def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Litestar:
     """Build the app; every route (docs and health included) lives under ``path_prefix``.
 
     Loads the task modules named by ``settings.task_modules`` so the app can validate
     inputs and list task types; it never runs tasks. Puts the token-redacting filter on the
-    server's access loggers (``?token=`` on SSE URLs must never reach a log).
+    server's access loggers (``?token=`` on SSE URLs must never reach a log). Builds the
+    OpenAPI document here, so a route it cannot document fails now, not at the first read.
     """
     settings = settings or load_settings()
     prefix = normalize_prefix(path_prefix)
@@ -49,6 +64,7 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
     api = Router(
         path=prefix or "/",
         route_handlers=[
+            jobs_options,  # before JobController, or Litestar's own OPTIONS answer of /jobs stays
             JobController,
             *SSE_ROUTES,
             *ADMIN_ROUTES,
@@ -58,7 +74,7 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
             *DASHBOARD_ROUTES,
         ],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[api],
         dependencies=dependencies(settings, tokens, opened),
         lifespan=[lifespan(settings, tokens, opened)],
@@ -68,6 +84,8 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
         plugins=[RawJsonSchemaPlugin()],
         request_max_body_size=settings.max_body_bytes,
     )
+    finalize_openapi(app, settings)
+    return app
 
 
 _app: Litestar | None = None

@@ -184,7 +184,12 @@ class JobController(Controller):
         return Response(JobPage(page.jobs, page.cursor), headers={"Cache-Control": "no-cache"})
 
     @get(
-        "/{job_id:str}/result", responses=problem_responses(400, 401, 404, 409), summary="Get a job's result"
+        "/{job_id:str}/result",
+        responses={
+            202: ResponseSpec(JobResult, description="Accepted: the job has not ended yet (see Retry-After)"),
+            **problem_responses(400, 401, 404, 409),
+        },
+        summary="Get a job's result",
     )
     async def job_result(
         self, request: UserRequest, job_id: FromPath[str], jobs: Jobs

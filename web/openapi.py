@@ -1,20 +1,49 @@
-"""OpenAPI glue: how raw JSON fields and the hand-decoded create body appear in ``/schema``."""
+"""OpenAPI glue: ``/schema`` says what the app does, and schemathesis holds it to that.
+
+Litestar documents most of it from the routes; :func:`finalize_openapi` then fixes what it
+cannot know: who may call each route (public, bearer, stream token or cookie, metrics
+token), the constraints of optional parameters, ``Retry-After`` on 202, 429 and 503, and
+the create body, which the route decodes itself: one shape per registered task type, with
+that task's input schema.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import msgspec
+from litestar import Litestar
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    PathItem,
+    RequestBody,
+    Schema,
+    SecurityRequirement,
+    SecurityScheme,
+)
+from litestar.params import KwargDefinition
 from litestar.plugins import OpenAPISchemaPlugin
+from litestar.routes import HTTPRoute
 from litestar.typing import FieldDefinition
 
+from broker.settings import Settings
+from broker.tasks import registry
+from web.auth import EXCLUDE_KEY, METRICS_OPT
+from web.creation import max_delay_seconds
 from web.problems import PROBLEM_JSON, Problem
+from web.stream_tokens import STREAM_COOKIE, STREAM_OPT
 
 
 class RawJsonSchemaPlugin(OpenAPISchemaPlugin):
@@ -28,32 +57,85 @@ class RawJsonSchemaPlugin(OpenAPISchemaPlugin):
         return Schema(description="any JSON value")
 
 
-_CREATE_JOB_SCHEMA = Schema(
-    type=OpenAPIType.OBJECT,
-    required=["type"],
-    additional_properties=False,
-    properties={
-        "type": Schema(type=OpenAPIType.STRING, description="a task type from GET /tasks", min_length=1),
-        "input": Schema(description="the task's input, validated by its input schema (default {})"),
-        "delay_seconds": Schema(type=OpenAPIType.NUMBER, minimum=0, description="start no earlier than this"),
-        "run_at": Schema(
-            type=OpenAPIType.STRING,
-            format=OpenAPIFormat.DATE_TIME,
-            description="ISO-8601 time with an offset; not with delay_seconds",
-        ),
-    },
-    examples=[{"type": "demo.sleep", "input": {"seconds": 3, "steps": 3}}],
-)
+@dataclass
+class JsonSchema(Schema):
+    """A schema given as JSON Schema (what msgspec generates), emitted as it is."""
+
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_schema(self) -> dict[str, Any]:
+        return self.raw
 
 
 @dataclass
 class CreateJobOperation(Operation):
-    """``POST /jobs`` reads its body itself (to keep ``input`` raw), so its schema is given here."""
+    """``POST /jobs`` reads its body itself (to keep ``input`` raw); :func:`finalize_openapi`
+    documents the body, which depends on the registered task types."""
 
-    def __post_init__(self) -> None:
-        self.request_body = RequestBody(
-            content={"application/json": OpenAPIMediaType(schema=_CREATE_JOB_SCHEMA)}, required=True
+
+_TASK_INPUT_REF = "#/components/schemas/TaskInput_{name}"
+
+
+def create_job_body(settings: Settings) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The create body's schema, and the input schemas it refers to (by component name).
+
+    One alternative per task type: ``type`` is its name, ``input`` its input schema
+    (required when that schema requires a field), then the schedule (at most one of
+    ``delay_seconds`` and ``run_at``, either may be null) and nothing else.
+    """
+    specs = list(registry)
+    inputs, components = msgspec.json.schema_components(
+        [spec.input_type for spec in specs], ref_template=_TASK_INPUT_REF
+    )
+    schedule = {
+        "delay_seconds": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": max_delay_seconds(settings),
+            "description": "start no earlier than this many seconds from now",
+        },
+        "run_at": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "description": "start no earlier than this (with its UTC offset); a past time means now, "
+            "and it may be no further ahead than delay_seconds may (422)",
+        },
+    }
+    one_of = []
+    for spec, input_schema in zip(specs, inputs, strict=True):
+        required_input = bool(_resolved(input_schema, components).get("required"))
+        one_of.append(
+            {
+                "type": "object",
+                "title": spec.name,
+                "additionalProperties": False,
+                "required": ["type", "input"] if required_input else ["type"],
+                "properties": {
+                    "type": {"type": "string", "const": spec.name},
+                    "input": {**input_schema, "description": f"the input of {spec.name} (default {{}})"},
+                    **schedule,
+                },
+                "not": {
+                    "required": ["delay_seconds", "run_at"],
+                    "properties": {"delay_seconds": {"type": "number"}, "run_at": {"type": "string"}},
+                },
+            }
         )
+    body = {
+        "oneOf": one_of,
+        "description": "a task type from GET /tasks and its input; give delay_seconds or run_at, not both",
+        "examples": [{"type": "demo.sleep", "input": {"seconds": 3, "steps": 3}}],
+    }
+    return body, {f"TaskInput_{name}": schema for name, schema in components.items()}
+
+
+def _resolved(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, or the component it refers to."""
+    ref = schema.get("$ref")
+    if not isinstance(ref, str):
+        return schema
+    found: dict[str, Any] = components[ref.removeprefix(_TASK_INPUT_REF.removesuffix("{name}"))]
+    return found
 
 
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
@@ -82,3 +164,129 @@ def openapi_config(docs_path: str) -> OpenAPIConfig:
         path=docs_path,
         render_plugins=[SwaggerRenderPlugin(), RedocRenderPlugin()],
     )
+
+
+BEARER_SCHEME = "BearerToken"
+"""Litestar's name for the JWT scheme (``JWTAuth.openapi_security_scheme_name``)."""
+
+_STREAM_SCHEMES = {
+    "StreamToken": SecurityScheme(
+        type="apiKey",
+        name="token",
+        security_scheme_in="query",
+        description="a stream token from POST /jobs/{id}/stream-token, POST /events/stream-token or "
+        "the create answer (never a bearer token)",
+    ),
+    "StreamCookie": SecurityScheme(
+        type="apiKey",
+        name=STREAM_COOKIE,
+        security_scheme_in="cookie",
+        description="the HttpOnly cookie POST /events/stream-token sets",
+    ),
+}
+_METRICS_SCHEME = {
+    "MetricsToken": SecurityScheme(
+        type="http", scheme="Bearer", description="JOBSTREAM_METRICS_TOKEN (the metrics routes only)"
+    )
+}
+
+
+def route_security(handler: HTTPRouteHandler, settings: Settings) -> list[SecurityRequirement]:
+    """Who may call ``handler`` in JWT mode: anyone (``[]``), or the alternatives it accepts."""
+    opt = handler.opt
+    if opt.get(EXCLUDE_KEY):
+        return []
+    alternatives: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
+    if opt.get(STREAM_OPT):
+        alternatives += [{name: []} for name in _STREAM_SCHEMES]
+    if opt.get(METRICS_OPT) and settings.metrics_token:
+        alternatives += [{name: []} for name in _METRICS_SCHEME]
+    return alternatives
+
+
+def _operations(app: Litestar, paths: dict[str, PathItem]) -> Iterator[tuple[HTTPRouteHandler, Operation]]:
+    """Each documented operation with the handler that answers it."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or (item := paths.get(route.path_format or "/")) is None:
+            continue
+        for handler in route.route_handlers:
+            for method in handler.http_methods:
+                operation = getattr(item, method.lower(), None)
+                if isinstance(operation, Operation):
+                    yield handler, operation
+
+
+_CONSTRAINTS = {
+    "ge": "minimum",
+    "gt": "exclusive_minimum",
+    "le": "maximum",
+    "lt": "exclusive_maximum",
+    "min_length": "min_length",
+    "max_length": "max_length",
+    "pattern": "pattern",
+}
+
+
+def _constrain_optional_parameters(handler: HTTPRouteHandler, operation: Operation) -> None:
+    """Put an optional parameter's declared constraints (``ge=0``...) into its schema.
+
+    Litestar documents ``T | None`` as ``oneOf: [T, null]`` and leaves the constraints
+    out, though it enforces them (400): they go into the ``T`` branch here.
+    """
+    declared: dict[str, KwargDefinition] = {}
+    for name, definition in handler.parsed_fn_signature.parameters.items():
+        kwarg = definition.kwarg_definition
+        if isinstance(kwarg, KwargDefinition):
+            alias = getattr(kwarg, "query", None) or getattr(kwarg, "header", None) or name
+            declared[alias] = kwarg
+    for parameter in operation.parameters or ():
+        kwarg = declared.get(parameter.name) if isinstance(parameter, Parameter) else None
+        schema = parameter.schema if isinstance(parameter, Parameter) else None
+        if kwarg is None or not isinstance(schema, Schema) or not schema.one_of:
+            continue
+        for branch in schema.one_of:
+            if isinstance(branch, Schema) and branch.type is not OpenAPIType.NULL:
+                for source, target in _CONSTRAINTS.items():
+                    value = getattr(kwarg, source)
+                    if value is not None and getattr(branch, target) is None:
+                        setattr(branch, target, value)
+
+
+_RETRY_AFTER = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+    description="seconds to wait before asking again",
+    required=True,
+)
+_RETRY_AFTER_STATUSES = {"202", "429", "503"}
+"""A 202 (not done yet), a 429 (over a quota or a cap) and a 503 (Redis away) say when to retry."""
+
+
+def _document_retry_after(operation: Operation) -> None:
+    for status, response in (operation.responses or {}).items():
+        if status in _RETRY_AFTER_STATUSES and isinstance(response, OpenAPIResponse):
+            response.headers = {**(response.headers or {}), "Retry-After": _RETRY_AFTER}
+
+
+def finalize_openapi(app: Litestar, settings: Settings) -> None:
+    """Complete the app's OpenAPI document (built here, once, before anyone reads it).
+
+    In JWT mode each operation names what opens it: ``security: []`` for the public
+    routes, the bearer JWT, or also a stream token or cookie (SSE), or the metrics token.
+    In no-auth mode no operation needs a credential, and none is named.
+    """
+    document = app.openapi_schema
+    body, inputs = create_job_body(settings)
+    document.components.schemas.update({name: JsonSchema(raw=schema) for name, schema in inputs.items()})
+    for handler, operation in _operations(app, document.paths or {}):
+        _constrain_optional_parameters(handler, operation)
+        _document_retry_after(operation)
+        if isinstance(operation, CreateJobOperation):
+            content = {"application/json": OpenAPIMediaType(schema=JsonSchema(raw=body))}
+            operation.request_body = RequestBody(content=content, required=True)
+        operation.security = route_security(handler, settings) if settings.auth == "jwt" else None
+    if settings.auth == "jwt":
+        schemes = document.components.security_schemes or {}
+        schemes.update(_STREAM_SCHEMES)
+        if settings.metrics_token:
+            schemes.update(_METRICS_SCHEME)
+        document.components.security_schemes = schemes

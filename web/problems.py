@@ -128,6 +128,10 @@ def _too_large_detail(request: Request[Any, Any, Any]) -> str:
     return f"the request body is larger than {limit} bytes" if limit else "the request body is too large"
 
 
+QUOTA_RETRY_AFTER_SECONDS = "5"
+"""``Retry-After`` of a 429 over the active-job quota: jobs free their places as they end,
+at no time anyone can promise, so a client is asked to come back after a few seconds."""
+
 _DOMAIN: dict[type[JobstreamError], tuple[int, str]] = {
     JobNotFound: (404, "job-not-found"),
     UnknownTask: (404, "unknown-task"),
@@ -144,7 +148,8 @@ def _domain_problem(request: Request[Any, Any, Any], exc: JobstreamError) -> Res
     if status == 500:
         return _internal_problem(request, exc)
     job_status = JobStatus(exc.status) if isinstance(exc, IllegalTransition) else None
-    return respond(request, problem(status, slug, _domain_detail(exc), job_status=job_status))
+    headers = {"Retry-After": QUOTA_RETRY_AFTER_SECONDS} if isinstance(exc, QuotaExceeded) else None
+    return respond(request, problem(status, slug, _domain_detail(exc), job_status=job_status), headers)
 
 
 def _domain_detail(exc: JobstreamError) -> str:

@@ -46,7 +46,7 @@ from broker.events import EventHub, EventsUnavailable, FeedClosed, HubStats, Job
 from broker.models import Job
 from broker.settings import Settings
 from broker.store import JobStore
-from web.auth import EXCLUDE_KEY, User
+from web.auth import METRICS_OPT, User, operator_guard
 from web.openapi import problem_responses
 from web.problems import REDIS_RETRY_AFTER_SECONDS, ProblemError, problem
 from web.stream_tokens import (
@@ -73,7 +73,9 @@ _END: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_
 
 LastEventId = Annotated[
     str | None,
-    HeaderParameter(name="Last-Event-ID", description="the last version received (EventSource sends it)"),
+    HeaderParameter(
+        name="Last-Event-ID", max_length=20, description="the last version received (EventSource sends it)"
+    ),
 ]
 QueryToken = Annotated[
     str | None,
@@ -632,7 +634,14 @@ async def owner_stream_token(
     )
 
 
-@get("/events/stats", opt={EXCLUDE_KEY: True}, tags=["ops"], summary="SSE and event hub counters")
+@get(
+    "/events/stats",
+    opt={METRICS_OPT: True},
+    guards=[operator_guard],
+    tags=["ops"],
+    responses=problem_responses(401, 403),
+    summary="SSE and event hub counters",
+)
 async def event_stats(streams: Streams) -> StreamStats:
     """Open streams and the hub's counters (connected, channels, listeners, events, reconnects)."""
     return streams.stats()

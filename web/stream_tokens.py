@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import base64
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
+from urllib.parse import unquote_plus
 
 import jwt
 import msgspec
@@ -33,14 +35,14 @@ OWNER_SCOPE = "owner"
 STREAM_COOKIE = "jobstream_stream"
 """HttpOnly, SameSite=Strict cookie holding an ``owner`` stream token (see ``POST /events/stream-token``)."""
 
+TOKEN_PARAMS = frozenset({"token", "access_token"})
+"""Query parameter names (decoded, case-folded) that carry a token: the stream-token reader
+takes its token from one of these, and log redaction blanks every one of them."""
+
 STREAM_OPT = "stream"
 """Route option naming what a route streams: ``"job"`` (path parameter ``job_id``) or ``"owner"``."""
 
 StreamKind = Literal["job", "owner"]
-
-
-class StreamTokenError(Exception):
-    """The stream token is malformed, expired, not a stream token, or signed with another key."""
 
 
 class StreamClaims(msgspec.Struct, frozen=True):
@@ -86,8 +88,59 @@ class _Payload(msgspec.Struct):
     exp: int
 
 
+HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+"""The algorithms a shared secret can sign both kinds of token with, and the shortest key
+each needs (RFC 7518 section 3.2: a key at least as long as the hash output)."""
+
 _HMAC_DIGESTS = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}
 _encode_json = msgspec.json.Encoder().encode
+_QUERY_SEPARATORS = re.compile(r"([&;])")
+
+
+class StreamTokenError(Exception):
+    """The stream token is malformed, expired, not a stream token, or signed with another key."""
+
+
+def check_signing_key(secret: str, algorithm: str) -> None:
+    """Raise ``ValueError`` unless ``secret`` is long enough to sign with ``algorithm`` (HMAC only)."""
+    need = HMAC_KEY_BYTES.get(algorithm)
+    if need is None:
+        raise ValueError(
+            f"JOBSTREAM_JWT_ALGORITHM={algorithm!r} is not supported: stream tokens are signed with the "
+            f"same shared secret, so it must be one of {', '.join(HMAC_KEY_BYTES)}"
+        )
+    if len(secret.encode()) < need:
+        raise ValueError(
+            f"JOBSTREAM_JWT_SECRET is {len(secret.encode())} bytes; {algorithm} needs at least {need} "
+            "(use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(64))'`)"
+        )
+
+
+def is_token_param(name: str) -> bool:
+    """Whether a query parameter, named as sent (``%74oken`` too), carries a token."""
+    return unquote_plus(name).casefold() in TOKEN_PARAMS
+
+
+def split_query(query: str) -> list[str]:
+    """A raw query string cut at ``&`` and ``;``: ``name=value`` parts at even indexes, the
+    separators between them at odd ones (so ``"".join`` gives the query back)."""
+    return _QUERY_SEPARATORS.split(query)
+
+
+def query_pairs(query: str) -> list[tuple[str, str]]:
+    """``(name, value)`` of each ``name=value`` part of a raw query string, not decoded."""
+    return [(name, value) for name, eq, value in (p.partition("=") for p in split_query(query)[::2]) if eq]
+
+
+def query_token(query: str) -> str | None:
+    """The one token a query string carries (None if none); two or more are ambiguous.
+
+    Reads exactly the parameters that log redaction blanks (:func:`is_token_param`).
+    """
+    tokens = [unquote_plus(value) for name, value in query_pairs(query) if is_token_param(name)]
+    if len(tokens) > 1:
+        raise StreamTokenError("more than one token parameter")
+    return tokens[0] if tokens else None
 
 
 def _b64url(data: bytes) -> bytes:
@@ -115,19 +168,19 @@ class StreamTokens:
     """
 
     def __init__(self, secret: str, algorithm: str, ttl_seconds: int) -> None:
+        check_signing_key(secret, algorithm)
         self._secret = secret
         self._algorithm = algorithm
         self.ttl = timedelta(seconds=ttl_seconds)
         self._ttl_seconds = ttl_seconds
-        digest = _HMAC_DIGESTS.get(algorithm)
-        self._mac = hmac.new(secret.encode(), digestmod=digest) if digest else None
+        self._mac = hmac.new(secret.encode(), digestmod=_HMAC_DIGESTS[algorithm])
         header = _encode_json({"alg": algorithm, "typ": "JWT"})
         self._header = _b64url(header) + b"."
 
     @classmethod
     def for_settings(cls, secret: str | None, algorithm: str, ttl_seconds: int) -> StreamTokens:
         """The minter for an app: its JWT secret, or a random key when it has none (no-auth mode)."""
-        return cls(secret or secrets.token_urlsafe(32), algorithm, ttl_seconds)
+        return cls(secret or secrets.token_urlsafe(64), algorithm, ttl_seconds)
 
     def mint(self, sub: str, *, admin: bool, scope: str) -> tuple[str, datetime]:
         """A token for ``sub`` limited to ``scope``, and when it expires."""
@@ -143,8 +196,6 @@ class StreamTokens:
         (JSON of dicts, re-preparing the key); for the HMAC algorithms the header and the
         keyed hash are prepared once here. Verification stays with PyJWT.
         """
-        if self._mac is None:  # not an HMAC algorithm: PyJWT signs
-            return jwt.encode(msgspec.structs.asdict(payload), self._secret, algorithm=self._algorithm)
         signing_input = self._header + _b64url(_encode_json(payload))
         mac = self._mac.copy()
         mac.update(signing_input)
