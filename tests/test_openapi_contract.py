@@ -58,6 +58,24 @@ def _run_at_now(context: Any, body: Any) -> Any:
     return body
 
 
+CREATE_ACCEPTS = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx", "422"]
+"""schemathesis's default statuses for a schema-valid request, plus 422 for ``POST /jobs``
+only: an ``Idempotency-Key`` sent again with another body is refused, which no schema can
+say. :func:`refused_valid_create_is_a_key_reuse` makes sure such a 422 is that and nothing else."""
+
+
+@schemathesis.check
+def refused_valid_create_is_a_key_reuse(ctx: Any, response: Any, case: Any) -> None:
+    """A schema-valid create answered 422 was a reused Idempotency-Key, never anything else."""
+    meta = case.meta
+    if (case.method, case.path) != ("POST", "/jobs") or response.status_code != 422 or meta is None:
+        return
+    if meta.generation.mode.is_positive:
+        problem_type = response.json().get("type")
+        if problem_type != "urn:jobstream:problem:idempotency-key-reused":
+            raise AssertionError(f"a schema-valid create was refused with 422 {problem_type}")
+
+
 def _schema(base_url: str, headers: dict[str, str]) -> Any:
     config = schemathesis.Config.from_dict(
         {
@@ -69,6 +87,13 @@ def _schema(base_url: str, headers: dict[str, str]) -> Any:
             "max-stream-events": 1,
             "request-timeout": 10,
             "workers": 1,
+            "operations": [
+                {
+                    "include-path": "/jobs",
+                    "include-method": "POST",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": CREATE_ACCEPTS}},
+                }
+            ],
         }
     )
     schema = schemathesis.openapi.from_url(f"{base_url}/schema/openapi.json", config=config)
