@@ -36,9 +36,9 @@ def _queues(settings: Settings) -> set[str]:
 OPERATOR_ROUTE: dict[str, Any] = {
     "guards": [operator_guard],
     "tags": ["ops"],
-    "responses": problem_responses(401, 403),
+    "responses": problem_responses(401, 403, 503),
 }
-"""What every operator route declares: admins (or operators) only, 401 and 403 problems."""
+"""What every operator route declares: admins (or operators) only; 401, 403, and 503 (no Redis)."""
 
 
 @get("/queues", summary="Queue depths", **OPERATOR_ROUTE)

@@ -101,7 +101,7 @@ class JobController(Controller):
             **json_answers(
                 CreatedJob, {202: "Accepted: the job, queued", 200: "the job this Idempotency-Key created"}
             ),
-            **problem_responses(400, 401, 404, 413, 422, 429),
+            **problem_responses(400, 401, 404, 413, 422, 429, 503),
         },
         summary="Create a job",
     )
@@ -166,7 +166,7 @@ class JobController(Controller):
             return JsonAnswer.not_modified(headers)
         return JsonAnswer(job, headers)
 
-    @get("/", responses=problem_responses(400, 401, 403), summary="List jobs")
+    @get("/", responses=problem_responses(400, 401, 403, 503), summary="List jobs")
     async def list_jobs(
         self,
         request: UserRequest,
@@ -187,7 +187,7 @@ class JobController(Controller):
         "/{job_id:str}/result",
         responses={
             202: ResponseSpec(JobResult, description="Accepted: the job has not ended yet (see Retry-After)"),
-            **problem_responses(400, 401, 404, 409),
+            **problem_responses(400, 401, 404, 409, 503),
         },
         summary="Get a job's result",
     )
@@ -207,7 +207,7 @@ class JobController(Controller):
     @post(
         "/{job_id:str}/cancel",
         status_code=200,
-        responses=problem_responses(400, 401, 404, 409),
+        responses=problem_responses(400, 401, 404, 409, 503),
         summary="Cancel a job",
     )
     async def cancel_job(self, request: UserRequest, job_id: FromPath[str], jobs: Jobs) -> Response[Job]:
