@@ -31,6 +31,7 @@ log = logging.getLogger("jobstream.worker")
 _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 _MAX_BACKOFF_EXPONENT = 64
+_RECANCEL_SECONDS = 0.25
 _COUNTERS = {JobStatus.SUCCESS: "succeeded", JobStatus.FAILURE: "failed", JobStatus.CANCELLED: "cancelled"}
 
 
@@ -65,12 +66,31 @@ class Running:
     in_task_code: bool = False
     interrupted: bool = False
     abandoned: bool = False
+    cancels: int = 0
 
     def interrupt(self) -> None:
         """Cancel the task's code if it is running now (otherwise the flags say enough)."""
         if self.in_task_code and not self.interrupted:
             self.interrupted = True
+            self._cancel_task()
+
+    def _cancel_task(self) -> None:
+        """Cancel the task's code, and again every little while until it has stopped.
+
+        A library may swallow a cancel: redis-py 8.1 on Python 3.11 did, for about one
+        cancel in three that landed while a command was in flight, and the job then ran
+        on to its end. ``uncancel_all`` takes back every one of these cancels.
+        """
+        if self.in_task_code:
+            self.cancels += 1
             self.task.cancel()
+            asyncio.get_running_loop().call_later(_RECANCEL_SECONDS, self._cancel_task)
+
+    def uncancel_all(self) -> None:
+        """Withdraw this job's cancels from its asyncio task, which goes on to record the end."""
+        for _ in range(self.cancels):
+            self.task.uncancel()
+        self.cancels = 0
 
     def abandon(self) -> None:
         """Stop the task's code with no final write: this attempt no longer holds the job."""
@@ -233,7 +253,7 @@ class JobExecutor:
         except asyncio.CancelledError:
             if not running.interrupted:
                 raise  # the worker itself is being torn down
-            running.task.uncancel()
+            running.uncancel_all()
             return self._interrupted(running)
         except TimeoutError as exc:
             return ("timeout", None) if deadline.expired() else ("error", exc)
@@ -244,7 +264,7 @@ class JobExecutor:
         finally:
             running.in_task_code = False
         if running.interrupted:  # the code swallowed our cancel and returned
-            running.task.uncancel()
+            running.uncancel_all()
             return self._interrupted(running)
         return ("timeout", None) if deadline.expired() else ("ok", result)
 
