@@ -14,7 +14,6 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,7 +31,11 @@ _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 _MAX_BACKOFF_EXPONENT = 64
 _RECANCEL_SECONDS = 0.25
-_COUNTERS = {JobStatus.SUCCESS: "succeeded", JobStatus.FAILURE: "failed", JobStatus.CANCELLED: "cancelled"}
+_ENDS = {  # the counter each end adds to, and what its write is called in a log line
+    JobStatus.SUCCESS: ("succeeded", "record its SUCCESS"),
+    JobStatus.FAILURE: ("failed", "record its FAILURE"),
+    JobStatus.CANCELLED: ("cancelled", "record its CANCELLED"),
+}
 
 
 class LeaseLapsed(JobstreamError):
@@ -117,13 +120,15 @@ class JobExecutor:
     watch: RedisWatch = field(default_factory=lambda: RedisWatch(log, "worker"))
     # When the last renewal of every held entry that went through began (monotonic).
     leases_renewed_at: float = 0.0
+    starts: int = 0
 
     async def run(self, delivery: Delivery) -> None:
         """Run the job a delivery names, from start to its final state."""
         if delivery.job_id in self.running:
             return  # already running here: the entry came back to us, leave it be
         received = time.monotonic()
-        token = uuid.uuid4().hex
+        self.starts += 1
+        token = f"{self.consumer}/{self.starts}"  # unique: consumer names are
         try:
             started = await self._persist(
                 delivery.job_id,
@@ -309,8 +314,8 @@ class JobExecutor:
     ) -> None:
         """Write the job's terminal state with ``write(retention)``, retried as every end is."""
         retention = self._retention(spec)
-        await self._persist(started.job.id, f"record its {status.value}", received, lambda: write(retention))
-        counter = _COUNTERS[status]
+        counter, what = _ENDS[status]
+        await self._persist(started.job.id, what, received, lambda: write(retention))
         setattr(self.counters, counter, getattr(self.counters, counter) + 1)
 
     async def _end_cancelled(
