@@ -69,6 +69,7 @@ class Running:
     in_task_code: bool = False
     interrupted: bool = False
     abandoned: bool = False
+    timed_out: bool = False
     cancels: int = 0
 
     def interrupt(self) -> None:
@@ -94,6 +95,12 @@ class Running:
         for _ in range(self.cancels):
             self.task.uncancel()
         self.cancels = 0
+
+    def time_out(self) -> None:
+        """Stop the task's code: it ran past its task's timeout."""
+        if self.in_task_code and not self.interrupted:
+            self.timed_out = True
+            self.interrupt()
 
     def abandon(self) -> None:
         """Stop the task's code with no final write: this attempt no longer holds the job."""
@@ -244,38 +251,44 @@ class JobExecutor:
             outcome = ("cancelled", None)  # it saw ctx.cancelled and returned (or gave up) early
         return outcome
 
-    async def _call(  # noqa: PLR0911 - one return per way a task can end
-        self, spec: TaskSpec, ctx: JobContext, data: Any, running: Running
-    ) -> Outcome:
-        """Run the task's function under its timeout; say how it ended."""
+    async def _call(self, spec: TaskSpec, ctx: JobContext, data: Any, running: Running) -> Outcome:
+        """Run the task's function under its timeout; say how it ended.
+
+        The timeout interrupts the code as a cancel does (insisting, see ``Running``),
+        rather than by ``asyncio.timeout``, whose one cancel a library may swallow.
+        """
         if ctx.cancelled:
             return ("cancelled", None)
-        deadline = asyncio.timeout(spec.options.timeout)
+        timeout = spec.options.timeout
+        deadline = (
+            None if timeout is None else asyncio.get_running_loop().call_later(timeout, running.time_out)
+        )
         running.in_task_code = True
         try:
-            async with deadline:
-                result = await spec.fn(ctx, data)
+            result = await spec.fn(ctx, data)
         except asyncio.CancelledError:
             if not running.interrupted:
                 raise  # the worker itself is being torn down
             running.uncancel_all()
             return self._interrupted(running)
-        except TimeoutError as exc:
-            return ("timeout", None) if deadline.expired() else ("error", exc)
         except StaleAttempt:
             return ("lost", None)
         except Exception as exc:
             return ("error", exc)
         finally:
             running.in_task_code = False
+            if deadline is not None:
+                deadline.cancel()
         if running.interrupted:  # the code swallowed our cancel and returned
             running.uncancel_all()
             return self._interrupted(running)
-        return ("timeout", None) if deadline.expired() else ("ok", result)
+        return ("ok", result)
 
     @staticmethod
     def _interrupted(running: Running) -> Outcome:
-        return ("lost", None) if running.abandoned else ("cancelled", None)
+        if running.abandoned:
+            return ("lost", None)
+        return ("timeout", None) if running.timed_out else ("cancelled", None)
 
     async def _record(
         self, spec: TaskSpec | None, started: Started, delivery: Delivery, received: float, outcome: Outcome

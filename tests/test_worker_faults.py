@@ -8,6 +8,7 @@ live worker frozen past its lease. Each test prints its figures (``pytest -s`` s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -430,6 +431,27 @@ async def test_retries_wait_no_longer_than_backoff_max(
                 keys=[store.keys.delayed("default"), store.keys.queue("default")], args=[10]
             )
         assert executor.counters.retried == 6 and executor.counters.failed == 0
+
+
+@faults_registry.task("faults.stubborn", timeout=0.3)
+async def stubborn(ctx: JobContext, data: _Nothing) -> None:
+    """Swallows the first cancel, as redis-py 8.1 on Python 3.11 did now and then."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(5)
+    await asyncio.sleep(5)
+
+
+async def test_a_timeout_stops_code_that_swallows_a_cancel(
+    redis: Redis, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    async with open_cluster(redis, redis_url, prefix, tmp_path / "w.log") as cluster:
+        executor = JobExecutor(cluster.store, faults_registry, "c1")
+        job_id = await cluster.submit("faults.stubborn")
+        began = time.monotonic()
+        await executor.run(await _deliver(cluster.store, "c1"))
+        assert time.monotonic() - began < 2  # not the 10 s its code would take
+        job = await cluster.store.get(job_id)
+        assert job.status == JobStatus.FAILURE and job.error is not None and job.error.type == "Timeout"
 
 
 # -- idempotent writes ------------------------------------------------------------------------------
