@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from broker.connection import REDIS_FAULTS, RedisWatch, backoff
+from broker.connection import REDIS_FAULTS, RedisWatch, until_redis_answers
 from broker.errors import IllegalTransition, JobNotFound, JobstreamError, StaleAttempt
 from broker.models import JobError, JobStatus
 from broker.store import Delivery, JobStore, Started
@@ -204,28 +204,19 @@ class JobExecutor:
         :class:`LeaseLapsed`, logged here once with the job id, when it would lapse first.
         """
         lease = self.store.settings.lease_seconds
-        failures = 0
-        while True:
-            began = time.monotonic()
-            try:
-                result = await write()
-            except REDIS_FAULTS as err:
-                self.watch.failed(f"job {job_id}: {what}", err, began)
-                failures += 1
-                pause = backoff(failures)
-                if time.monotonic() + pause >= max(since, self.leases_renewed_at) + lease:
-                    log.error(
-                        "job %s: could not %s before its lease lapsed (%s: %s); it will run again",
-                        job_id,
-                        what,
-                        type(err).__name__,
-                        err,
-                    )
-                    raise LeaseLapsed(job_id) from None
-                await asyncio.sleep(pause)
-                continue
-            self.watch.answered()
-            return result
+        try:
+            return await until_redis_answers(
+                self.watch, "writing job states", write, lambda: max(since, self.leases_renewed_at) + lease
+            )
+        except REDIS_FAULTS as err:
+            log.error(
+                "job %s: could not %s before its lease lapsed (%s: %s); it will run again",
+                job_id,
+                what,
+                type(err).__name__,
+                err,
+            )
+            raise LeaseLapsed(job_id) from None
 
     async def _execute(self, spec: TaskSpec, started: Started, delivery: Delivery) -> Outcome:
         """Run the task's code for a started job (unless a cancel came first); say how it ended."""

@@ -54,12 +54,16 @@ class CrashableRedis(EmbeddedRedis):
         """SIGKILL the server, start it again ``down_for`` s later on the same port; returns
         the seconds it was down."""
         down = time.monotonic()
-        os.kill(self.pid, signal.SIGKILL)
-        wait_for(lambda: self.poll() is not None, 10, "redis-server to die")
-        self.stop()  # reaps nothing more: it only closes the log
+        self.crash()
         time.sleep(down_for)  # the outage itself
         self.start()
         return time.monotonic() - down
+
+    def crash(self) -> None:
+        """SIGKILL the server (by PID) and wait until it is gone."""
+        os.kill(self.pid, signal.SIGKILL)
+        wait_for(lambda: self.poll() is not None, 10, "redis-server to die")
+        self.stop()  # reaps nothing more: it only closes the log
 
 
 @pytest.fixture
@@ -183,6 +187,21 @@ async def test_an_outage_longer_than_the_lease_may_restart_a_job_but_never_fails
     assert_quiet_log(cluster, lapsed_ok=True)
     restarts = sum(job.attempts - 1 for job in jobs)
     print(f"\nlong outage: 6 jobs, redis down {down:.2f} s (lease 2 s); 0 failed, {restarts} restarted")
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_started_while_redis_is_down_waits_for_it(
+    faulty: Cluster, own_redis: CrashableRedis
+) -> None:
+    own_redis.crash()
+    cluster = faulty
+    worker = cluster.worker()
+    wait_for(lambda: "Redis is unreachable" in cluster.tail(), 20, "the worker to notice Redis is down")
+    own_redis.start()
+    job = await cluster.wait(await cluster.submit("demo.noop"), ended, 20)
+    assert job.status == JobStatus.SUCCESS
+    assert worker.poll() is None
+    assert assert_quiet_log(cluster) == 1
 
 
 async def _consumers(store: JobStore) -> list[str]:
