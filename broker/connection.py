@@ -14,10 +14,11 @@ argument rules (str/bytes/int/float; anything else is a ``DataError``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import hiredis
 from redis.asyncio import Connection
@@ -115,6 +116,39 @@ class RedisWatch:
         self.back_at = time.monotonic()
         self.logger.warning("%s: Redis is back after %.1f s", self.role, self.back_at - self.down_since)
         self.down_since = None
+
+
+T = TypeVar("T")
+
+
+async def until_redis_answers(
+    watch: RedisWatch, where: str, call: Callable[[], Awaitable[T]], deadline: Callable[[], float]
+) -> T:
+    """Await ``call()`` until Redis lets it through, trying again with backoff.
+
+    Gives up, raising the last error, when the next try would start past ``deadline()``
+    (monotonic; asked after each failure, so it may move). Used where waiting is the
+    right answer to an outage: a role's start-up, a worker's writes of job states.
+    """
+    failures = 0
+    while True:
+        began = time.monotonic()
+        try:
+            result = await call()
+        except REDIS_FAULTS as err:
+            watch.failed(where, err, began)
+            failures += 1
+            pause = backoff(failures)
+            if time.monotonic() + pause >= deadline():
+                raise
+            await asyncio.sleep(pause)
+            continue
+        watch.answered()
+        return result
+
+
+STARTUP_PATIENCE_SECONDS = 60.0
+"""How long a role's start-up waits for Redis before it gives up (and its supervisor restarts it)."""
 
 
 def backoff(failures: int, cap: float = 1.0) -> float:

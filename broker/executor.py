@@ -14,14 +14,13 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
 
-from broker.connection import REDIS_FAULTS, RedisWatch, backoff
+from broker.connection import REDIS_FAULTS, RedisWatch, until_redis_answers
 from broker.errors import IllegalTransition, JobNotFound, JobstreamError, StaleAttempt
 from broker.models import JobError, JobStatus
 from broker.store import Delivery, JobStore, Started
@@ -31,7 +30,12 @@ log = logging.getLogger("jobstream.worker")
 _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 _MAX_BACKOFF_EXPONENT = 64
-_COUNTERS = {JobStatus.SUCCESS: "succeeded", JobStatus.FAILURE: "failed", JobStatus.CANCELLED: "cancelled"}
+_RECANCEL_SECONDS = 0.25
+_ENDS = {  # the counter each end adds to, and what its write is called in a log line
+    JobStatus.SUCCESS: ("succeeded", "record its SUCCESS"),
+    JobStatus.FAILURE: ("failed", "record its FAILURE"),
+    JobStatus.CANCELLED: ("cancelled", "record its CANCELLED"),
+}
 
 
 class LeaseLapsed(JobstreamError):
@@ -65,12 +69,38 @@ class Running:
     in_task_code: bool = False
     interrupted: bool = False
     abandoned: bool = False
+    timed_out: bool = False
+    cancels: int = 0
 
     def interrupt(self) -> None:
         """Cancel the task's code if it is running now (otherwise the flags say enough)."""
         if self.in_task_code and not self.interrupted:
             self.interrupted = True
+            self._cancel_task()
+
+    def _cancel_task(self) -> None:
+        """Cancel the task's code, and again every little while until it has stopped.
+
+        A library may swallow a cancel: redis-py 8.1 on Python 3.11 did, for about one
+        cancel in three that landed while a command was in flight, and the job then ran
+        on to its end. ``uncancel_all`` takes back every one of these cancels.
+        """
+        if self.in_task_code:
+            self.cancels += 1
             self.task.cancel()
+            asyncio.get_running_loop().call_later(_RECANCEL_SECONDS, self._cancel_task)
+
+    def uncancel_all(self) -> None:
+        """Withdraw this job's cancels from its asyncio task, which goes on to record the end."""
+        for _ in range(self.cancels):
+            self.task.uncancel()
+        self.cancels = 0
+
+    def time_out(self) -> None:
+        """Stop the task's code: it ran past its task's timeout."""
+        if self.in_task_code and not self.interrupted:
+            self.timed_out = True
+            self.interrupt()
 
     def abandon(self) -> None:
         """Stop the task's code with no final write: this attempt no longer holds the job."""
@@ -97,13 +127,15 @@ class JobExecutor:
     watch: RedisWatch = field(default_factory=lambda: RedisWatch(log, "worker"))
     # When the last renewal of every held entry that went through began (monotonic).
     leases_renewed_at: float = 0.0
+    starts: int = 0
 
     async def run(self, delivery: Delivery) -> None:
         """Run the job a delivery names, from start to its final state."""
         if delivery.job_id in self.running:
             return  # already running here: the entry came back to us, leave it be
         received = time.monotonic()
-        token = uuid.uuid4().hex
+        self.starts += 1
+        token = f"{self.consumer}/{self.starts}"  # unique: consumer names are
         try:
             started = await self._persist(
                 delivery.job_id,
@@ -172,28 +204,19 @@ class JobExecutor:
         :class:`LeaseLapsed`, logged here once with the job id, when it would lapse first.
         """
         lease = self.store.settings.lease_seconds
-        failures = 0
-        while True:
-            began = time.monotonic()
-            try:
-                result = await write()
-            except REDIS_FAULTS as err:
-                self.watch.failed(f"job {job_id}: {what}", err, began)
-                failures += 1
-                pause = backoff(failures)
-                if time.monotonic() + pause >= max(since, self.leases_renewed_at) + lease:
-                    log.error(
-                        "job %s: could not %s before its lease lapsed (%s: %s); it will run again",
-                        job_id,
-                        what,
-                        type(err).__name__,
-                        err,
-                    )
-                    raise LeaseLapsed(job_id) from None
-                await asyncio.sleep(pause)
-                continue
-            self.watch.answered()
-            return result
+        try:
+            return await until_redis_answers(
+                self.watch, "writing job states", write, lambda: max(since, self.leases_renewed_at) + lease
+            )
+        except REDIS_FAULTS as err:
+            log.error(
+                "job %s: could not %s before its lease lapsed (%s: %s); it will run again",
+                job_id,
+                what,
+                type(err).__name__,
+                err,
+            )
+            raise LeaseLapsed(job_id) from None
 
     async def _execute(self, spec: TaskSpec, started: Started, delivery: Delivery) -> Outcome:
         """Run the task's code for a started job (unless a cancel came first); say how it ended."""
@@ -219,38 +242,44 @@ class JobExecutor:
             outcome = ("cancelled", None)  # it saw ctx.cancelled and returned (or gave up) early
         return outcome
 
-    async def _call(  # noqa: PLR0911 - one return per way a task can end
-        self, spec: TaskSpec, ctx: JobContext, data: Any, running: Running
-    ) -> Outcome:
-        """Run the task's function under its timeout; say how it ended."""
+    async def _call(self, spec: TaskSpec, ctx: JobContext, data: Any, running: Running) -> Outcome:
+        """Run the task's function under its timeout; say how it ended.
+
+        The timeout interrupts the code as a cancel does (insisting, see ``Running``),
+        rather than by ``asyncio.timeout``, whose one cancel a library may swallow.
+        """
         if ctx.cancelled:
             return ("cancelled", None)
-        deadline = asyncio.timeout(spec.options.timeout)
+        timeout = spec.options.timeout
+        deadline = (
+            None if timeout is None else asyncio.get_running_loop().call_later(timeout, running.time_out)
+        )
         running.in_task_code = True
         try:
-            async with deadline:
-                result = await spec.fn(ctx, data)
+            result = await spec.fn(ctx, data)
         except asyncio.CancelledError:
             if not running.interrupted:
                 raise  # the worker itself is being torn down
-            running.task.uncancel()
+            running.uncancel_all()
             return self._interrupted(running)
-        except TimeoutError as exc:
-            return ("timeout", None) if deadline.expired() else ("error", exc)
         except StaleAttempt:
             return ("lost", None)
         except Exception as exc:
             return ("error", exc)
         finally:
             running.in_task_code = False
+            if deadline is not None:
+                deadline.cancel()
         if running.interrupted:  # the code swallowed our cancel and returned
-            running.task.uncancel()
+            running.uncancel_all()
             return self._interrupted(running)
-        return ("timeout", None) if deadline.expired() else ("ok", result)
+        return ("ok", result)
 
     @staticmethod
     def _interrupted(running: Running) -> Outcome:
-        return ("lost", None) if running.abandoned else ("cancelled", None)
+        if running.abandoned:
+            return ("lost", None)
+        return ("timeout", None) if running.timed_out else ("cancelled", None)
 
     async def _record(
         self, spec: TaskSpec | None, started: Started, delivery: Delivery, received: float, outcome: Outcome
@@ -289,8 +318,8 @@ class JobExecutor:
     ) -> None:
         """Write the job's terminal state with ``write(retention)``, retried as every end is."""
         retention = self._retention(spec)
-        await self._persist(started.job.id, f"record its {status.value}", received, lambda: write(retention))
-        counter = _COUNTERS[status]
+        counter, what = _ENDS[status]
+        await self._persist(started.job.id, what, received, lambda: write(retention))
         setattr(self.counters, counter, getattr(self.counters, counter) + 1)
 
     async def _end_cancelled(

@@ -37,7 +37,14 @@ from taskiq.abc.formatter import TaskiqFormatter
 from taskiq.message import BrokerMessage, TaskiqMessage
 from taskiq_redis import RedisStreamBroker
 
-from broker.connection import REDIS_FAULTS, RedisWatch, backoff, resilient_options
+from broker.connection import (
+    REDIS_FAULTS,
+    STARTUP_PATIENCE_SECONDS,
+    RedisWatch,
+    backoff,
+    resilient_options,
+    until_redis_answers,
+)
 from broker.executor import JobExecutor
 from broker.keys import Keys
 from broker.message import decode_message
@@ -145,10 +152,15 @@ class JobBroker(RedisStreamBroker):
         # Taskiq logs a line per task at INFO; at thousands of jobs a second that is a
         # sizeable share of the worker's time. Job changes are in Redis and its events.
         logging.getLogger("taskiq.receiver.receiver").setLevel(logging.WARNING)
-        self._redis = Redis(connection_pool=self.connection_pool)
-        store = JobStore(self._redis, self.settings)
-        await store.scripts.load_all(self._redis)
-        await ensure_groups(self._redis, self.keys, self.queues)
+        redis = self._redis = Redis(connection_pool=self.connection_pool)
+        store = JobStore(redis, self.settings)
+
+        async def prepare() -> None:
+            await store.scripts.load_all(redis)
+            await ensure_groups(redis, self.keys, self.queues)
+
+        give_up = time.monotonic() + STARTUP_PATIENCE_SECONDS
+        await until_redis_answers(self.watch, "starting up", prepare, lambda: give_up)
         self.executor = JobExecutor(store, self.registry, self.consumer_name, watch=self.watch)
         self._leases = asyncio.create_task(self._keep_leases(), name="jobstream-leases")
         self._background = [

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from taskiq import ScheduledTask, ScheduleSource, TaskiqScheduler
 from taskiq.exceptions import SendTaskError
 
-from broker.connection import RedisWatch, resilient_options
+from broker.connection import STARTUP_PATIENCE_SECONDS, RedisWatch, resilient_options, until_redis_answers
 from broker.queues import ensure_groups
 from broker.scripts import Scripts
 from broker.settings import Settings
@@ -78,13 +78,18 @@ class JobScheduler(TaskiqScheduler):
         await super().startup()
         redis = self._redis = Redis.from_url(self.settings.redis_url, **resilient_options())
         scripts = Scripts.register(redis)
-        await scripts.load_all(redis)
         broker = self.job_broker
         queues = broker.registry.queues(self.settings.default_queue) | set(self.settings.queues)
-        await ensure_groups(redis, broker.keys, sorted(queues))
+        watch = RedisWatch(log, f"scheduler {self.claimant}")
+
+        async def prepare() -> None:
+            await scripts.load_all(redis)
+            await ensure_groups(redis, broker.keys, sorted(queues))
+
+        give_up = time.monotonic() + STARTUP_PATIENCE_SECONDS
+        await until_redis_answers(watch, "starting up", prepare, lambda: give_up)
         cleanup = Cleanup(redis, self.settings, scripts)
         reaper = Reaper(redis, self.settings, scripts, broker.registry, queues)
-        watch = RedisWatch(log, f"scheduler {self.claimant}")
         self.tickers = [
             Ticker(redis, broker.keys, scripts, self.claimant, job, watch)
             for job in (

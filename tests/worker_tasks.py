@@ -108,3 +108,56 @@ async def steps(ctx: JobContext, data: Steps) -> int:
 async def _through_gate(gate: str | None, what: str) -> None:
     if gate is not None and await redis().blpop([gate], timeout=60) is None:
         raise TimeoutError(f"nobody opened gate {gate} for {what}")
+
+
+class Logged(msgspec.Struct):
+    log: str
+    seconds: float = 0.0
+
+
+@task("test.logged")
+async def logged(ctx: JobContext, data: Logged) -> int:
+    """Appends ``<job> <attempt> <pid> start|end <time>`` lines to the file ``log``.
+
+    A file, not Redis: the fault tests crash Redis, and the record must not depend on it.
+    The end line is written however the attempt stops, unless its process is killed.
+    """
+    _append(data.log, f"{ctx.job_id} {ctx.attempt} {os.getpid()} start {time.time()!r}\n")
+    try:
+        await asyncio.sleep(data.seconds)
+    finally:
+        _append(data.log, f"{ctx.job_id} {ctx.attempt} {os.getpid()} end {time.time()!r}\n")
+    return ctx.attempt
+
+
+def _append(path: str, line: str) -> None:
+    """One ``write`` with O_APPEND: whole lines, whoever else appends, even if killed after."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+class Fenced(msgspec.Struct):
+    key: str
+    steps: int = 3
+
+
+@task("test.fenced")
+async def fenced(ctx: JobContext, data: Fenced) -> int:
+    """Steps with side effects, each guarded by ``ctx.progress`` (a stale attempt stops there).
+
+    A step counts itself in ``<key>:running`` (``<key>:overlap`` when another step was
+    open) and appends its attempt number to ``<key>:effects``; between steps an attempt
+    waits at its own gate, ``<key>:gate:<attempt>``, so a test can freeze it there.
+    """
+    r = redis()
+    for step in range(1, data.steps + 1):
+        await ctx.progress(100 * (step - 1) / data.steps, f"step {step}")
+        if await r.incr(f"{data.key}:running") > 1:
+            await r.incr(f"{data.key}:overlap")
+        await r.rpush(f"{data.key}:effects", ctx.attempt)
+        await r.decr(f"{data.key}:running")
+        await _through_gate(f"{data.key}:gate:{ctx.attempt}", f"after step {step}")
+    return ctx.attempt
