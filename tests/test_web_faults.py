@@ -41,6 +41,7 @@ from broker.store import JobStore
 from tests.procs import start_web, start_worker, stop, wait_port
 from tests.web_support import PROBLEM_JSON, until
 from web.problems import EXCEPTION_HANDLERS
+from web.resources import REDIS_COMMAND_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -405,6 +406,34 @@ async def test_a_redis_outage_is_503_on_every_route_and_nothing_fails_after_it(
     # The workers' side of the outage (leases, progress, the final write): no job ran twice.
     outcome = [(job["status"], job["attempts"]) for job in ends]
     assert outcome == [("SUCCESS", 1)] * 3, stack.tail("workers.log")
+
+
+async def test_a_frozen_redis_is_a_503_within_two_seconds_and_nothing_fails_after_it(
+    make_stack: Any, own_redis: EmbeddedRedis
+) -> None:
+    """A Redis that stops answering without closing its sockets (SIGSTOP: a hung server or a
+    silent network): every route that needs it answers 503 with Retry-After once a command
+    has waited ``REDIS_COMMAND_TIMEOUT_SECONDS``, not redis-py's default 5 s; once it answers
+    again, requests get no 5xx."""
+    stack: Stack = await make_stack()
+    job = await stack.create("demo.noop")
+    warm = await burst(stack.http, after_restore([], job), 20)
+    assert not server_errors(warm)
+    needs_redis = [probe for probe in every_route(job, job) if probe.needs_redis]
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    try:
+        answers = await asyncio.gather(*(ask(stack.http, probe) for probe in needs_redis))
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+    for answer in answers:
+        name = answer.probe.name
+        assert answer.status == 503, (name, answer.status, stack.tail())
+        assert answer.retry_after is not None, name
+        assert answer.seconds < REDIS_COMMAND_TIMEOUT_SECONDS + 1.0, (name, answer.seconds)
+    await stack.until_ready(10)
+    answers = await burst(stack.http, after_restore([], job), 40)
+    assert not server_errors(answers), server_errors(answers)
+    assert "Traceback" not in stack.tail()
 
 
 async def test_streams_resume_with_last_event_id_across_a_web_restart(make_stack: Any) -> None:

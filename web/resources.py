@@ -37,6 +37,11 @@ REDIS_POOL_WAIT_SECONDS = 1.0
 """How long a request waits for a free pooled connection before its 503."""
 REDIS_CONNECT_TIMEOUT_SECONDS = 1.0
 """Connecting to Redis (a ``socket_connect_timeout`` in the URL overrides it)."""
+REDIS_COMMAND_TIMEOUT_SECONDS = 2.0
+"""A Redis that does not answer a command within this long (frozen, or cut off by a silent
+network) is unavailable: the request gets its 503 then, not after redis-py's default 5 s.
+Commands take microseconds; the margin is for an event loop busy with a burst of clients
+(a ``socket_timeout`` in the URL overrides it)."""
 REDIS_HEALTH_CHECK_SECONDS = 30
 """A pooled connection idle this long is PINGed before its next command (busy ones never are)."""
 REDIS_RETRIES = 2
@@ -82,7 +87,7 @@ def stream_tokens_for(settings: Settings) -> StreamTokens:
     )
 
 
-SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+SUBSCRIBE_TIMEOUT_SECONDS = REDIS_COMMAND_TIMEOUT_SECONDS
 """How long a new stream waits for Redis to confirm its SUBSCRIBE while the hub is connected
 (a hung Redis); while the hub is disconnected it answers 503 within half a second."""
 
@@ -102,6 +107,7 @@ def redis_pool(url: str) -> BlockingConnectionPool:
         timeout=REDIS_POOL_WAIT_SECONDS,
         connection_class=HiredisConnection,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_COMMAND_TIMEOUT_SECONDS,
         health_check_interval=REDIS_HEALTH_CHECK_SECONDS,
         retry=Retry(REDIS_BACKOFF, REDIS_RETRIES, supported_errors=(RedisConnectionError,)),
         retry_on_error=[RedisConnectionError],
