@@ -1,0 +1,34 @@
+"""jobstream's core: settings, keys, the job model, the Lua scripts, the store, the task
+registry, and the public Python API, :class:`Jobstream`."""
+
+from broker.api import JobFailed, JobNotDone, Jobstream
+from broker.errors import (
+    IdempotencyConflict,
+    IllegalTransition,
+    JobNotFound,
+    JobstreamError,
+    QuotaExceeded,
+    UnknownTask,
+)
+from broker.models import Job, JobError, JobStatus
+from broker.tasks import JobContext, task
+from broker.validation import InvalidInput, InvalidSchedule
+
+__all__ = [
+    "IdempotencyConflict",
+    "IllegalTransition",
+    "InvalidInput",
+    "InvalidSchedule",
+    "Job",
+    "JobContext",
+    "JobError",
+    "JobFailed",
+    "JobNotDone",
+    "JobNotFound",
+    "JobStatus",
+    "Jobstream",
+    "JobstreamError",
+    "QuotaExceeded",
+    "UnknownTask",
+    "task",
+]

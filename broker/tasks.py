@@ -100,6 +100,13 @@ class TaskRegistry:
         except KeyError:
             raise UnknownTask(name) from None
 
+    def spec_of(self, fn: Callable[..., Any]) -> TaskSpec:
+        """The spec of the task whose function is ``fn``; raises :class:`UnknownTask`."""
+        for spec in self._tasks.values():
+            if spec.fn is fn:
+                return spec
+        raise UnknownTask(getattr(fn, "__qualname__", repr(fn)))
+
     def __iter__(self) -> Iterator[TaskSpec]:
         return iter(sorted(self._tasks.values(), key=lambda spec: spec.name))
 

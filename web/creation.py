@@ -11,6 +11,7 @@ import re
 import msgspec
 from redis.asyncio import Redis
 
+from broker import validation
 from broker.settings import Settings
 from broker.tasks import TaskSpec
 from web.problems import FieldProblem, ProblemError, invalid_input, problem
@@ -77,79 +78,34 @@ def malformed_json(err: Exception) -> ProblemError:
 
 
 def validated_input(spec: TaskSpec, raw: msgspec.Raw) -> bytes:
-    """The input checked by the task's own type, re-encoded (defaults filled in) for storage.
-
-    JSON Schema (what ``GET /tasks`` and ``/schema`` publish) counts ``5.0`` as an integer,
-    and msgspec does not: an input the task's type refuses is tried once more with its
-    whole-number floats as integers. Only the refused input pays for that second pass.
-    """
+    """The input checked by the task's own type (:func:`broker.validation.validated_input`),
+    re-encoded for storage; a 422 naming the field, or a 400 for bytes that are not JSON."""
     try:
-        value = spec.decode_input(bytes(raw))
-    except msgspec.ValidationError as err:
-        value = _with_integral_floats(spec, bytes(raw), err)
+        return validation.validated_input(spec, bytes(raw))
+    except validation.InvalidInput as err:
+        raise invalid_input(err.error, under=".input") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as err:  # skipped, not read, as part of the body
         raise malformed_json(err) from None
-    return msgspec.json.encode(value)
-
-
-def _with_integral_floats(spec: TaskSpec, raw: bytes, refusal: msgspec.ValidationError) -> object:
-    if b"." not in raw and b"e" not in raw and b"E" not in raw:
-        raise invalid_input(refusal, under=".input") from None
-    try:
-        return spec.decode_input(msgspec.json.encode(_integral(msgspec.json.decode(raw))))
-    except msgspec.ValidationError as err:
-        raise invalid_input(err, under=".input") from None
-
-
-_SAFE_INTEGER = 2**53
-
-
-def _integral(value: object) -> object:
-    """``value`` with every float that is a whole number (``5.0``, ``1e3``) as an int."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= _SAFE_INTEGER:
-        return int(value)
-    if isinstance(value, list):
-        return [_integral(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _integral(item) for key, item in value.items()}
-    return value
-
-
-def max_delay_seconds(settings: Settings) -> int:
-    """How far ahead a job may be scheduled: its PENDING record must outlive the wait.
-
-    A waiting job's record lives ``active_ttl_seconds``; the margin leaves the promoter
-    time to start it before the record would expire.
-    """
-    ttl = settings.active_ttl_seconds
-    return ttl - max(1, min(60, ttl // 10))
 
 
 async def due(body: CreateJob, redis: Redis, settings: Settings) -> tuple[int, int]:
     """When the job may start: ``(run_at epoch ms, 0)``, ``(0, delay ms)`` or ``(0, 0)`` for now.
 
-    A ``run_at`` in the past means now, as in Cloud Tasks, Celery or Sidekiq: a client whose
-    clock runs ahead still gets its job, and the rule fits in the OpenAPI document (a
-    time relative to "now" does not; only the horizon is refused, with a 422).
-
-    A delay is counted by the create script from its own Redis clock reading, so the job
-    never starts earlier than ``delay_seconds`` after its ``created_at``.
+    The rules are :mod:`broker.validation`'s (a ``run_at`` in the past means now; only the
+    horizon is refused, which fits in the OpenAPI document, where "relative to now" would not).
     """
-    if body.delay_seconds is None and body.run_at is None:
-        return 0, 0
-    if body.delay_seconds is not None and body.run_at is not None:
-        raise _bad_schedule("give delay_seconds or run_at, not both")
-    limit = max_delay_seconds(settings)
-    if body.delay_seconds is not None:
-        if body.delay_seconds > limit:
-            raise _bad_schedule(f"a job can be scheduled at most {limit} seconds ahead", "$.delay_seconds")
-        return 0, round(body.delay_seconds * 1000)
-    seconds, micros = await redis.time()
-    now = int(seconds) * 1000 + int(micros) // 1000
-    run_at = int(body.run_at.timestamp() * 1000) if body.run_at is not None else now
-    if run_at - now > limit * 1000:
-        raise _bad_schedule(f"a job can be scheduled at most {limit} seconds ahead", "$.run_at")
-    return max(run_at, now), 0
+    try:
+        if body.delay_seconds is None and body.run_at is None:
+            return 0, 0
+        if body.delay_seconds is not None and body.run_at is not None:
+            raise validation.both_given()
+        if body.delay_seconds is not None:
+            return 0, validation.check_delay(body.delay_seconds, settings)
+        assert body.run_at is not None
+        seconds, micros = await redis.time()
+        return validation.check_run_at(body.run_at, int(seconds) * 1000 + int(micros) // 1000, settings), 0
+    except validation.InvalidSchedule as err:
+        raise _bad_schedule(str(err), err.field) from None
 
 
 def _bad_schedule(message: str, field: str = "$") -> ProblemError:

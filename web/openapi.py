@@ -40,8 +40,8 @@ from litestar.typing import FieldDefinition
 
 from broker.settings import Settings
 from broker.tasks import registry
+from broker.validation import max_delay_seconds
 from web.auth import EXCLUDE_KEY, METRICS_OPT
-from web.creation import max_delay_seconds
 from web.problems import PROBLEM_JSON, Problem
 from web.stream_tokens import STREAM_COOKIE, STREAM_OPT
 

@@ -1,0 +1,246 @@
+"""``Jobstream``: the public Python API, for apps that create and follow jobs from their own code.
+
+::
+
+    from broker import Jobstream
+
+    async with Jobstream.from_env() as js:
+        job = await js.submit("reports.build", {"customer": "acme"}, owner=user_id)
+        job = await js.submit(build_report, Report(customer="acme"), owner=user_id)  # typed
+        async for state in js.follow(job.id): ...
+        done = await js.wait(job.id, timeout=600)
+
+``submit`` checks what ``POST /jobs`` checks (:mod:`broker.validation`) and raises the same
+typed errors; every read and change takes an ``owner`` (None: an admin's view of everyone's).
+Following goes through one event hub per ``Jobstream`` (one pub/sub connection, no HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar, overload
+
+import msgspec
+from redis.asyncio import Redis
+
+from broker.connection import resilient_options
+from broker.errors import JobstreamError
+from broker.events import EventHub
+from broker.models import Job, JobStatus
+from broker.queues import ensure_groups
+from broker.settings import Settings, load_settings
+from broker.store import JobStore, Page
+from broker.tasks import JobContext, TaskRegistry, TaskSpec, load_task_modules, registry
+from broker.validation import both_given, check_delay, check_run_at, validated_input
+
+In = TypeVar("In")
+
+
+class JobFailed(JobstreamError):
+    """``result`` of a job that ended FAILURE or CANCELLED; ``job`` holds its error."""
+
+    def __init__(self, job: Job) -> None:
+        message = job.error.message if job.error else job.status.value
+        super().__init__(f"job {job.id} ended {job.status}: {message}")
+        self.job = job
+
+
+class JobNotDone(JobstreamError):
+    """``result`` of a job that is still PENDING or PROCESSING; ``job`` is its current state."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} is {job.status}; it has no result yet")
+        self.job = job
+
+
+class Jobstream:
+    """Create, read, cancel and follow jobs in one Redis, as the HTTP API does."""
+
+    def __init__(self, redis: Redis, settings: Settings, tasks: TaskRegistry = registry) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.tasks = tasks
+        self.store = JobStore(redis, settings)
+        self._hub: EventHub | None = None
+        self._hub_lock = asyncio.Lock()
+        self._owns_redis = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, tasks: TaskRegistry = registry) -> Jobstream:
+        """A client of ``settings.redis_url`` that loads ``settings.task_modules`` (closed on exit)."""
+        load_task_modules(settings.task_modules)
+        js = cls(Redis.from_url(settings.redis_url, **resilient_options()), settings, tasks)
+        js._owns_redis = True
+        return js
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Jobstream:
+        """:meth:`from_settings` with the ``JOBSTREAM_*`` environment (plus ``overrides``)."""
+        return cls.from_settings(load_settings(environ, **overrides))
+
+    async def __aenter__(self) -> Self:
+        """Load the scripts and make sure every queue's consumer group exists."""
+        await self.store.scripts.load_all(self.redis)
+        await ensure_groups(self.redis, self.store.keys, self.tasks.queues(self.settings.default_queue))
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the event hub (if following started it) and close Redis if this opened it."""
+        if self._hub is not None:
+            await self._hub.stop()
+            self._hub = None
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    # -- creating --------------------------------------------------------------------------
+
+    @overload
+    async def submit(
+        self,
+        task: Callable[[JobContext, In], Awaitable[Any]],
+        input: In,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+    ) -> Job: ...
+
+    @overload
+    async def submit(
+        self,
+        task: str,
+        input: Any = None,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+    ) -> Job: ...
+
+    async def submit(
+        self,
+        task: str | Callable[[JobContext, Any], Awaitable[Any]],
+        input: Any = None,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+    ) -> Job:
+        """Create and queue a job for ``owner``: a task name with JSON-able input (a dict), or the
+        task function with its typed input. ``delay`` (seconds) or ``run_at`` delays it.
+
+        Raises ``UnknownTask``, ``InvalidInput``, ``InvalidSchedule``, ``QuotaExceeded`` or
+        ``IdempotencyConflict``; a replayed ``idempotency_key`` returns the first job.
+        """
+        spec = self._spec(task)
+        input_json = validated_input(spec, msgspec.json.encode({} if input is None else input))
+        run_at_ms, delay_ms = await self._due(delay, run_at)
+        job, _created = await self.store.create(
+            task=spec.name,
+            input_json=input_json,
+            owner=owner,
+            queue=spec.options.queue or self.settings.default_queue,
+            idempotency_key=idempotency_key,
+            run_at_ms=run_at_ms,
+            delay_ms=delay_ms,
+        )
+        return job
+
+    def _spec(self, task: str | Callable[[JobContext, Any], Awaitable[Any]]) -> TaskSpec:
+        if isinstance(task, str):
+            return self.tasks.get(task)
+        return self.tasks.spec_of(task)
+
+    async def _due(self, delay: float | None, run_at: datetime | None) -> tuple[int, int]:
+        if delay is not None and run_at is not None:
+            raise both_given()
+        if delay is not None:
+            return 0, check_delay(delay, self.settings, "delay")
+        if run_at is not None:
+            seconds, micros = await self.redis.time()
+            return check_run_at(run_at, int(seconds) * 1000 + int(micros) // 1000, self.settings, "run_at"), 0
+        return 0, 0
+
+    # -- reading and cancelling ----------------------------------------------------------------
+
+    async def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job; ``JobNotFound`` if it does not exist (or expired) or is not ``owner``'s."""
+        return await self.store.get(job_id, owner)
+
+    async def list(
+        self,
+        owner: str,
+        *,
+        status: JobStatus | None = None,
+        task: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page:
+        """The owner's jobs, newest first (creation order); pass ``page.cursor`` for the next page."""
+        return await self.store.list(owner, status=status, task=task, limit=limit, cursor=cursor)
+
+    async def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel: CANCELLED at once if PENDING; PROCESSING with ``cancel_requested`` until its
+        worker stops it. ``IllegalTransition`` if it already ended."""
+        return await self.store.cancel(
+            job_id, owner, lambda task: self.tasks.retention(task, self.settings.retention_seconds)
+        )
+
+    async def result(self, job_id: str, owner: str | None = None) -> Any:
+        """The result of a job that ended SUCCESS, decoded from JSON; ``JobFailed`` if it ended
+        FAILURE or CANCELLED, ``JobNotDone`` while it is active (see :meth:`wait`)."""
+        return _result_of(await self.get(job_id, owner))
+
+    # -- following -------------------------------------------------------------------------------
+
+    async def follow(self, job_id: str, owner: str | None = None) -> AsyncIterator[Job]:
+        """Every new state of the job, from its current one to its terminal one (a slow reader
+        skips to the newest state, never back). ``JobNotFound`` as :meth:`get`."""
+        hub = await self._events()
+        async with hub.listen_job(job_id) as feed:
+            job = await feed.snapshot(owner)
+            if job is None:
+                await self.get(job_id, owner)  # raises JobNotFound
+                return
+            yield job
+            if job.terminal:
+                return
+            async for job in feed:
+                yield job
+
+    async def wait(self, job_id: str, timeout: float | None = None, owner: str | None = None) -> Job:
+        """The job once it has ended; ``TimeoutError`` if it has not within ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            async for job in self.follow(job_id, owner):
+                if job.terminal:
+                    return job
+        return await self.get(job_id, owner)  # the hub stopped before the end: read it
+
+    async def _events(self) -> EventHub:
+        async with self._hub_lock:
+            if self._hub is None:
+                hub = EventHub(
+                    self.redis, self.store.keys, self.store, client_name=f"jobstream-api:{os.getpid()}"
+                )
+                await hub.start()
+                self._hub = hub
+            return self._hub
+
+
+def _result_of(job: Job) -> Any:
+    if job.status is JobStatus.SUCCESS:
+        return msgspec.json.decode(job.result)
+    if job.terminal:
+        raise JobFailed(job)
+    raise JobNotDone(job)
