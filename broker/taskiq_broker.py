@@ -1,6 +1,6 @@
 """``JobBroker``: taskiq-redis's ``RedisStreamBroker`` made safe for long jobs.
 
-What it changes, and why (see DESIGN.md, "Workers"):
+What it changes, and why (see docs/ARCHITECTURE.md, "Faults"):
 - leases: entries this worker holds are renewed every lease/3, so a live worker's long
   job is never reclaimed; idle entries are reclaimed after one lease with XAUTOCLAIM
   (atomic, so no lock that could outlive a killed holder);

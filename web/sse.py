@@ -1,6 +1,6 @@
 """Server-sent events: one job's stream, the caller's feed, and the tokens that open them.
 
-Every stream follows the SSE contract in DESIGN.md: subscribe first (the hub confirms the
+Every stream follows the SSE contract (docs/ARCHITECTURE.md): subscribe first (the hub confirms the
 SUBSCRIBE), then read the hash, then forward only newer versions, so nothing is missed,
 repeated or reordered. Problems (404, 401, 403, 429, 503) are answered before a stream starts.
 
