@@ -9,6 +9,10 @@ COPY broker broker
 COPY web web
 COPY workers workers
 COPY scheduler scheduler
+COPY hub hub
+COPY cli cli
+COPY client client
+COPY devtools devtools
 RUN uv sync --frozen --no-dev
 USER nobody
 EXPOSE 8000

@@ -23,10 +23,10 @@ from redis.asyncio import Redis
 
 from broker.keys import Keys
 from broker.queues import ensure_groups
-from broker.redis_server import EmbeddedRedis
 from broker.scripts import Scripts
 from broker.settings import load_settings
 from broker.store import JobStore
+from devtools.embedded_redis import EmbeddedRedis
 from scheduler.cleanup import BATCH, Cleanup
 
 _FILL_CHUNK = 10_000

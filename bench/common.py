@@ -27,9 +27,9 @@ import msgspec
 from redis.asyncio import Redis
 
 from broker.queues import ensure_groups
-from broker.redis_server import EmbeddedRedis
 from broker.settings import Settings, load_settings
 from broker.store import JobStore
+from devtools.embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

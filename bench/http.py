@@ -37,7 +37,7 @@ from bench.common import (
     stop,
     summary,
 )
-from broker.redis_server import free_port
+from devtools.embedded_redis import free_port
 
 LUA = ROOT / "bench" / "wrk" / "request.lua"
 UVICORN_OPTIONS = ["--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]

@@ -31,11 +31,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.sse_client import running_job
-from broker.events import EventHub, JobFeed
 from broker.queues import ensure_groups
-from broker.redis_server import EmbeddedRedis
 from broker.settings import load_settings
 from broker.store import JobStore, Started
+from devtools.embedded_redis import EmbeddedRedis
+from hub.event_hub import EventHub, JobFeed
 
 WARMUP = 200
 QUEUE = "default"

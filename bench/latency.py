@@ -53,10 +53,10 @@ from bench.common import (
 from bench.http import Server, profile_notes, uvicorn
 from bench.sse import latency_run
 from bench.sse_client import JOB_ID, STATUS, close_all, open_streams, pcts, port_of, profile_summary
-from broker.redis_server import EmbeddedRedis
+from devtools.embedded_redis import EmbeddedRedis
 
 PREFIX = "lat:"
-TASK_MODULES = "workers.tasks,tests.worker_tasks"
+TASK_MODULES = "workers.tasks,tests.support.worker_tasks"
 NOOP_BODY = b'{"type":"demo.noop","input":{}}'
 PAUSES = {"back to back": 0.0, "5 ms idle before each": 0.005}
 """Enqueue series: jobs one at a time, the next sent as soon as the last was seen (as

@@ -61,7 +61,7 @@ from bench.sse_client import (
 )
 
 PREFIX = "sse:"
-TASK_MODULES = "workers.tasks,tests.worker_tasks"
+TASK_MODULES = "workers.tasks,tests.support.worker_tasks"
 WARMUP_STREAMS = 200
 
 

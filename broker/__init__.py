@@ -11,7 +11,7 @@ from broker.errors import (
     UnknownTask,
 )
 from broker.models import Job, JobError, JobStatus
-from broker.tasks import JobContext, task
+from broker.registry import JobContext, task
 from broker.validation import InvalidInput, InvalidSchedule
 
 __all__ = [

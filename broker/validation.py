@@ -12,8 +12,8 @@ from datetime import datetime
 import msgspec
 
 from broker.errors import JobstreamError
+from broker.registry import TaskSpec
 from broker.settings import Settings
-from broker.tasks import TaskSpec
 
 _SAFE_INTEGER = 2**53
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from taskiq.schedule_sources import LabelScheduleSource
 
-from broker.schedules import JobScheduleSource
+from scheduler.schedule_source import JobScheduleSource
 from scheduler.scheduler import JobScheduler
 from workers.app import broker, settings
 

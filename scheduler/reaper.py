@@ -30,9 +30,9 @@ from broker.errors import ScriptCode, UnknownTask
 from broker.keys import Keys
 from broker.message import TaskMessage, decode_message, encode_message
 from broker.models import JobError, JobStatus
+from broker.registry import TaskRegistry
 from broker.scripts import Scripts
 from broker.settings import Settings
-from broker.tasks import TaskRegistry
 from scheduler.scan import scan_keys, set_members, stream_entries, zset_members
 from scheduler.ticks import Counts
 

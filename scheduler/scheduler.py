@@ -33,10 +33,10 @@ from broker.connection import STARTUP_PATIENCE_SECONDS, RedisWatch, resilient_op
 from broker.queues import ensure_groups
 from broker.scripts import Scripts
 from broker.settings import Settings
-from broker.taskiq_broker import JobBroker
 from scheduler.cleanup import Cleanup
 from scheduler.reaper import Reaper
 from scheduler.ticks import Periodic, Ticker
+from workers.job_broker import JobBroker
 
 log = logging.getLogger("jobstream.scheduler")
 

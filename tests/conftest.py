@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from broker.redis_server import EmbeddedRedis
+from devtools.embedded_redis import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

@@ -13,19 +13,19 @@ from typing import Any
 from litestar import Litestar, Request, Response, Router, route
 from litestar.enums import HttpMethod
 
+from broker.registry import load_task_modules
 from broker.settings import Settings, load_settings
-from broker.tasks import load_task_modules
-from web.admin import ROUTES as ADMIN_ROUTES
 from web.auth import auth_hook
-from web.dashboard import ROUTES as DASHBOARD_ROUTES
-from web.jobs import JobController
+from web.live.sse import ROUTES as SSE_ROUTES
 from web.log_redaction import install_log_redaction
 from web.openapi import RawJsonSchemaPlugin, finalize_openapi, openapi_config
-from web.ops import healthz, readyz
 from web.problems import EXCEPTION_HANDLERS
 from web.resources import Opened, dependencies, lifespan, stream_tokens_for
-from web.sse import ROUTES as SSE_ROUTES
-from web.tasks import list_tasks
+from web.routes.admin import ROUTES as ADMIN_ROUTES
+from web.routes.dashboard import ROUTES as DASHBOARD_ROUTES
+from web.routes.health import healthz, readyz
+from web.routes.jobs import JobController
+from web.routes.task_catalog import list_tasks
 
 
 def normalize_prefix(path_prefix: str) -> str:

@@ -7,7 +7,7 @@ trusted network still cannot reach jobs that other, authenticated owners created
 same Redis. Tokens are never logged.
 
 The SSE routes (route option ``STREAM_OPT``) also accept what an ``EventSource`` can send:
-``?token=`` with a stream token, or the stream cookie (see :mod:`web.stream_tokens`). The
+``?token=`` with a stream token, or the stream cookie (see :mod:`web.live.stream_tokens`). The
 operator routes (:func:`operator_guard`) need an admin; those with route option
 ``METRICS_OPT`` also take ``settings.metrics_token``, so Prometheus needs no user JWT.
 
@@ -35,7 +35,7 @@ from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from broker.settings import Settings
-from web.stream_tokens import (
+from web.live.stream_tokens import (
     STREAM_COOKIE,
     STREAM_OPT,
     StreamClaims,

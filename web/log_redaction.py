@@ -5,7 +5,7 @@ uvicorn logs ``"GET /jobs/<id>/events?token=<jwt> HTTP/1.1" 200`` at INFO on the
 until it expires. :class:`RedactTokens` blanks the value of every query parameter whose
 name, once percent-decoded and case-folded, names a token (``token``, ``%74oken``,
 ``TOKEN``, ``access%5Ftoken``...) in a record's message and arguments before any handler
-formats it. The test of a name is :func:`web.stream_tokens.is_token_param`, the one the
+formats it. The test of a name is :func:`web.live.stream_tokens.is_token_param`, the one the
 stream-token reader uses, so whatever could open a stream is what never reaches a log.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 
-from web.stream_tokens import is_token_param, split_query
+from web.live.stream_tokens import is_token_param, split_query
 
 ACCESS_LOGGERS = ("uvicorn.access", "uvicorn.error", "gunicorn.access", "hypercorn.access")
 """Loggers that may write a request target; the filter goes on each of them."""

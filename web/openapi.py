@@ -38,12 +38,12 @@ from litestar.plugins import OpenAPISchemaPlugin
 from litestar.routes import HTTPRoute
 from litestar.typing import FieldDefinition
 
+from broker.registry import registry
 from broker.settings import Settings
-from broker.tasks import registry
 from broker.validation import max_delay_seconds
 from web.auth import EXCLUDE_KEY, METRICS_OPT
+from web.live.stream_tokens import STREAM_COOKIE, STREAM_OPT
 from web.problems import PROBLEM_JSON, Problem
-from web.stream_tokens import STREAM_COOKIE, STREAM_OPT
 
 
 class RawJsonSchemaPlugin(OpenAPISchemaPlugin):

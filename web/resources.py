@@ -22,15 +22,15 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from broker.connection import HiredisConnection
-from broker.events import EventHub
 from broker.queues import ensure_groups
+from broker.registry import registry
 from broker.settings import Settings
 from broker.store import JobStore
-from broker.tasks import registry
+from hub.event_hub import EventHub
 from web.auth import User
+from web.live.sse import EventStreams
+from web.live.stream_tokens import StreamTokens
 from web.shutdown import on_exit_signal
-from web.sse import EventStreams
-from web.stream_tokens import StreamTokens
 
 REDIS_POOL_SIZE = 100
 REDIS_POOL_WAIT_SECONDS = 1.0

@@ -1,6 +1,6 @@
 """One worker process, without Taskiq's process manager: ``python -m workers``.
 
-``taskiq worker workers.app:broker --receiver broker.receiver:JobReceiver --workers N``
+``taskiq worker workers.app:broker --receiver workers.receiver:JobReceiver --workers N``
 is the production form (it restarts crashed children). This form runs exactly one process
 whose PID is the worker's, which ``jobstream dev`` and the fault tests rely on to scale and
 kill workers one by one.
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
             [
                 "workers.app:broker",
                 "--receiver",
-                "broker.receiver:JobReceiver",
+                "workers.receiver:JobReceiver",
                 "--max-async-tasks",
                 str(concurrency),
                 "--wait-tasks-timeout",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from broker.registry import load_task_modules, registry
 from broker.settings import load_settings
-from broker.taskiq_broker import JobBroker
-from broker.tasks import load_task_modules, registry
+from workers.job_broker import JobBroker
 
 settings = load_settings()
 load_task_modules(settings.task_modules)

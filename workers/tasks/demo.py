@@ -9,7 +9,7 @@ from typing import Annotated
 
 import msgspec
 
-from broker.tasks import JobContext, task
+from broker.registry import JobContext, task
 
 
 class NoopInput(msgspec.Struct, forbid_unknown_fields=True):

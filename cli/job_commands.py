@@ -1,0 +1,118 @@
+"""``jobstream submit``, ``watch``, ``get`` and ``cancel``: the HTTP API from a terminal.
+
+``submit --watch`` and ``watch`` draw a progress bar (percent, current step, ETA) that
+follows the job over SSE, or by polling where SSE is not available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+from broker.models import Job, JobStatus
+from client.http_client import JobstreamClient
+
+URL_ENV = "JOBSTREAM_URL"
+TOKEN_ENV = "JOBSTREAM_TOKEN"
+_console = Console(stderr=True)
+
+
+def _client(args: argparse.Namespace) -> JobstreamClient:
+    return JobstreamClient(args.url, os.environ.get(TOKEN_ENV), use_sse=not args.poll)
+
+
+def _print_job(job: Job) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(job)).decode() + "\n")
+
+
+def _eta(job: Job) -> str:
+    return "" if job.eta_seconds is None else f"ETA {job.eta_seconds:.0f}s"
+
+
+async def watch_job(client: JobstreamClient, job_id: str) -> Job:
+    """Draw the job's progress until it ends; returns the final state."""
+    final: Job | None = None
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[step]}"),
+        TextColumn("{task.fields[eta]}"),
+    )
+    with Progress(*columns, console=_console, transient=False) as bar:
+        row = bar.add_task(job_id[:8], total=100, step="", eta="")
+        async for job in client.follow(job_id):
+            final = job
+            bar.update(
+                row,
+                completed=job.progress,
+                description=f"{job_id[:8]} {job.status}",
+                step=job.message or "",
+                eta=_eta(job),
+            )
+    assert final is not None
+    return final
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    data: Any = msgspec.json.decode(args.input) if args.input else {}
+    async with _client(args) as client:
+        job = await client.submit(args.type, data, idempotency_key=args.idempotency_key)
+        if not args.watch:
+            _print_job(job)
+            return 0
+        return _report(await watch_job(client, job.id))
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        return _report(await watch_job(client, args.id))
+
+
+async def _get(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        _print_job(await client.get(args.id))
+    return 0
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        _print_job(await client.cancel(args.id))
+    return 0
+
+
+def _report(job: Job) -> int:
+    _print_job(job)
+    return 0 if job.status == JobStatus.SUCCESS else 1
+
+
+def register(subparsers: Any) -> None:
+    """Add the client subcommands to the ``jobstream`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV, "http://127.0.0.1:8000"),
+        help=f"server URL (default: ${URL_ENV} or %(default)s); token from ${TOKEN_ENV}",
+    )
+    common.add_argument("--poll", action="store_true", help="poll instead of using SSE")
+    submit = subparsers.add_parser("submit", parents=[common], help="create a job")
+    submit.add_argument("type", help="task type, e.g. demo.sleep")
+    submit.add_argument("input", nargs="?", help="JSON input, e.g. '{\"seconds\": 5}'")
+    submit.add_argument("--watch", "-w", action="store_true", help="show progress until it ends")
+    submit.add_argument("--idempotency-key")
+    submit.set_defaults(handler=lambda a: asyncio.run(_submit(a)))
+    for name, run, text in (
+        ("watch", _watch, "follow a job with a progress bar"),
+        ("get", _get, "print a job"),
+        ("cancel", _cancel, "cancel a job"),
+    ):
+        parser = subparsers.add_parser(name, parents=[common], help=text)
+        parser.add_argument("id")
+        parser.set_defaults(handler=lambda a, run=run: asyncio.run(run(a)))

@@ -1,0 +1,239 @@
+"""The local stack behind ``jobstream dev`` and ``jobstream redis``: an embedded Redis, the web
+app, workers and the scheduler as child processes, supervised until Ctrl-C.
+
+The command line itself (argument parsing) is in :mod:`cli.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+from devtools.embedded_redis import DEFAULT_DATA_DIR, EmbeddedRedis, port_is_free
+
+SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+REDIS_URL_ENV = "JOBSTREAM_REDIS_URL"
+JWT_SECRET_ENV = "JOBSTREAM_JWT_SECRET"
+AUTH_ENV = "JOBSTREAM_AUTH"
+DEV_REDIS_PORT = 6390
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_POLL_SECONDS = 0.1
+
+def say(message: str) -> None:
+    print(f"jobstream: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- process supervision
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A child process to start: a name for messages and its argument vector."""
+
+    name: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Watched:
+    """A running process the supervisor watches: ``poll`` returns its exit code once it ended."""
+
+    name: str
+    pid: int
+    poll: Callable[[], int | None]
+
+
+class StopSignals:
+    """While active, SIGINT, SIGTERM and SIGHUP only record that a stop was asked.
+
+    The shutdown then runs in order from the main loop instead of being cut short by a
+    ``KeyboardInterrupt`` in the middle of it.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, SignalHandler] = {}
+
+    def __enter__(self) -> Self:
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+
+class ChildProcesses:
+    """The processes one command started, stopped together by PID when the block exits.
+
+    Each child runs in its own session, so a terminal's Ctrl-C reaches only us and we stop
+    the children in order; a child that ignores SIGTERM past ``stop_timeout`` is SIGKILLed
+    together with its process group (a Taskiq worker's own subprocesses included).
+    """
+
+    def __init__(self, env: Mapping[str, str], stop_timeout: float = 10.0) -> None:
+        self.env = dict(env)
+        self.stop_timeout = stop_timeout
+        self._started: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, spec: ChildSpec) -> Watched:
+        """Start ``spec`` with this group's environment and return it, to be watched."""
+        process = subprocess.Popen(spec.argv, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._started.append((spec.name, process))
+        return Watched(spec.name, process.pid, process.poll)
+
+    def stop_all(self) -> None:
+        """SIGTERM every live child, wait for all up to ``stop_timeout``, then SIGKILL the rest."""
+        alive = [(name, process) for name, process in self._started if process.poll() is None]
+        self._started.clear()
+        for _, process in alive:
+            os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        for name, process in alive:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                waited = f"{self.stop_timeout:g}s"
+                say(f"{name} (pid {process.pid}) ignored SIGTERM for {waited}; killing it")
+                _kill_group(process)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    # The child is not reaped yet, so its PID still names its own process group.
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def supervise(watched: Sequence[Watched], stop: StopSignals) -> int:
+    """Block until a stop signal (answer 0) or until a watched process ends by itself (1)."""
+    while stop.received is None:
+        for item in watched:
+            code = item.poll()
+            if code is not None:
+                say(f"{item.name} (pid {item.pid}) exited by itself (code {code}); stopping all")
+                return 1
+        time.sleep(_POLL_SECONDS)
+    say(f"{signal.Signals(stop.received).name} received; stopping all")
+    return 0
+
+
+# ---------------------------------------------------------------- jobstream dev
+
+
+def module_available(name: str) -> bool:
+    """Whether ``name`` can be found for import (without importing the module itself)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def dev_children(args: argparse.Namespace) -> list[ChildSpec]:
+    """The processes ``jobstream dev`` starts besides Redis: web, N workers, the scheduler."""
+    python = sys.executable
+    web = (python, "-m", "uvicorn", "web.app:app", "--host", args.host, "--port", str(args.port))
+    worker = (python, "-m", "workers")
+    children = [ChildSpec("web", web)]
+    children += [ChildSpec(f"worker-{n}", worker) for n in range(1, args.workers + 1)]
+    if not args.no_scheduler and module_available("scheduler.app"):
+        scheduler = (python, "-m", "taskiq", "scheduler", "scheduler.app:scheduler", "--update-interval", "5")
+        children.append(ChildSpec("scheduler", scheduler))
+    return children
+
+
+def dev_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The children's environment: without a JWT secret, the no-auth single-user mode."""
+    env = dict(environ)
+    if not env.get(JWT_SECRET_ENV):
+        env.setdefault(AUTH_ENV, "none")
+    return env
+
+
+def default_redis_port() -> int | None:
+    """The dev Redis port, 6390, or None (pick a free one) when it is taken."""
+    if port_is_free(DEV_REDIS_PORT):
+        return DEV_REDIS_PORT
+    say(f"port {DEV_REDIS_PORT} is busy; the embedded Redis takes a free port")
+    return None
+
+
+def _http_base(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
+def _print_dev_banner(args: argparse.Namespace, env: Mapping[str, str], redis: str) -> None:
+    base = _http_base(args.host, args.port)
+    auth = env.get(AUTH_ENV, "jwt")
+    auth_note = " (one local user, no token needed)" if auth == "none" else ""
+    lines = [
+        "jobstream dev",
+        f"  dashboard  {base}/",
+        f"  API docs   {base}/schema",
+        f"  redis      {redis}",
+        f"  auth       {auth}{auth_note}",
+        "Press Ctrl-C to stop.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    """Run Redis (unless ``JOBSTREAM_REDIS_URL`` is set), web, workers and scheduler."""
+    env = dev_environment(os.environ)
+    with StopSignals() as stop, ExitStack() as stack:
+        watched: list[Watched] = []
+        redis_shown = f"from {REDIS_URL_ENV}"  # the URL may hold a password: never print it
+        if not env.get(REDIS_URL_ENV):
+            server = EmbeddedRedis(default_redis_port(), DEFAULT_DATA_DIR)
+            stack.enter_context(server)
+            env[REDIS_URL_ENV] = server.url
+            redis_shown = f"{server.url} (embedded, data in {server.data_dir})"
+            watched.append(Watched("redis", server.pid, server.poll))
+        # Entered after Redis, so the children are stopped before it.
+        children = stack.enter_context(ChildProcesses(env, stop_timeout=args.stop_timeout))
+        watched += [children.start(spec) for spec in dev_children(args)]
+        _print_dev_banner(args, env, redis_shown)
+        return supervise(watched, stop)
+
+
+def run_redis(args: argparse.Namespace) -> int:
+    """Run the embedded Redis until Ctrl-C or SIGTERM; its URL is the first line on stdout."""
+    port = args.port if args.port is not None else default_redis_port()
+    with StopSignals() as stop, EmbeddedRedis(port, args.dir) as server:
+        print(server.url, flush=True)
+        say(f"redis-server pid {server.pid}, data in {server.data_dir}, log {server.log_path}")
+        return supervise([Watched("redis", server.pid, server.poll)], stop)
+
+

@@ -1,0 +1,217 @@
+"""``/jobs``: create, read, list, fetch the result of, and cancel jobs.
+
+Another owner's job is a 404 on every route (``JobStore.get`` with the caller's scope);
+an admin's scope is everyone's. ``GET /jobs/{id}?wait=S`` long-polls on the event hub.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
+
+from broker.models import Job, JobStatus
+from broker.registry import registry
+from broker.settings import Settings
+from web.answers import JsonAnswer, json_answers
+from web.auth import User
+from web.live.stream_tokens import CreatedJob, StreamTokens, job_scope
+from web.openapi import CreateJobOperation, problem_responses
+from web.problems import ProblemError, job_ended, problem
+from web.resources import JobRoutesContext
+from web.routes.creation import decode_body, due, validated_input
+from web.schemas import JobPage, JobResult
+
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Same owner + same key returns the first job (200) instead of creating another; "
+        "422 if the body asks for another type or input.",
+    ),
+]
+IfNoneMatch = Annotated[str | None, HeaderParameter(name="If-None-Match", description="a previous ETag")]
+WaitSeconds = Annotated[
+    float | None,
+    QueryParameter(
+        ge=0,
+        description="with If-None-Match: answer as soon as the job changes, or 304 after this many "
+        "seconds (capped by the server)",
+    ),
+]
+Jobs = NamedDependency[JobRoutesContext]
+UserRequest = Request[User, Any, Any]
+
+
+def job_headers(job: Job, settings: Settings) -> dict[str, str]:
+    """ETag, no-cache, and a ``Retry-After`` polling hint while the job is still active."""
+    headers = {"ETag": job.etag, "Cache-Control": "no-cache"}
+    if not job.terminal:
+        headers["Retry-After"] = str(settings.poll_retry_after_seconds)
+    return headers
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, as RFC 9110 asks)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+def creation_body(job: Job, tokens: StreamTokens | None, caller: User) -> CreatedJob:
+    """What ``POST /jobs`` answers: the job, and a ``stream_token`` that opens its event stream
+    (none without ``tokens``: in no-auth mode a stream needs no token)."""
+    token = tokens.mint(caller.id, admin=caller.admin, scope=job_scope(job.id))[0] if tokens else None
+    return CreatedJob(**msgspec.structs.asdict(job), stream_token=token)
+
+
+def retention_for(task_type: str, settings: Settings) -> int:
+    """How long a job of ``task_type`` is kept once it ends: the task's option, else the default."""
+    return registry.retention(task_type, settings.retention_seconds)
+
+
+def listing_owner(caller: User, owner: str | None) -> str:
+    """Whose jobs ``GET /jobs`` lists: the caller's, or (admins only) the one asked for."""
+    if owner is None or owner == caller.id:
+        return caller.id
+    if caller.admin:
+        return owner
+    raise ProblemError(problem(403, "forbidden", "only an admin may list another owner's jobs"))
+
+
+class JobController(Controller):
+    """The job routes; each one is a thin call into ``JobStore``."""
+
+    path = "/jobs"
+    tags = ["jobs"]
+
+    @post(
+        "/",
+        status_code=202,
+        operation_class=CreateJobOperation,
+        responses={
+            **json_answers(
+                CreatedJob, {202: "Accepted: the job, queued", 200: "the job this Idempotency-Key created"}
+            ),
+            **problem_responses(400, 401, 404, 413, 422, 429, 503),
+        },
+        summary="Create a job",
+    )
+    async def create_job(
+        self, request: UserRequest, jobs: Jobs, idempotency_key: IdempotencyKey = None
+    ) -> JsonAnswer:
+        """Validate, then queue the job: 202 and ``Location``.
+
+        A replayed ``Idempotency-Key`` (same owner) answers 200 with the job the key first
+        created; 422 when the new body asks for another type or input.
+        """
+        store, settings, caller = jobs.store, jobs.settings, request.user
+        body = decode_body(await request.body())
+        spec = registry.get(body.type)
+        input_json = validated_input(spec, body.input)
+        run_at_ms, delay_ms = await due(body, store.redis, settings)
+        job, created = await store.create(
+            task=spec.name,
+            input_json=input_json,
+            owner=caller.id,
+            queue=spec.options.queue or settings.default_queue,
+            idempotency_key=idempotency_key,
+            run_at_ms=run_at_ms,
+            delay_ms=delay_ms,
+        )
+        headers = job_headers(job, settings)
+        headers["Location"] = jobs.job_path + job.id
+        answer = creation_body(job, jobs.creation_tokens, caller)
+        return JsonAnswer(answer, headers, 202 if created else 200)
+
+    @get(
+        "/{job_id:str}",
+        name="get_job",
+        responses={
+            **json_answers(Job, {200: "the job"}),
+            304: ResponseSpec(None, description="Not Modified"),
+            **problem_responses(400, 401, 404, 429, 503),
+        },
+        summary="Get a job",
+    )
+    async def get_job(
+        self,
+        request: UserRequest,
+        job_id: FromPath[str],
+        jobs: Jobs,
+        if_none_match: IfNoneMatch = None,
+        wait: WaitSeconds = None,
+    ) -> JsonAnswer:
+        """The job's current state; 304 when ``If-None-Match`` holds its current ETag.
+
+        With ``wait``, a request whose ETag is current waits (up to ``long_poll_max_seconds``)
+        for the next change and answers it at once; 304 if none came; 429 if the caller
+        already holds ``max_streams_per_owner`` streams and long polls.
+        """
+        settings, scope = jobs.settings, request.user.scope
+        job = await jobs.store.get(job_id, scope)
+        if wait and not job.terminal and etag_matches(if_none_match, job.etag):
+            seconds = min(wait, settings.long_poll_max_seconds)
+            job = await jobs.streams.wait_for_newer(job, seconds, request.user)
+        headers = job_headers(job, settings)
+        if etag_matches(if_none_match, job.etag):
+            return JsonAnswer.not_modified(headers)
+        return JsonAnswer(job, headers)
+
+    @get("/", responses=problem_responses(400, 401, 403, 503), summary="List jobs")
+    async def list_jobs(
+        self,
+        request: UserRequest,
+        jobs: Jobs,
+        status: FromQuery[JobStatus | None] = None,
+        task_type: Annotated[str | None, QueryParameter(name="type", max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,17}\.[0-9a-f-]{36}$")] = None,
+        owner: Annotated[str | None, QueryParameter(description="another owner's jobs (admins only)")] = None,
+    ) -> Response[JobPage]:
+        """The owner's jobs, newest first, filtered by ``status`` and ``type``."""
+        page = await jobs.store.list(
+            listing_owner(request.user, owner), status=status, task=task_type, limit=limit, cursor=cursor
+        )
+        return Response(JobPage(page.jobs, page.cursor), headers={"Cache-Control": "no-cache"})
+
+    @get(
+        "/{job_id:str}/result",
+        responses={
+            202: ResponseSpec(JobResult, description="Accepted: the job has not ended yet (see Retry-After)"),
+            **problem_responses(400, 401, 404, 409, 503),
+        },
+        summary="Get a job's result",
+    )
+    async def job_result(
+        self, request: UserRequest, job_id: FromPath[str], jobs: Jobs
+    ) -> Response[JobResult]:
+        """200 with the result on SUCCESS; 202 while active; 409 with the error on FAILURE or CANCELLED."""
+        settings = jobs.settings
+        job = await jobs.store.get(job_id, request.user.scope)
+        if job.status is JobStatus.SUCCESS:
+            return Response(JobResult(job.id, job.status, job.result), headers={"Cache-Control": "no-cache"})
+        if job.terminal:
+            raise job_ended(job)
+        headers = {"Cache-Control": "no-cache", "Retry-After": str(settings.poll_retry_after_seconds)}
+        return Response(JobResult(job.id, job.status, job.result), status_code=202, headers=headers)
+
+    @post(
+        "/{job_id:str}/cancel",
+        status_code=200,
+        responses=problem_responses(400, 401, 404, 409, 503),
+        summary="Cancel a job",
+    )
+    async def cancel_job(self, request: UserRequest, job_id: FromPath[str], jobs: Jobs) -> Response[Job]:
+        """CANCELLED at once if PENDING; if PROCESSING, ``cancel_requested`` and its worker stops it."""
+        settings = jobs.settings
+        job = await jobs.store.cancel(job_id, request.user.scope, lambda task: retention_for(task, settings))
+        return Response(job, headers=job_headers(job, settings))
