@@ -118,7 +118,7 @@ async def measure(url: str, listeners: int, samples: int, producer: str) -> Row:
     redis = Redis.from_url(url)
     store = JobStore(redis, load_settings({}, redis_url=url, prefix=prefix))
     await ensure_groups(redis, store.keys, [QUEUE])
-    hub = EventHub(redis, store.keys, store)
+    hub = EventHub(store)
     await hub.start()
     try:
         started = await running_job(store, QUEUE)

@@ -230,9 +230,7 @@ class Jobstream:
     async def _events(self) -> EventHub:
         async with self._hub_lock:
             if self._hub is None:
-                hub = EventHub(
-                    self.redis, self.store.keys, self.store, client_name=f"jobstream-api:{os.getpid()}"
-                )
+                hub = EventHub(self.store, client_name=f"jobstream-api:{os.getpid()}")
                 await hub.start()
                 self._hub = hub
             return self._hub

@@ -132,10 +132,10 @@ def lifespan(
             await store.scripts.load_all(redis)
             await ensure_groups(redis, store.keys, registry.queues(settings.default_queue))
             hub = EventHub(
-                redis,
-                store.keys,
                 store,
+                redis_url=settings.redis_url,
                 subscribe_timeout=SUBSCRIBE_TIMEOUT_SECONDS,
+                connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
                 client_name=f"jobstream-web:{os.getpid()}",
             )
             await hub.start()

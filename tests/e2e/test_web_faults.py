@@ -514,7 +514,7 @@ async def test_the_hub_resubscribes_after_a_redis_restart_and_resends_fresh_stat
         changed, _ = await store.create(task="demo.noop", input_json=b"{}", owner="u", queue="default")
         unchanged, _ = await store.create(task="demo.noop", input_json=b"{}", owner="u", queue="default")
         # Its reconnect attempts are 1.5 to 3 s apart: the change below lands while it is away.
-        hub = EventHub(redis, store.keys, store, backoff_base=3.0, backoff_cap=3.0)
+        hub = EventHub(store, backoff_base=3.0, backoff_cap=3.0)
         await hub.start()
         try:
             job_feeds = [await hub.open_job(job.id) for job in (changed, changed, unchanged)]

@@ -44,7 +44,7 @@ def hub_name(prefix: str) -> str:
 
 @pytest.fixture
 async def hub(redis: Redis, store: JobStore, hub_name: str) -> AsyncIterator[EventHub]:
-    hub = EventHub(redis, store.keys, store, client_name=hub_name)
+    hub = EventHub(store, client_name=hub_name)
     await hub.start()
     try:
         yield hub
@@ -265,7 +265,7 @@ async def test_terminal_state_published_while_disconnected_arrives_by_resync(
     redis: Redis, store: JobStore
 ) -> None:
     """The terminal event is lost to pub/sub (the hub is away); the re-read snapshot carries it."""
-    hub = EventHub(redis, store.keys, store, backoff_base=0.6)  # reconnect waits >= 0.3 s
+    hub = EventHub(store, backoff_base=0.6)  # reconnect waits >= 0.3 s
     await hub.start()
     try:
         started, delivery = await running_job(store)
@@ -287,7 +287,7 @@ async def test_terminal_state_published_while_disconnected_arrives_by_resync(
 
 async def test_idle_ping_notices_an_unresponsive_server(redis: Redis, store: JobStore) -> None:
     """No answer to the idle PING (the server is paused) counts as a lost connection."""
-    hub = EventHub(redis, store.keys, store, keepalive_seconds=0.2)
+    hub = EventHub(store, keepalive_seconds=0.2)
     await hub.start()
     try:
         started, _ = await running_job(store)
@@ -343,7 +343,7 @@ async def _collect_until_terminal(feed: OwnerFeed, job_ids: set[str]) -> list[Jo
 
 
 async def test_owner_feed_overflow_turns_into_resync(redis: Redis, store: JobStore) -> None:
-    hub = EventHub(redis, store.keys, store, owner_max_pending=5)
+    hub = EventHub(store, owner_max_pending=5)
     await hub.start()
     try:
         async with hub.listen_owner("carol") as feed:
@@ -402,7 +402,7 @@ async def test_stop_ends_feeds_cleanly(
     redis: Redis, store: JobStore, hub_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    hub = EventHub(redis, store.keys, store, client_name=hub_name)
+    hub = EventHub(store, client_name=hub_name)
     await hub.start()
     started, _ = await running_job(store)
     job_feed = await hub.open_job(started.job.id)
@@ -432,8 +432,8 @@ async def test_stop_ends_feeds_cleanly(
 
 
 async def test_unreachable_redis_times_out_subscribing(store: JobStore) -> None:
-    nowhere = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    hub = EventHub(nowhere, store.keys, store, subscribe_timeout=0.3)
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    hub = EventHub(store, redis_url=nowhere, subscribe_timeout=0.3)
     await hub.start()  # returns after the first (failed) attempt; keeps retrying
     try:
         with pytest.raises(EventsUnavailable):
@@ -441,38 +441,35 @@ async def test_unreachable_redis_times_out_subscribing(store: JobStore) -> None:
         assert hub.stats().listeners == 0 and not hub.stats().connected
     finally:
         await hub.stop()
-        await nowhere.aclose()
 
 
-async def test_push_mode_calls_back_on_each_change_and_take_hands_out_the_newest(
+async def test_changed_wakes_on_each_change_and_on_wake_and_take_hands_out_the_newest(
     hub: EventHub, store: JobStore
 ) -> None:
+    """The SSE streams' loop: take() what is there, else await changed() (offered, ended or woken)."""
     started, delivery = await running_job(store)
     feed = await hub.open_job(started.job.id)
     assert await feed.snapshot() is not None
-    changed = asyncio.Event()
-    calls = 0
 
-    def on_change() -> None:
-        nonlocal calls
-        calls += 1
-        changed.set()
-
-    feed.on_change(on_change)
+    waiting = asyncio.create_task(feed.changed())
     for step in range(3):  # nobody takes: the feed keeps the newest only
         await store.progress(started.job.id, started.attempt, step, f"step {step}")
+    await asyncio.wait_for(waiting, 5)  # the first change woke it
     await until(lambda: _true(hub.stats().events_received >= 3))
-    assert calls == 3
     newest = feed.take()
     assert newest is not None and newest.message == "step 2"
     assert feed.take() is None and not feed.done
 
+    woken = asyncio.create_task(feed.changed())
+    await asyncio.sleep(0)  # let it start waiting
+    assert not woken.done()
+    feed.wake()  # what the keepalive tick does
+    await asyncio.wait_for(woken, 5)
+    assert feed.take() is None
+
     end = await succeed(store, started, delivery)
-    await asyncio.wait_for(changed.wait(), 5)
-    assert feed.take() == end
+    assert await feed.next(timeout=5) == end
     assert feed.done  # the terminal state was handed out
-    feed.close()  # still calls back once more (the stream's cue to finish), then never again
-    assert calls == 5
-    feed.on_change(None)
+    feed.close()
     with pytest.raises(FeedClosed):
         await feed.next()
