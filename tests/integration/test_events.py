@@ -11,7 +11,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -23,6 +23,8 @@ from broker.settings import load_settings
 from broker.store import GROUP, Delivery, JobStore, Started
 from devtools.embedded_redis import free_port
 from hub.event_hub import EventHub, EventsUnavailable, FeedClosed, JobFeed, OwnerFeed, Resync
+from web.auth import User
+from web.live.sse import EventStreams
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -473,3 +475,58 @@ async def test_changed_wakes_on_each_change_and_on_wake_and_take_hands_out_the_n
     feed.close()
     with pytest.raises(FeedClosed):
         await feed.next()
+
+
+# -- SSE streams on the hub --------------------------------------------------------------
+
+
+class _Client:
+    """An ASGI ``send`` that records each body, and raises ``error`` instead of taking body ``fail_at``."""
+
+    def __init__(self, fail_at: int | None = None, error: BaseException | None = None) -> None:
+        self.bodies: list[bytes] = []
+        self._fail_at = fail_at
+        self._error = error
+
+    async def send(self, message: Any) -> None:
+        if message["type"] != "http.response.body":
+            return
+        if self._fail_at is not None and len(self.bodies) == self._fail_at:
+            assert self._error is not None
+            raise self._error
+        self.bodies.append(message["body"])
+
+    def has(self, text: str) -> bool:
+        return any(text.encode() in body for body in self.bodies)
+
+
+async def test_a_stream_whose_send_raises_does_not_stop_the_other_streams(
+    hub: EventHub, store: JobStore
+) -> None:
+    """Each stream writes from its own task: a client gone (OSError) or a send that raises a
+    BaseException (CancelledError) ends that stream alone; the others get every later event."""
+    streams = EventStreams(hub, store.settings)
+    started, delivery = await running_job(store)
+    gone = asyncio.Event()  # never set: no client of this test disconnects by itself
+
+    async def receive() -> Any:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    clients = [_Client(), _Client(1, OSError("client gone")), _Client(1, asyncio.CancelledError()), _Client()]
+    runs = []
+    for client in clients:
+        response = await streams.job_stream(started.job.id, User("u"), None)
+        asgi = response.to_asgi_response(None, cast(Any, None))
+        runs.append(asyncio.create_task(asgi(cast(Any, {"type": "http"}), receive, client.send)))
+    await until(lambda: _true(all(len(client.bodies) == 1 for client in clients)))  # the snapshots
+
+    await store.progress(started.job.id, started.attempt, 10.0, "first")
+    failed = await asyncio.wait_for(asyncio.gather(*runs[1:3], return_exceptions=True), 5)
+    assert isinstance(failed[0], OSError) and isinstance(failed[1], asyncio.CancelledError)
+    await store.progress(started.job.id, started.attempt, 20.0, "second")
+    end = await succeed(store, started, delivery)
+    await asyncio.wait_for(asyncio.gather(runs[0], runs[3]), 5)  # each ended after the terminal state
+    for client in (clients[0], clients[3]):
+        assert client.has('"first"') and client.has('"second"') and client.has(f"id: {end.version}\n")
+    assert streams.stats().job_streams == 0 and hub.stats().listeners == 0
