@@ -20,10 +20,11 @@ from broker.errors import (
     StaleAttempt,
 )
 from broker.ids import new_job_id
-from broker.message import decode_message
+from broker.lua_source import script_source
+from broker.message import decode_message, encode_message
 from broker.models import JobError, JobStatus
 from broker.queues import ensure_groups
-from broker.scripts import script_source
+from broker.scripts import CreateOpts, Reply
 from broker.settings import Settings, load_settings
 from broker.store import GROUP, Delivery, JobStore, Started
 
@@ -69,6 +70,21 @@ async def running(store: JobStore) -> tuple[Started, Delivery]:
     started = await store.start(delivery, "c1")
     assert started is not None
     return started, delivery
+
+
+async def create_call(store: JobStore, job_id: str, opts: CreateOpts, owner: str = "alice") -> Reply:
+    """The create script itself, as ``JobStore.create`` calls it (no retry, no replay handling)."""
+    return await store.scripts.create_job(
+        job_id=job_id,
+        task="demo.noop",
+        owner=owner,
+        queue="default",
+        input_json=b"{}",
+        message=encode_message(job_id, "demo.noop", 1),
+        active_ttl=ACTIVE_TTL,
+        idempotency_key=None,
+        opts=opts,
+    )
 
 
 async def raw(store: JobStore, job_id: str) -> dict[bytes, bytes]:
@@ -136,13 +152,13 @@ async def test_an_idempotency_key_replayed_with_another_input_is_refused(store: 
 async def test_a_create_sent_again_after_a_lost_reply_makes_one_job(store: JobStore) -> None:
     """The script ran but its reply was lost; the caller sends the same create (same id) again."""
     job_id = new_job_id()
-    args = (job_id, "demo.noop", b"{}", "alice", "default", None, (0, 0), False)
-    first = await store._create(*args)
-    again = await store._create(*args)
-    assert (first[0], again) == (ScriptCode.OK, (ScriptCode.DUPLICATE, job_id.encode()))
+    opts = CreateOpts(max_active=store.settings.max_active_per_owner)
+    first = await create_call(store, job_id, opts)
+    again = await create_call(store, job_id, opts)
+    assert (first.code, again) == (ScriptCode.OK, Reply(ScriptCode.DUPLICATE, None, job_id))
     for _ in range(2):  # also when the first send filled the owner's quota
         await make(store)
-    assert (await store._create(*args))[0] == ScriptCode.DUPLICATE
+    assert (await create_call(store, job_id, opts)).code == ScriptCode.DUPLICATE
     assert await store.redis.xlen(store.keys.queue("default")) == 3
     assert await store.redis.zcard(store.keys.owner_jobs("alice")) == 3
 
@@ -278,15 +294,13 @@ async def test_terminal_states_never_change(store: JobStore) -> None:
 async def test_retry_goes_back_to_pending_with_the_error_and_a_delayed_dispatch(store: JobStore) -> None:
     started, delivery = await running(store)
     job_id = started.job.id
-    await store.retry(started, delivery, JobError("Flaky", "try again"), run_at_ms=1)
+    await store.retry(started, delivery, JobError("Flaky", "try again"), delay_seconds=0)
     job = await store.get(job_id)
     assert job.status == JobStatus.PENDING and job.error == JobError("Flaky", "try again")
     assert job.attempts == 1
     assert await store.redis.xlen(delivery.stream) == 0
-    moved, _ = await store.scripts.promote_due(
-        keys=[store.keys.delayed("default"), delivery.stream], args=[10]
-    )
-    assert moved == 1
+    promoted = await store.scripts.promote_due(queue="default", limit=10)
+    assert promoted.moved == 1
     again = await take(store, "c2")
     assert again.dispatch == 2
     restarted = await store.start(again, "c2")
@@ -296,10 +310,8 @@ async def test_retry_goes_back_to_pending_with_the_error_and_a_delayed_dispatch(
 async def test_promote_leaves_messages_that_are_not_due(store: JobStore) -> None:
     await make(store, run_at_ms=2**42)
     assert await store.redis.xlen(store.keys.queue("default")) == 0
-    moved, next_ms = await store.scripts.promote_due(
-        keys=[store.keys.delayed("default"), store.keys.queue("default")], args=[10]
-    )
-    assert moved == 0 and next_ms > 0
+    promoted = await store.scripts.promote_due(queue="default", limit=10)
+    assert promoted.moved == 0 and promoted.next_due_ms is not None and promoted.next_due_ms > 0
 
 
 async def test_cancel_pending_processing_and_other_owner(store: JobStore) -> None:
@@ -326,11 +338,15 @@ async def test_cancel_pending_processing_and_other_owner(store: JobStore) -> Non
 async def test_reclaimed_entry_restarts_and_fences_the_old_attempt(store: JobStore) -> None:
     old, delivery = await running(store)
     await asyncio.sleep(0.01)
-    claimed = await store.scripts.reclaim(keys=[delivery.stream], args=[GROUP, "c2", 1, 10])
-    assert [c[0].decode() for c in claimed] == [delivery.entry_id]
-    assert int(claimed[0][2]) == 2
-    lost = await store.scripts.renew_leases(keys=[delivery.stream], args=[GROUP, "c1", 0, delivery.entry_id])
-    assert [x.decode() for x in lost] == [delivery.entry_id]
+    claimed = await store.scripts.reclaim(
+        stream=delivery.stream, group=GROUP, consumer="c2", min_idle_ms=1, count=10
+    )
+    assert [c.entry_id for c in claimed] == [delivery.entry_id]
+    assert claimed[0].deliveries == 2
+    lost = await store.scripts.renew_leases(
+        stream=delivery.stream, group=GROUP, consumer="c1", idle_ms=0, entry_ids=[delivery.entry_id]
+    )
+    assert lost == [delivery.entry_id]
     new = await store.start(delivery, "c2")
     assert new is not None and new.attempt == 2
     with pytest.raises(StaleAttempt):
