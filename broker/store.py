@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -13,13 +13,11 @@ from redis.asyncio import Redis
 from broker.errors import IdempotencyConflict, IllegalTransition, JobNotFound, ScriptCode, raise_for_code
 from broker.ids import new_job_id
 from broker.keys import Keys
+from broker.listing import Page, list_jobs
 from broker.message import encode_message
 from broker.models import Job, JobError, JobStatus, job_from_fields
 from broker.scripts import CancelOpts, CreateOpts, ProgressOpts, Reply, Scripts
 from broker.settings import Settings
-
-Rows = list[tuple[str, float]]
-"""(job id, created ms) rows of an owner index."""
 
 GROUP = "workers"
 """The consumer group every queue stream is read through."""
@@ -70,14 +68,6 @@ class Started:
             cancel_requested=b"cancel_requested" in f,
         )
         return cls(job, int(f[b"attempts"]))
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a job listing, and the cursor of the next (None at the end)."""
-
-    jobs: list[Job]
-    cursor: str | None
 
 
 class JobStore:
@@ -199,55 +189,11 @@ class JobStore:
         limit: int = 20,
         cursor: str | None = None,
     ) -> Page:
-        """The owner's jobs, newest first, optionally filtered; resumable with ``cursor``.
-
-        The order is (created ms, id) descending and the cursor names the last job
-        returned, so jobs created while a client pages neither repeat nor shift a page.
-        Reads the index in bounded batches; ids whose record expired are skipped (the
-        cleanup task prunes them). A page may hold fewer than ``limit`` jobs when a filter
-        matches rarely; the cursor then continues the scan where it stopped.
-        """
-        after = _parse_cursor(cursor)
-        top: float | str = after[0] if after else "+inf"
-        batch = max(limit * 2, 50)
-        found: list[Job] = []
-        offset = scanned = 0
-        last: tuple[float, str] | None = after
-        while len(found) < limit and scanned < batch * 10:
-            rows = await self._index_batch(owner, top, offset, batch)
-            if not rows:
-                return Page(found, None)
-            offset += len(rows)
-            rows = [(i, sc) for i, sc in rows if after is None or (sc, i) < after]
-            scanned += len(rows)
-            for (job_id, score), job in zip(rows, await self._read_many(rows), strict=True):
-                last = (score, job_id)
-                if job is None or not _matches(job, status, task):
-                    continue
-                found.append(job)
-                if len(found) == limit:
-                    return Page(found, _format_cursor(last))
-        return Page(found, _format_cursor(last) if last else None)
-
-    async def _index_batch(self, owner: str, top: float | str, offset: int, count: int) -> Rows:
-        rows: Any = await self.redis.zrange(
-            self.keys.owner_jobs(owner),
-            top,
-            "-inf",
-            desc=True,
-            byscore=True,
-            offset=offset,
-            num=count,
-            withscores=True,
+        """The owner's jobs, newest first, optionally filtered; resumable with ``cursor``
+        (see :func:`broker.listing.list_jobs`)."""
+        return await list_jobs(
+            self.redis, self.keys, owner, status=status, task=task, limit=limit, cursor=cursor
         )
-        return [(member.decode(), float(score)) for member, score in rows]
-
-    async def _read_many(self, rows: Rows) -> Sequence[Job | None]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, _ in rows:
-                pipe.hgetall(self.keys.job(job_id))
-            records = await pipe.execute()
-        return [job_from_fields(fields) if fields else None for fields in records]
 
     # -- the worker's side -------------------------------------------------------------
 
@@ -412,21 +358,3 @@ class JobStore:
 
 async def _nothing_to_clean_up(_error: Exception) -> None:
     """The batcher has already dropped the failed connection."""
-
-
-def _matches(job: Job, status: JobStatus | None, task: str | None) -> bool:
-    return (status is None or job.status == status) and (task is None or job.type == task)
-
-
-def _format_cursor(position: tuple[float, str]) -> str:
-    return f"{int(position[0])}.{position[1]}"
-
-
-def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
-    """``<created ms>.<job id>`` -> (score, id); raises ``ValueError`` on anything else."""
-    if not cursor:
-        return None
-    score, sep, job_id = cursor.partition(".")
-    if not sep or not score.isdigit() or not job_id:
-        raise ValueError(f"not a listing cursor: {cursor!r}")
-    return float(score), job_id

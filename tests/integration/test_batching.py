@@ -14,6 +14,8 @@ from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from broker.batching import ScriptBatcher
 from broker.lua_source import Script
+from broker.settings import load_settings
+from broker.store import JobStore
 
 BUSY_THEN_INCR = Script.of(
     "busy_then_incr",
@@ -122,6 +124,27 @@ async def test_a_killed_connection_fails_the_call_and_is_replaced(redis_url: str
         with pytest.raises(ConnectionError):
             await batcher.call(script, (), ("b",))  # not sent again, whatever the client's retry says
         assert await batcher.call(script, (), ("c",)) == b"c"
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_a_resend_safe_script_is_sent_again_by_its_caller_as_the_client_says(
+    redis_url: str, prefix: str
+) -> None:
+    name = f"{prefix}store".replace(":", "-")
+    client = Redis.from_url(redis_url, client_name=name, retry=Retry(NoBackoff(), 1))
+    admin = Redis.from_url(redis_url)
+    try:
+        store = JobStore(client, load_settings({}, redis_url=redis_url, prefix=prefix))
+        create = {"task": "demo.noop", "input_json": b"{}", "owner": "alice", "queue": "default"}
+        first, _ = await store.create(**create)  # type: ignore[arg-type]
+        clients: Any = await admin.client_list()
+        (mine,) = [c for c in clients if c["name"] == name]
+        assert await admin.client_kill_filter(_id=mine["id"]) == 1
+        second, created = await store.create(**create)  # type: ignore[arg-type]
+        assert created and second.id != first.id
+        assert await admin.zcard(store.keys.owner_jobs("alice")) == 2  # one job per create
     finally:
         await client.aclose()
         await admin.aclose()
