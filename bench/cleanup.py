@@ -79,8 +79,8 @@ async def bench(url: str, entries: int, owners: int, batch: int) -> None:
             )[0]
             for n in range(10)
         ]
-        scripts = Scripts.register(redis)
-        await scripts.load_all(redis)
+        scripts = Scripts.register(redis, store.keys)
+        await scripts.load_all()
         cleanup = Cleanup(redis, settings, scripts, batch=batch)
 
         await fill(redis, store.keys, entries, owners)

@@ -12,7 +12,6 @@ at exit.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import runpy
 import sys
@@ -27,9 +26,9 @@ COMMANDS: Counter[str] = Counter()
 
 
 def _script_names() -> dict[str, str]:
-    from broker.scripts import SCRIPT_NAMES, script_source
+    from broker.lua_source import SCRIPT_NAMES, script
 
-    return {hashlib.sha1(script_source(name).encode()).hexdigest(): name for name in SCRIPT_NAMES}
+    return {script(name).sha: name for name in SCRIPT_NAMES}
 
 
 _SCRIPTS = _script_names()

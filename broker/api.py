@@ -29,11 +29,12 @@ from redis.asyncio import Redis
 
 from broker.connection import resilient_options
 from broker.errors import JobstreamError
+from broker.listing import Page
 from broker.models import Job, JobStatus
 from broker.queues import ensure_groups
 from broker.registry import JobContext, TaskRegistry, TaskSpec, load_task_modules, registry
 from broker.settings import Settings, load_settings
-from broker.store import JobStore, Page
+from broker.store import JobStore
 from broker.validation import both_given, check_delay, check_run_at, validated_input
 from hub.event_hub import EventHub
 

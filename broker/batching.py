@@ -8,25 +8,39 @@ made while pipelines are outstanding wait for one to come back and then all go t
 An idle system pays no added latency; a busy one sends fewer, larger pipelines, saving a
 round trip and most of redis-py's per-command work for every call after the first.
 
-A batch goes out as a pipeline would, without redis-py's pipeline object: hiredis packs
-the commands in C, and one deadline covers the batch instead of one timer per reply. At a
-few thousand jobs a second, those per-command costs were most of a worker's time in redis-py.
+A batch goes out as a pipeline would, without redis-py's pipeline object: each call is
+packed in C when it is made (:func:`broker.connection.pack_command`), and one deadline
+covers the batch instead of one timer per reply. At a few thousand jobs a second, those
+per-command costs were most of a worker's time in redis-py.
+
+A batch is never sent twice: when its connection fails, every call in it fails with the
+error, and each caller's own policy (docs/ARCHITECTURE.md, "Faults") decides whether to
+send its call again. Only a call the server answered NOSCRIPT (it did not run) is sent
+again, once, after the script is loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
+from redis.typing import EncodableT
 
-Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+from broker.connection import pack_command
+from broker.lua_source import Script
+
+
+@dataclass(slots=True)
+class _Call:
+    script: Script
+    packed: bytes
+    future: asyncio.Future[Any]
+    reloaded: bool = False
 
 
 class ScriptBatcher:
@@ -36,16 +50,23 @@ class ScriptBatcher:
         self.redis = redis
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
-        self._pending: list[Call] = []
+        self._pending: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
 
-    async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run ``script`` with ``keys`` and ``args`` and return its reply."""
+    async def call(self, script: Script, keys: tuple[EncodableT, ...], args: tuple[EncodableT, ...]) -> Any:
+        """Run ``script`` with ``keys`` and ``args`` and return its reply.
+
+        Raises the script's error reply, or the connection's error if the batch failed.
+        """
+        packed = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((script, keys, args, future))
-        self._schedule_flush()
+        self._enqueue(_Call(script, packed, future))
         return await future
+
+    def _enqueue(self, call: _Call) -> None:
+        self._pending.append(call)
+        self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if self._pending and not self._flush_scheduled and len(self._sending) < self.max_in_flight:
@@ -66,52 +87,48 @@ class ScriptBatcher:
         self._sending.discard(task)
         self._schedule_flush()
 
-    async def _send(self, batch: list[Call]) -> None:
+    async def _send(self, batch: list[_Call]) -> None:
         try:
             replies = await self._exchange(batch)
         except BaseException as exc:  # the connection failed: every caller gets the error
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (script, keys, args, future), reply in zip(batch, replies, strict=True):
-            if future.done():
+        for call, reply in zip(batch, replies, strict=True):
+            if call.future.done():
                 continue  # the caller went away (cancelled); the command ran regardless
-            if isinstance(reply, NoScriptError):
-                await self._retry_loaded(script, keys, args, future)
+            if isinstance(reply, NoScriptError) and not call.reloaded:
+                await self._reload_and_resend(call)
             elif isinstance(reply, Exception):
-                future.set_exception(reply)
+                call.future.set_exception(reply)
             else:
-                future.set_result(reply)
+                call.future.set_result(reply)
 
-    async def _exchange(self, batch: list[Call]) -> list[Any]:
-        """Send the batch as one write and read its replies, retried as redis-py retries a pipeline.
-
-        What a redis-py pipeline does for a batch of EVALSHAs, minus its per-command Python
-        work: hiredis packs the commands, and one deadline covers all the replies.
-        """
-        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in batch]
-        packed = b"".join(map(pack_command, commands))
+    async def _exchange(self, batch: list[_Call]) -> list[Any]:
+        """Send the batch as one write and read its replies; a failed connection is dropped."""
         pool = self.redis.connection_pool
         conn: Connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            return await conn.retry.call_with_retry(
-                lambda: _round_trip(conn, packed, len(batch)), lambda _: conn.disconnect()
-            )
+            return await _round_trip(conn, b"".join(call.packed for call in batch), len(batch))
+        except BaseException:
+            await conn.disconnect()  # its replies may be half read: never reuse it
+            raise
         finally:
             await pool.release(conn)
 
-    async def _retry_loaded(
-        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], future: asyncio.Future[Any]
-    ) -> None:
-        """The server lost its script cache (restart, SCRIPT FLUSH): load and run directly."""
+    async def _reload_and_resend(self, call: _Call) -> None:
+        """The server lost its script cache (restart, SCRIPT FLUSH): load the script, send again."""
         try:
-            future.set_result(await script(keys=list(keys), args=list(args), client=self.redis))
+            await self.redis.script_load(call.script.source)
         except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
+            if not call.future.done():
+                call.future.set_exception(exc)
+            return
+        call.reloaded = True
+        self._enqueue(call)
 
 
 async def _round_trip(conn: Connection, packed: bytes, count: int) -> list[Any]:

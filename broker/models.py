@@ -53,6 +53,7 @@ class Job(msgspec.Struct, kw_only=True):
     queue: str
     attempts: int = 0
     created_at: datetime
+    updated_at: datetime  # every change stamps it (Redis time), creation included
     started_at: datetime | None = None
     completed_at: datetime | None = None
     expires_at: datetime | None = None
@@ -120,6 +121,7 @@ def job_from_fields(fields: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[
         queue=_text(f["queue"]) or "",
         attempts=int(f.get("attempts") or 0),
         created_at=_time(f.get("created_at")) or _EPOCH,
+        updated_at=_time(f.get("updated_at")) or _time(f.get("created_at")) or _EPOCH,
         started_at=_time(f.get("started_at")),
         completed_at=_time(f.get("completed_at")),
         expires_at=_time(f.get("expires_at")),

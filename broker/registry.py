@@ -59,6 +59,12 @@ class TaskSpec:
         """Validate raw JSON input (raises ``msgspec.ValidationError`` naming the bad field)."""
         return self.decoder.decode(raw)
 
+    def retention(self, default: int) -> int:
+        """Seconds a finished job of this task is kept: its ``retention`` option, else ``default``
+        (``JOBSTREAM_RETENTION_SECONDS``). 0 is a value, not "unset": the record is deleted as
+        soon as its final state is published. The one place this rule lives."""
+        return default if self.options.retention is None else self.options.retention
+
 
 class TaskRegistry:
     """Task name -> spec. Workers run what is here; the web app validates against it."""
@@ -78,6 +84,8 @@ class TaskRegistry:
         retention: int | None = None,
     ) -> Callable[[TaskFn], TaskFn]:
         """Register ``async def fn(ctx: JobContext, data: In) -> Out`` as task ``name``."""
+        if retention is not None and retention < 0:
+            raise ValueError(f"task {name}: retention must be 0 (not kept) or more seconds")
         options = TaskOptions(queue, timeout, retries, backoff, backoff_max, retention)
 
         def register(fn: TaskFn) -> TaskFn:
@@ -114,11 +122,10 @@ class TaskRegistry:
         return name in self._tasks
 
     def retention(self, name: str, default: int) -> int:
-        """How long a finished job of task ``name`` is kept: its option, else ``default``."""
+        """Seconds a finished job of task ``name`` is kept (:meth:`TaskSpec.retention`);
+        ``default`` for a task not registered here."""
         spec = self._tasks.get(name)
-        if spec is None or spec.options.retention is None:
-            return default
-        return spec.options.retention
+        return default if spec is None else spec.retention(default)
 
     def queues(self, default: str) -> set[str]:
         """Every queue a registered task uses (``default`` for those that name none)."""

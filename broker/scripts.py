@@ -1,67 +1,324 @@
-"""The Lua scripts, each registered once per client and called by EVALSHA."""
+"""``Scripts``: one typed method per Lua script, the only code that builds KEYS and ARGV.
+
+Each method takes named parameters, builds the script's KEYS (through :class:`Keys`) and
+ARGV (required values in the order the script's header lists them; optional ones packed
+into one MessagePack ``opts`` map, the last ARGV, so adding an option shifts nothing) and
+turns the reply into a typed value. Every call goes through the one
+:class:`ScriptBatcher`: calls made together (``asyncio.gather``) share a pipeline, a call
+made alone goes out at the end of the loop turn. A failed connection fails the call; its
+caller's policy decides whether to make it again (docs/ARCHITECTURE.md, "Faults").
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
+from typing import Any, NamedTuple
 
+import msgspec
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.typing import EncodableT
 
-SCRIPT_NAMES = (
-    "create_job",
-    "start_job",
-    "progress_job",
-    "finish_job",
-    "retry_job",
-    "cancel_job",
-    "dead_letter_job",
-    "reclaim",
-    "renew_leases",
-    "promote_due",
-    "claim_tick",
-    "reap_job",
-    "drop_idempotency",
-    "expire_heartbeat",
-)
+from broker.batching import ScriptBatcher
+from broker.errors import ScriptCode
+from broker.keys import Keys
+from broker.lua_source import load_all, script
+from broker.models import pairs_to_fields
+
+_pack_opts = msgspec.msgpack.Encoder().encode
 
 
-@cache
-def script_source(name: str) -> str:
-    """A script's full text: the shared fragment ``_lib.lua`` followed by the script."""
-    folder = resources.files("broker") / "lua"
-    lib = (folder / "_lib.lua").read_text()
-    return lib + "\n" + (folder / f"{name}.lua").read_text()
+class Reply(NamedTuple):
+    """What a job script answers: its code, and the record or the detail that comes with it.
+
+    ``record``: the job's fields after the change (create, start, cancel); ``detail``: the
+    job's status on ``BAD_TRANSITION``/``SKIPPED``, or the existing job id on ``DUPLICATE``.
+    """
+
+    code: ScriptCode
+    record: dict[bytes, bytes] | None = None
+    detail: str | None = None
+
+
+class Progressed(NamedTuple):
+    """``progress_job``'s answer: its code, whether a cancel was asked, and the detail."""
+
+    code: ScriptCode
+    cancel_requested: bool = False
+    detail: str | None = None
+
+
+class Reclaimed(NamedTuple):
+    """A stream entry taken over from a consumer whose lease ran out."""
+
+    entry_id: str
+    fields: dict[bytes, bytes]
+    deliveries: int
+
+
+class Promoted(NamedTuple):
+    """How many delayed messages went to the stream, and ms until the next is due (None: none)."""
+
+    moved: int
+    next_due_ms: int | None
+
+
+class TickClaim(NamedTuple):
+    """Whether this replica won the current slot, the slot's start and ms to the next slot."""
+
+    won: bool
+    slot_ms: int
+    next_in_ms: int
+
+
+class CreateOpts(msgspec.Struct, omit_defaults=True):
+    """``create_job``'s optional arguments (absent: the script's default)."""
+
+    max_active: int = 0
+    idempotency_ttl: int = 0
+    run_at: int = 0
+    delay_ms: int = 0
+    replace_idempotency: bool = False
+
+
+class ProgressOpts(msgspec.Struct, omit_defaults=True):
+    """``progress_job``'s optional arguments: the step's message (kept when absent), the ETA."""
+
+    message: str | None = None
+    eta: float | None = None
+
+
+class CancelOpts(msgspec.Struct, omit_defaults=True):
+    """``cancel_job``'s optional argument: the caller, who must own the job (absent: an admin)."""
+
+    owner: str | None = None
+
+
+def _reply(raw: list[Any]) -> Reply:
+    """Read ``{code}``, ``{code, flat record}`` or ``{code, status or id}``."""
+    code = ScriptCode(int(raw[0]))
+    if len(raw) < 2:
+        return Reply(code)
+    if isinstance(raw[1], list):
+        return Reply(code, pairs_to_fields(raw[1]))
+    detail = raw[1]
+    return Reply(code, None, detail.decode() if isinstance(detail, bytes) else str(detail))
 
 
 @dataclass(frozen=True, slots=True)
 class Scripts:
-    """One registered script per state change; calling one sends EVALSHA (loading on NOSCRIPT)."""
+    """The scripts of one Redis client and key prefix, one typed method each."""
 
-    create_job: AsyncScript
-    start_job: AsyncScript
-    progress_job: AsyncScript
-    finish_job: AsyncScript
-    retry_job: AsyncScript
-    cancel_job: AsyncScript
-    dead_letter_job: AsyncScript
-    reclaim: AsyncScript
-    renew_leases: AsyncScript
-    promote_due: AsyncScript
-    claim_tick: AsyncScript
-    reap_job: AsyncScript
-    drop_idempotency: AsyncScript
-    expire_heartbeat: AsyncScript
+    redis: Redis
+    keys: Keys
+    batcher: ScriptBatcher
 
     @classmethod
-    def register(cls, redis: Redis) -> Scripts:
-        """Register every script with ``redis`` (no round trip until first use)."""
-        made = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
-        return cls(**made)
+    def register(cls, redis: Redis, keys: Keys) -> Scripts:
+        """The scripts over ``redis`` (no round trip until the first call)."""
+        return cls(redis, keys, ScriptBatcher(redis))
 
-    async def load_all(self, redis: Redis) -> None:
-        """SCRIPT LOAD every script up front, so the first EVALSHA of each never misses."""
-        for name in SCRIPT_NAMES:
-            script: AsyncScript = getattr(self, name)
-            await redis.script_load(script.script)
+    async def load_all(self, redis: Redis | None = None) -> None:
+        """SCRIPT LOAD every script (through ``redis``, else this client) so no first EVALSHA misses."""
+        await load_all(redis or self.redis)
+
+    async def _call(self, name: str, keys: tuple[EncodableT, ...], args: tuple[EncodableT, ...]) -> Any:
+        return await self.batcher.call(script(name), keys, args)
+
+    # -- job state changes (see each script's header) ---------------------------------
+
+    async def create_job(
+        self,
+        *,
+        job_id: str,
+        task: str,
+        owner: str,
+        queue: str,
+        input_json: bytes,
+        message: bytes,
+        active_ttl: int,
+        idempotency_key: str | None,
+        opts: CreateOpts,
+    ) -> Reply:
+        """A new PENDING job: OK with its record, DUPLICATE with the existing id, or QUOTA."""
+        k = self.keys
+        keys = (
+            k.job(job_id),
+            k.owner_jobs(owner),
+            k.owner_active(owner),
+            k.idempotency(owner, idempotency_key or ""),
+            k.queue(queue),
+            k.delayed(queue),
+        )
+        args = (k.owner_channel_prefix, job_id, task, owner, queue, input_json, active_ttl, message)
+        return _reply(await self._call("create_job", keys, (*args, _pack_opts(opts))))
+
+    async def start_job(
+        self,
+        *,
+        job_id: str,
+        stream: str,
+        group: str,
+        consumer: str,
+        entry_id: str,
+        dispatch: int,
+        active_ttl: int,
+        run_token: str,
+    ) -> Reply:
+        """PENDING -> PROCESSING: OK with the record, or STALE, NOT_FOUND, SKIPPED (status)."""
+        k = self.keys
+        args = (k.owner_channel_prefix, group, consumer, entry_id, dispatch, active_ttl, run_token)
+        return _reply(await self._call("start_job", (k.job(job_id), stream), args))
+
+    async def progress_job(
+        self, *, job_id: str, attempt: int, progress: float, active_ttl: int, opts: ProgressOpts
+    ) -> Progressed:
+        """The running attempt's progress: OK (and whether a cancel was asked), or a refusal."""
+        k = self.keys
+        args = (k.owner_channel_prefix, attempt, repr(float(progress)), active_ttl, _pack_opts(opts))
+        raw = await self._call("progress_job", (k.job(job_id),), args)
+        code = ScriptCode(int(raw[0]))
+        if code == ScriptCode.OK:
+            return Progressed(code, bool(raw[1]))
+        return Progressed(code, False, raw[1].decode() if len(raw) > 1 else None)
+
+    async def finish_job(
+        self,
+        *,
+        job_id: str,
+        owner: str,
+        stream: str,
+        group: str,
+        entry_id: str,
+        attempt: int,
+        status: str,
+        payload: bytes,
+        retention: int,
+    ) -> Reply:
+        """PROCESSING -> ``status`` with ``payload`` (result or error JSON), acking the entry."""
+        k = self.keys
+        keys = (k.job(job_id), k.owner_active(owner), stream)
+        args = (k.owner_channel_prefix, attempt, status, payload, retention, group, entry_id, job_id)
+        return _reply(await self._call("finish_job", keys, args))
+
+    async def retry_job(
+        self,
+        *,
+        job_id: str,
+        queue: str,
+        stream: str,
+        group: str,
+        entry_id: str,
+        attempt: int,
+        error_json: bytes,
+        delay_ms: int,
+        message: bytes,
+        dispatch: int,
+        active_ttl: int,
+    ) -> Reply:
+        """PROCESSING -> PENDING, the next dispatch due ``delay_ms`` after Redis TIME."""
+        k = self.keys
+        keys = (k.job(job_id), stream, k.delayed(queue))
+        args = (k.owner_channel_prefix, attempt, error_json, delay_ms, message, dispatch, active_ttl)
+        return _reply(await self._call("retry_job", keys, (*args, group, entry_id)))
+
+    async def cancel_job(
+        self,
+        *,
+        job_id: str,
+        owner: str,
+        queue: str,
+        queued_message: bytes,
+        error_json: bytes,
+        retention: int,
+        opts: CancelOpts,
+    ) -> Reply:
+        """Cancel: OK with the record, NOT_FOUND (or not the caller's), BAD_TRANSITION (status)."""
+        k = self.keys
+        keys = (k.job(job_id), k.owner_active(owner), k.delayed(queue))
+        args = (k.owner_channel_prefix, retention, k.cancel_channel, job_id, error_json, queued_message)
+        return _reply(await self._call("cancel_job", keys, (*args, _pack_opts(opts))))
+
+    async def dead_letter_job(
+        self,
+        *,
+        job_id: str,
+        owner: str,
+        queue: str,
+        stream: str,
+        group: str,
+        consumer: str,
+        entry_id: str,
+        message: bytes,
+        error_json: bytes,
+        retention: int,
+        deliveries: int,
+    ) -> Reply:
+        """Move an over-delivered entry to the dead stream: OK (job failed), SKIPPED or STALE."""
+        k = self.keys
+        keys = (k.job(job_id), k.owner_active(owner), stream, k.dead(queue))
+        args = (k.owner_channel_prefix, group, consumer, entry_id, message, error_json, retention)
+        return _reply(await self._call("dead_letter_job", keys, (*args, job_id, deliveries)))
+
+    async def reap_job(
+        self,
+        *,
+        job_id: str,
+        owner: str,
+        queue: str,
+        version_seen: bytes,
+        min_idle_ms: int,
+        active_ttl: int,
+        retention: int,
+        error_json: bytes,
+        pending_action: str,
+        message: bytes,
+        dispatch: int,
+    ) -> Reply:
+        """The reaper's verdict: OK (new status), NOT_FOUND, STALE or SKIPPED (status)."""
+        k = self.keys
+        keys = (k.job(job_id), k.owner_active(owner), k.queue(queue), k.delayed(queue))
+        args = (k.owner_channel_prefix, job_id, version_seen, min_idle_ms, active_ttl, retention)
+        return _reply(
+            await self._call("reap_job", keys, (*args, error_json, pending_action, message, dispatch))
+        )
+
+    # -- queues, leases and maintenance --------------------------------------------------
+
+    async def reclaim(
+        self, *, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[Reclaimed]:
+        """Take over up to ``count`` entries idle for ``min_idle_ms``, with their delivery counts."""
+        raw = await self._call("reclaim", (stream,), (group, consumer, min_idle_ms, count))
+        return [Reclaimed(entry.decode(), pairs_to_fields(flat), int(n)) for entry, flat, n in raw]
+
+    async def renew_leases(
+        self, *, stream: str, group: str, consumer: str, idle_ms: int, entry_ids: Iterable[str]
+    ) -> list[str]:
+        """Set the idle time of the entries ``consumer`` holds; returns those it no longer holds."""
+        raw = await self._call("renew_leases", (stream,), (group, consumer, idle_ms, *entry_ids))
+        return [entry.decode() for entry in raw]
+
+    async def promote_due(self, *, queue: str, limit: int) -> Promoted:
+        """Move up to ``limit`` due messages from the queue's delayed set to its stream."""
+        moved, next_ms = await self._call(
+            "promote_due", (self.keys.delayed(queue), self.keys.queue(queue)), (limit,)
+        )
+        return Promoted(int(moved), None if int(next_ms) < 0 else int(next_ms))
+
+    async def claim_tick(self, *, name: str, period_ms: int, claimant: str, keep_ms: int) -> TickClaim:
+        """Claim the current slot of periodic run ``name`` for ``claimant`` (on Redis time)."""
+        code, slot, wait = await self._call(
+            "claim_tick", (self.keys.lock(name),), (period_ms, claimant, keep_ms)
+        )
+        return TickClaim(int(code) == ScriptCode.OK, int(slot), int(wait))
+
+    async def drop_idempotency(self, *, key: bytes | str, job_id: bytes | str) -> bool:
+        """Delete idempotency key ``key`` if it still names the (gone) job; True if deleted."""
+        (code,) = await self._call("drop_idempotency", (key,), (job_id,))
+        return int(code) == ScriptCode.OK
+
+    async def expire_heartbeat(self, *, key: bytes | str, max_age_ms: int) -> bool:
+        """Drop, or give a TTL to, a heartbeat hash with none; True if it had none (and was fixed)."""
+        code, *_ = await self._call("expire_heartbeat", (key,), (max_age_ms,))
+        return int(code) == ScriptCode.OK

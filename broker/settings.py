@@ -36,7 +36,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # bytes) that reads /metrics and /events/stats only, so Prometheus can scrape without a
     # user JWT; unset, those routes need an admin JWT.
     metrics_token: str | None = None
-    # Job lifetimes.
+    # Job lifetimes. Retention: how long a finished job is kept (a task's own ``retention``
+    # overrides it); 0: not kept, deleted as soon as its final state is published.
     active_ttl_seconds: int = 86_400
     retention_seconds: int = 7 * 86_400
     max_body_bytes: int = 1_048_576
@@ -71,6 +72,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:
             raise msgspec.ValidationError("lease_seconds must be positive")
+        if self.retention_seconds < 0:
+            raise msgspec.ValidationError("retention_seconds must be 0 (not kept) or more")
         if self.max_deliveries < 1:
             raise msgspec.ValidationError("max_deliveries must be at least 1")
         if self.max_streams_per_owner < 0:

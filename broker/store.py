@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
 
-from broker.batching import ScriptBatcher
 from broker.errors import IdempotencyConflict, IllegalTransition, JobNotFound, ScriptCode, raise_for_code
 from broker.ids import new_job_id
 from broker.keys import Keys
+from broker.listing import Page, list_jobs
 from broker.message import encode_message
-from broker.models import Job, JobError, JobStatus, job_from_fields, pairs_to_fields
-from broker.scripts import Scripts
+from broker.models import Job, JobError, JobStatus, job_from_fields
+from broker.scripts import CancelOpts, CreateOpts, ProgressOpts, Reply, Scripts
 from broker.settings import Settings
-
-Rows = list[tuple[str, float]]
-"""(job id, created ms) rows of an owner index."""
 
 GROUP = "workers"
 """The consumer group every queue stream is read through."""
 
 _encode = msgspec.json.Encoder().encode
+T = TypeVar("T")
 _CANCELLED = _encode(JobError(type="Cancelled", message="cancelled by request"))
 
 
@@ -59,9 +57,8 @@ class Started:
     attempt: int
 
     @classmethod
-    def from_reply(cls, flat: list[bytes]) -> Started:
-        """Read the record a start script returned (a flat field/value list)."""
-        f = pairs_to_fields(flat)
+    def from_record(cls, f: dict[bytes, bytes]) -> Started:
+        """Read the record a start script returned."""
         job = StartedJob(
             id=f[b"id"].decode(),
             type=f[b"type"].decode(),
@@ -73,14 +70,6 @@ class Started:
         return cls(job, int(f[b"attempts"]))
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a job listing, and the cursor of the next (None at the end)."""
-
-    jobs: list[Job]
-    cursor: str | None
-
-
 class JobStore:
     """Every job state change goes through here, each as one atomic Lua script."""
 
@@ -88,9 +77,7 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.scripts = Scripts.register(redis)
-        self.batcher = ScriptBatcher(redis)
-        self._owner_prefix = self.keys.owner_channel_prefix
+        self.scripts = Scripts.register(redis, self.keys)
 
     # -- creating and reading -------------------------------------------------------
 
@@ -115,21 +102,19 @@ class JobStore:
         replace_dangling = False
         job_id = new_job_id()
         while True:
-            code, detail = await self._create(
-                job_id,
-                task,
-                input_json,
-                owner,
-                queue,
-                idempotency_key,
-                (run_at_ms, delay_ms),
-                replace_dangling,
+            opts = CreateOpts(
+                max_active=self.settings.max_active_per_owner,
+                idempotency_ttl=self._idempotency_ttl if idempotency_key else 0,
+                run_at=run_at_ms,
+                delay_ms=delay_ms,
+                replace_idempotency=replace_dangling,
             )
-            if code == ScriptCode.OK:
-                return job_from_fields(pairs_to_fields(detail)), True
-            if code == ScriptCode.QUOTA:
-                raise_for_code(code, job_id, "create")
-            existing = detail.decode() if isinstance(detail, bytes) else str(detail)
+            reply = await self._create(job_id, task, input_json, owner, queue, idempotency_key, opts)
+            if reply.code == ScriptCode.OK and reply.record is not None:
+                return job_from_fields(reply.record), True
+            if reply.code == ScriptCode.QUOTA:
+                raise_for_code(reply.code, job_id, "create")
+            existing = reply.detail or ""
             if existing == job_id:  # an earlier send of this very create got through
                 return await self.get(job_id, owner=owner), True
             try:
@@ -141,6 +126,11 @@ class JobStore:
                 raise IdempotencyConflict(existing)
             return job, False
 
+    @property
+    def _idempotency_ttl(self) -> int:
+        """An idempotency key outlives its job's longest possible life (active, then kept)."""
+        return self.settings.active_ttl_seconds + self.settings.retention_seconds
+
     async def _create(
         self,
         job_id: str,
@@ -149,38 +139,32 @@ class JobStore:
         owner: str,
         queue: str,
         idempotency_key: str | None,
-        due: tuple[int, int],
-        replace_dangling: bool,
-    ) -> tuple[int, Any]:
-        k, s = self.keys, self.settings
-        idem_ttl = s.active_ttl_seconds + s.retention_seconds if idempotency_key else 0
-        reply = await self.batcher.call(
-            self.scripts.create_job,
-            keys=[
-                k.job(job_id),
-                k.owner_jobs(owner),
-                k.owner_active(owner),
-                k.idempotency(owner, idempotency_key or ""),
-                k.queue(queue),
-                k.delayed(queue),
-            ],
-            args=[
-                self._owner_prefix,
-                job_id,
-                task,
-                owner,
-                queue,
-                input_json,
-                s.active_ttl_seconds,
-                s.max_active_per_owner,
-                idem_ttl,
-                encode_message(job_id, task, 1),
-                due[0],
-                "1" if replace_dangling else "0",
-                due[1],
-            ],
+        opts: CreateOpts,
+    ) -> Reply:
+        return await self._resend_safe(
+            lambda: self.scripts.create_job(
+                job_id=job_id,
+                task=task,
+                owner=owner,
+                queue=queue,
+                input_json=input_json,
+                message=encode_message(job_id, task, 1),
+                active_ttl=self.settings.active_ttl_seconds,
+                idempotency_key=idempotency_key,
+                opts=opts,
+            )
         )
-        return int(reply[0]), (reply[1] if len(reply) > 1 else None)
+
+    async def _resend_safe(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Make a call of a script that is safe to send twice (create, start, finish, retry).
+
+        When its connection fails, it is sent again as the client's retry policy says
+        (redis-py's ``Retry``; none: not again). The batch it rode in is not resent.
+        """
+        retry = self.redis.get_retry()
+        if retry is None:
+            return await call()
+        return await retry.call_with_retry(call, _nothing_to_clean_up)
 
     async def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job, if it exists and ``owner`` (None: any, for admins) may see it."""
@@ -205,55 +189,11 @@ class JobStore:
         limit: int = 20,
         cursor: str | None = None,
     ) -> Page:
-        """The owner's jobs, newest first, optionally filtered; resumable with ``cursor``.
-
-        The order is (created ms, id) descending and the cursor names the last job
-        returned, so jobs created while a client pages neither repeat nor shift a page.
-        Reads the index in bounded batches; ids whose record expired are skipped (the
-        cleanup task prunes them). A page may hold fewer than ``limit`` jobs when a filter
-        matches rarely; the cursor then continues the scan where it stopped.
-        """
-        after = _parse_cursor(cursor)
-        top: float | str = after[0] if after else "+inf"
-        batch = max(limit * 2, 50)
-        found: list[Job] = []
-        offset = scanned = 0
-        last: tuple[float, str] | None = after
-        while len(found) < limit and scanned < batch * 10:
-            rows = await self._index_batch(owner, top, offset, batch)
-            if not rows:
-                return Page(found, None)
-            offset += len(rows)
-            rows = [(i, sc) for i, sc in rows if after is None or (sc, i) < after]
-            scanned += len(rows)
-            for (job_id, score), job in zip(rows, await self._read_many(rows), strict=True):
-                last = (score, job_id)
-                if job is None or not _matches(job, status, task):
-                    continue
-                found.append(job)
-                if len(found) == limit:
-                    return Page(found, _format_cursor(last))
-        return Page(found, _format_cursor(last) if last else None)
-
-    async def _index_batch(self, owner: str, top: float | str, offset: int, count: int) -> Rows:
-        rows: Any = await self.redis.zrange(
-            self.keys.owner_jobs(owner),
-            top,
-            "-inf",
-            desc=True,
-            byscore=True,
-            offset=offset,
-            num=count,
-            withscores=True,
+        """The owner's jobs, newest first, optionally filtered; resumable with ``cursor``
+        (see :func:`broker.listing.list_jobs`)."""
+        return await list_jobs(
+            self.redis, self.keys, owner, status=status, task=task, limit=limit, cursor=cursor
         )
-        return [(member.decode(), float(score)) for member, score in rows]
-
-    async def _read_many(self, rows: Rows) -> Sequence[Job | None]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, _ in rows:
-                pipe.hgetall(self.keys.job(job_id))
-            records = await pipe.execute()
-        return [job_from_fields(fields) if fields else None for fields in records]
 
     # -- the worker's side -------------------------------------------------------------
 
@@ -263,22 +203,22 @@ class JobStore:
         ``token`` names this start (a fresh one if None): resent with the same token, say
         after a dropped connection, the start counts once and answers the same job.
         """
-        reply = await self.batcher.call(
-            self.scripts.start_job,
-            keys=[self.keys.job(delivery.job_id), delivery.stream],
-            args=[
-                self._owner_prefix,
-                GROUP,
-                consumer,
-                delivery.entry_id,
-                delivery.dispatch,
-                self.settings.active_ttl_seconds,
-                token or uuid.uuid4().hex,
-            ],
+        run_token = token or uuid.uuid4().hex
+        reply = await self._resend_safe(
+            lambda: self.scripts.start_job(
+                job_id=delivery.job_id,
+                stream=delivery.stream,
+                group=GROUP,
+                consumer=consumer,
+                entry_id=delivery.entry_id,
+                dispatch=delivery.dispatch,
+                active_ttl=self.settings.active_ttl_seconds,
+                run_token=run_token,
+            )
         )
-        if int(reply[0]) != ScriptCode.OK:
+        if reply.code != ScriptCode.OK or reply.record is None:
             return None
-        return Started.from_reply(reply[1])
+        return Started.from_record(reply.record)
 
     async def progress(
         self,
@@ -289,80 +229,74 @@ class JobStore:
         eta_seconds: float | None = None,
     ) -> bool:
         """Record progress of the running attempt; returns whether a cancel was requested."""
-        reply = await self.batcher.call(
-            self.scripts.progress_job,
-            keys=[self.keys.job(job_id)],
-            args=[
-                self._owner_prefix,
-                attempt,
-                repr(float(progress)),
-                message or "",
-                "" if eta_seconds is None else repr(round(float(eta_seconds), 3)),
-                self.settings.active_ttl_seconds,
-            ],
+        reply = await self.scripts.progress_job(
+            job_id=job_id,
+            attempt=attempt,
+            progress=progress,
+            active_ttl=self.settings.active_ttl_seconds,
+            opts=ProgressOpts(
+                message=message or None,
+                eta=None if eta_seconds is None else round(float(eta_seconds), 3),
+            ),
         )
-        raise_for_code(int(reply[0]), job_id, "report progress", reply[1] if len(reply) > 1 else None)
-        return bool(reply[1])
+        raise_for_code(reply.code, job_id, "report progress", reply.detail)
+        return reply.cancel_requested
 
     async def succeed(self, started: Started, delivery: Delivery, result_json: bytes, retention: int) -> None:
         """PROCESSING -> SUCCESS with the result, then ack and delete the entry."""
-        await self._finish(started, delivery, JobStatus.SUCCESS, result_json, b"", retention)
+        await self._finish(started, delivery, JobStatus.SUCCESS, result_json, retention)
 
     async def fail(self, started: Started, delivery: Delivery, error: JobError, retention: int) -> None:
         """PROCESSING -> FAILURE with the error, then ack and delete the entry."""
-        await self._finish(started, delivery, JobStatus.FAILURE, b"", _encode(error), retention)
+        await self._finish(started, delivery, JobStatus.FAILURE, _encode(error), retention)
 
     async def cancelled(self, started: Started, delivery: Delivery, retention: int) -> None:
         """PROCESSING -> CANCELLED once the running code has stopped, then ack and delete."""
-        await self._finish(started, delivery, JobStatus.CANCELLED, b"", _CANCELLED, retention)
+        await self._finish(started, delivery, JobStatus.CANCELLED, _CANCELLED, retention)
 
     async def _finish(
-        self,
-        started: Started,
-        delivery: Delivery,
-        status: JobStatus,
-        result_json: bytes,
-        error_json: bytes,
-        retention: int,
+        self, started: Started, delivery: Delivery, status: JobStatus, payload: bytes, retention: int
     ) -> None:
+        """``payload``: the result JSON for SUCCESS, else the error JSON."""
         job = started.job
-        reply = await self.batcher.call(
-            self.scripts.finish_job,
-            keys=[self.keys.job(job.id), self.keys.owner_active(job.owner), delivery.stream],
-            args=[
-                self._owner_prefix,
-                started.attempt,
-                status.value,
-                result_json,
-                error_json,
-                retention,
-                GROUP,
-                delivery.entry_id,
-                job.id,
-            ],
+        reply = await self._resend_safe(
+            lambda: self.scripts.finish_job(
+                job_id=job.id,
+                owner=job.owner,
+                stream=delivery.stream,
+                group=GROUP,
+                entry_id=delivery.entry_id,
+                attempt=started.attempt,
+                status=status.value,
+                payload=payload,
+                retention=retention,
+            )
         )
-        raise_for_code(int(reply[0]), job.id, status.value, reply[1] if len(reply) > 1 else None)
+        raise_for_code(reply.code, job.id, status.value, reply.detail)
 
-    async def retry(self, started: Started, delivery: Delivery, error: JobError, run_at_ms: int) -> None:
-        """PROCESSING -> PENDING keeping ``error``; the next dispatch is due at ``run_at_ms``."""
+    async def retry(
+        self, started: Started, delivery: Delivery, error: JobError, delay_seconds: float
+    ) -> None:
+        """PROCESSING -> PENDING keeping ``error``; the next dispatch is due ``delay_seconds``
+        after now by the Redis clock."""
         job = started.job
         dispatch = delivery.dispatch + 1
-        reply = await self.batcher.call(
-            self.scripts.retry_job,
-            keys=[self.keys.job(job.id), delivery.stream, self.keys.delayed(job.queue)],
-            args=[
-                self._owner_prefix,
-                started.attempt,
-                _encode(error),
-                run_at_ms,
-                encode_message(job.id, job.type, dispatch),
-                dispatch,
-                self.settings.active_ttl_seconds,
-                GROUP,
-                delivery.entry_id,
-            ],
+        reply = await self._resend_safe(
+            lambda: self.scripts.retry_job(
+                job_id=job.id,
+                queue=job.queue,
+                stream=delivery.stream,
+                group=GROUP,
+                entry_id=delivery.entry_id,
+                attempt=started.attempt,
+                error_json=_encode(error),
+                delay_ms=max(0, round(delay_seconds * 1000)),
+                message=encode_message(job.id, job.type, dispatch),
+                dispatch=dispatch,
+                active_ttl=self.settings.active_ttl_seconds,
+            )
         )
-        raise_for_code(int(reply[0]), job.id, "retry", reply[1] if len(reply) > 1 else None)
+        raise_for_code(reply.code, job.id, "retry", reply.detail)
 
     async def dead_letter(
         self,
@@ -374,7 +308,6 @@ class JobStore:
         retention: int,
     ) -> bool:
         """Move an over-delivered entry to the dead stream; fail its job. True if it failed."""
-        queue = delivery.stream.removeprefix(self.keys.queue(""))
         error = JobError(
             type="DeliveryLimit",
             message=(
@@ -383,25 +316,19 @@ class JobStore:
             ),
         )
         reply = await self.scripts.dead_letter_job(
-            keys=[
-                self.keys.job(delivery.job_id),
-                self.keys.owner_active(owner),
-                delivery.stream,
-                self.keys.dead(queue),
-            ],
-            args=[
-                self._owner_prefix,
-                GROUP,
-                consumer,
-                delivery.entry_id,
-                message,
-                _encode(error),
-                retention,
-                delivery.job_id,
-                deliveries,
-            ],
+            job_id=delivery.job_id,
+            owner=owner,
+            queue=delivery.stream.removeprefix(self.keys.queue("")),
+            stream=delivery.stream,
+            group=GROUP,
+            consumer=consumer,
+            entry_id=delivery.entry_id,
+            message=message,
+            error_json=_encode(error),
+            retention=retention,
+            deliveries=deliveries,
         )
-        return int(reply[0]) == ScriptCode.OK
+        return reply.code == ScriptCode.OK
 
     # -- the user's side ---------------------------------------------------------------
 
@@ -413,39 +340,21 @@ class JobStore:
         job, fields = await self._read(job_id, owner)
         if callable(retention):
             retention = retention(job.type)
-        queued = encode_message(job_id, job.type, int(fields.get(b"dispatch", 1)))
         reply = await self.scripts.cancel_job(
-            keys=[self.keys.job(job_id), self.keys.owner_active(job.owner), self.keys.delayed(job.queue)],
-            args=[
-                self._owner_prefix,
-                owner or "",
-                retention,
-                self.keys.cancel_channel,
-                job_id,
-                _CANCELLED,
-                queued,
-            ],
+            job_id=job_id,
+            owner=job.owner,
+            queue=job.queue,
+            queued_message=encode_message(job_id, job.type, int(fields.get(b"dispatch", 1))),
+            error_json=_CANCELLED,
+            retention=retention,
+            opts=CancelOpts(owner=owner),
         )
-        code = int(reply[0])
-        if code == ScriptCode.BAD_TRANSITION:
-            raise IllegalTransition(job_id, reply[1].decode(), "cancel")
-        raise_for_code(code, job_id, "cancel")
-        return job_from_fields(pairs_to_fields(reply[1]))
+        if reply.code == ScriptCode.BAD_TRANSITION:
+            raise IllegalTransition(job_id, reply.detail or "", "cancel")
+        raise_for_code(reply.code, job_id, "cancel")
+        assert reply.record is not None
+        return job_from_fields(reply.record)
 
 
-def _matches(job: Job, status: JobStatus | None, task: str | None) -> bool:
-    return (status is None or job.status == status) and (task is None or job.type == task)
-
-
-def _format_cursor(position: tuple[float, str]) -> str:
-    return f"{int(position[0])}.{position[1]}"
-
-
-def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
-    """``<created ms>.<job id>`` -> (score, id); raises ``ValueError`` on anything else."""
-    if not cursor:
-        return None
-    score, sep, job_id = cursor.partition(".")
-    if not sep or not score.isdigit() or not job_id:
-        raise ValueError(f"not a listing cursor: {cursor!r}")
-    return float(score), job_id
+async def _nothing_to_clean_up(_error: Exception) -> None:
+    """The batcher has already dropped the failed connection."""

@@ -11,13 +11,13 @@ Idempotency keys are the exception (a new job may take a key over), hence a scri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
 
-from broker.errors import ScriptCode
 from broker.keys import Keys
 from broker.models import TERMINAL
 from broker.scripts import Scripts
@@ -114,11 +114,10 @@ class Cleanup:
             stale = [(key, job_id) for key, job_id in named if job_id in gone]
             if not stale:
                 continue
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, job_id in stale:
-                    await self.scripts.drop_idempotency(keys=[key], args=[job_id], client=pipe)
-                replies = await pipe.execute()
-            removed += sum(1 for reply in replies if int(reply[0]) == ScriptCode.OK)
+            dropped = await asyncio.gather(  # one pipeline: the script batcher sends them together
+                *(self.scripts.drop_idempotency(key=key, job_id=job_id) for key, job_id in stale)
+            )
+            removed += sum(dropped)
         return removed
 
     async def trim_dead_letters(self) -> int:
@@ -148,10 +147,7 @@ class Cleanup:
                 ttls: list[int] = await pipe.execute()
             for beat, ttl in zip(beats, ttls, strict=True):
                 if ttl == -1:
-                    reply = await self.scripts.expire_heartbeat(
-                        keys=[beat], args=[max_age_ms], client=self.redis
-                    )
-                    fixed += int(reply[0]) == ScriptCode.OK
+                    fixed += await self.scripts.expire_heartbeat(key=beat, max_age_ms=max_age_ms)
         return fixed
 
     async def _gone(self, job_ids: list[bytes]) -> list[bytes]:

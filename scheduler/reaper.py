@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import msgspec
 from redis.asyncio import Redis
 
-from broker.errors import ScriptCode, UnknownTask
+from broker.errors import ScriptCode
 from broker.keys import Keys
 from broker.message import TaskMessage, decode_message, encode_message
 from broker.models import JobError, JobStatus
@@ -44,7 +44,7 @@ MAX_SUSPECTS = 10_000
 """Suspects one run checks at most (memory bound); the rest wait for the next run."""
 
 _ACTIVE = (JobStatus.PENDING.value.encode(), JobStatus.PROCESSING.value.encode())
-_FIELDS = ("status", "version", "dispatch", "queue", "owner", "type", "expires_at")
+_FIELDS = ("status", "version", "dispatch", "queue", "owner", "type", "updated_at", "created_at")
 _encode = msgspec.json.Encoder().encode
 _LOST_RUNNING = _encode(
     JobError(
@@ -53,9 +53,7 @@ _LOST_RUNNING = _encode(
         "(its worker died or lost it); the reaper ended it",
     )
 )
-_LOST_PENDING = _encode(
-    JobError(type="Lost", message="the job's message was lost before any worker took it")
-)
+_LOST_PENDING = _encode(JobError(type="Lost", message="the job's message was lost before any worker took it"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +133,9 @@ class Reaper:
         moved = 0
         for queue in self.queues:
             while True:
-                count, _next = await self.scripts.promote_due(
-                    keys=[self.keys.delayed(queue), self.keys.queue(queue)],
-                    args=[self.batch],
-                    client=self.redis,
-                )
-                moved += int(count)
-                if int(count) < self.batch:
+                promoted = await self.scripts.promote_due(queue=queue, limit=self.batch)
+                moved += promoted.moved
+                if promoted.moved < self.batch:
                     break
         return moved
 
@@ -167,13 +161,12 @@ class Reaper:
             for job_id in ids:
                 pipe.hmget(self.keys.job(job_id.decode()), list(_FIELDS))
             rows: list[list[bytes | None]] = await pipe.execute()
-        active_ttl_ms = self.settings.active_ttl_seconds * 1000
         suspects = []
         for job_id, row in zip(ids, rows, strict=True):
-            status, version, dispatch, queue, owner, task, expires_at = row
+            status, version, dispatch, queue, owner, task, updated_at, created_at = row
             if status not in _ACTIVE or not (version and queue and owner is not None and task):
                 continue
-            if int(expires_at or 0) - active_ttl_ms > quiet_since:
+            if int(updated_at or created_at or 0) > quiet_since:  # changed within the lease
                 continue
             suspects.append(
                 Suspect(
@@ -200,49 +193,33 @@ class Reaper:
                 return
 
     async def _reap(self, suspect: Suspect, counts: ReaperCounts) -> None:
-        k = self.keys
         dispatch = suspect.dispatch + 1
         running = suspect.status == JobStatus.PROCESSING
-        code, *detail = await self.scripts.reap_job(
-            keys=[
-                k.job(suspect.job_id),
-                k.owner_active(suspect.owner),
-                k.queue(suspect.queue),
-                k.delayed(suspect.queue),
-            ],
-            args=[
-                k.owner_channel_prefix,
-                suspect.job_id,
-                suspect.version,
-                self.lease_ms,
-                self.settings.active_ttl_seconds,
-                self._retention(suspect.task),
-                _LOST_RUNNING if running else _LOST_PENDING,
-                self.settings.reap_pending,
-                encode_message(suspect.job_id, suspect.task, dispatch),
-                dispatch,
-            ],
-            client=self.redis,
+        reply = await self.scripts.reap_job(
+            job_id=suspect.job_id,
+            owner=suspect.owner,
+            queue=suspect.queue,
+            version_seen=suspect.version,
+            min_idle_ms=self.lease_ms,
+            active_ttl=self.settings.active_ttl_seconds,
+            retention=self.registry.retention(suspect.task, self.settings.retention_seconds),
+            error_json=_LOST_RUNNING if running else _LOST_PENDING,
+            pending_action=self.settings.reap_pending,
+            message=encode_message(suspect.job_id, suspect.task, dispatch),
+            dispatch=dispatch,
         )
-        if int(code) != ScriptCode.OK:
+        if reply.code != ScriptCode.OK:
             counts.spared += 1
             return
         if running:
             counts.lost += 1
             log.warning("job %s: PROCESSING with no message and no lease: FAILURE (Lost)", suspect.job_id)
-        elif detail and detail[0] == b"PENDING":
+        elif reply.detail == JobStatus.PENDING:
             counts.resent += 1
             log.warning("job %s: PENDING with no message: resent as dispatch %d", suspect.job_id, dispatch)
         else:
             counts.failed_pending += 1
             log.warning("job %s: PENDING with no message: FAILURE (Lost)", suspect.job_id)
-
-    def _retention(self, task: str) -> int:
-        try:
-            retention = self.registry.get(task).options.retention
-        except UnknownTask:
-            retention = None
-        return self.settings.retention_seconds if retention is None else retention
 
 
 def _drop_owners(suspects: dict[str, Suspect], payloads: list[bytes]) -> None:

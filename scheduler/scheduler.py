@@ -77,13 +77,13 @@ class JobScheduler(TaskiqScheduler):
         """Start the broker, create the consumer groups, and start the maintenance timers."""
         await super().startup()
         redis = self._redis = Redis.from_url(self.settings.redis_url, **resilient_options())
-        scripts = Scripts.register(redis)
         broker = self.job_broker
+        scripts = Scripts.register(redis, broker.keys)
         queues = broker.registry.queues(self.settings.default_queue) | set(self.settings.queues)
         watch = RedisWatch(log, f"scheduler {self.claimant}")
 
         async def prepare() -> None:
-            await scripts.load_all(redis)
+            await scripts.load_all()
             await ensure_groups(redis, broker.keys, sorted(queues))
 
         give_up = time.monotonic() + STARTUP_PATIENCE_SECONDS
@@ -91,7 +91,7 @@ class JobScheduler(TaskiqScheduler):
         cleanup = Cleanup(redis, self.settings, scripts)
         reaper = Reaper(redis, self.settings, scripts, broker.registry, queues)
         self.tickers = [
-            Ticker(redis, broker.keys, scripts, self.claimant, job, watch)
+            Ticker(redis, scripts, self.claimant, job, watch)
             for job in (
                 Periodic("cleanup", self.settings.cleanup_interval_seconds, cleanup.run),
                 Periodic("reaper", self.settings.reaper_interval_seconds, reaper.run),

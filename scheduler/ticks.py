@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from broker.connection import REDIS_FAULTS, RedisWatch, backoff
-from broker.errors import ScriptCode
-from broker.keys import Keys
 from broker.scripts import Scripts
 
 log = logging.getLogger("jobstream.scheduler")
@@ -59,7 +57,6 @@ class Ticker:
     def __init__(
         self,
         redis: Redis,
-        keys: Keys,
         scripts: Scripts,
         claimant: str,
         job: Periodic,
@@ -70,19 +67,20 @@ class Ticker:
         self.scripts = scripts
         self.claimant = claimant
         self.job = job
-        self.key = keys.lock(job.name)
+        self.key = scripts.keys.lock(job.name)
         self.runs = 0
         self.totals: dict[str, int] = {}
 
     async def claim(self) -> Claim:
         """Try to claim the current slot (atomic, on server time)."""
         period_ms = max(1, int(self.job.period_seconds * 1000))
-        code, slot, wait = await self.scripts.claim_tick(
-            keys=[self.key],
-            args=[period_ms, self.claimant, max(_KEEP_TICK_MS, 3 * period_ms)],
-            client=self.redis,
+        claim = await self.scripts.claim_tick(
+            name=self.job.name,
+            period_ms=period_ms,
+            claimant=self.claimant,
+            keep_ms=max(_KEEP_TICK_MS, 3 * period_ms),
         )
-        return Claim(int(code) == ScriptCode.OK, int(slot), int(wait) / 1000)
+        return Claim(claim.won, claim.slot_ms, claim.next_in_ms / 1000)
 
     async def tick(self) -> Claim:
         """Claim the current slot and, if won, run the job and record what it did."""

@@ -349,12 +349,12 @@ class JobExecutor:
         self, spec: TaskSpec, started: Started, delivery: Delivery, received: float, error: JobError
     ) -> None:
         if started.attempt <= spec.options.retries:
-            run_at_ms = int((time.time() + retry_delay(spec.options, started.attempt)) * 1000)
+            delay = retry_delay(spec.options, started.attempt)  # run_at: Redis TIME + delay, in the script
             await self._persist(
                 started.job.id,
                 "schedule its retry",
                 received,
-                lambda: self.store.retry(started, delivery, error, run_at_ms),
+                lambda: self.store.retry(started, delivery, error, delay),
             )
             self.counters.retried += 1
             return
@@ -369,7 +369,7 @@ class JobExecutor:
 
     def _retention(self, spec: TaskSpec | None) -> int:
         default = self.store.settings.retention_seconds
-        return default if spec is None else self.registry.retention(spec.name, default)
+        return default if spec is None else spec.retention(default)
 
 
 def retry_delay(options: TaskOptions, attempt: int, jitter: float | None = None) -> float:

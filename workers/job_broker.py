@@ -315,16 +315,14 @@ class JobBroker(RedisStreamBroker):
         lease_ms = int(self.settings.lease_seconds * 1000)
         for stream in self.streams:
             claimed = await scripts.reclaim(
-                keys=[stream], args=[GROUP, self.consumer_name, lease_ms, 100], client=redis
+                stream=stream, group=GROUP, consumer=self.consumer_name, min_idle_ms=lease_ms, count=100
             )
-            for raw_id, raw_fields, deliveries in claimed:
-                entry_id = raw_id.decode()
+            for entry_id, fields, deliveries in claimed:
                 if entry_id in self.inflight[stream]:
                     continue  # ours already (the loop stalled past a lease): keep it
-                fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=True))
                 payload = fields.get(b"data", b"")
-                if int(deliveries) > self.settings.max_deliveries:
-                    await self._dead_letter(stream, entry_id, payload, int(deliveries))
+                if deliveries > self.settings.max_deliveries:
+                    await self._dead_letter(stream, entry_id, payload, deliveries)
                     continue
                 log.info("reclaimed %s %s (delivery %s)", stream, entry_id, deliveries)
                 yield self._accept(stream, entry_id, payload)
@@ -334,21 +332,17 @@ class JobBroker(RedisStreamBroker):
         store = self.executor.store
         try:
             message = decode_message(payload)
-            job_id, dispatch = message.task_id, message.labels.dispatch
+            job_id, dispatch, task = message.task_id, message.labels.dispatch, message.task_name
         except msgspec.DecodeError:
-            job_id, dispatch = "", 0
+            job_id, dispatch, task = "", 0, ""
         owner: Any = await self._redis.hget(self.keys.job(job_id), "owner") or b""
-        spec_retention = store.settings.retention_seconds
-        with contextlib.suppress(Exception):
-            spec = self.registry.get(message.task_name)
-            spec_retention = spec.options.retention or spec_retention
         await store.dead_letter(
             Delivery(job_id, stream, entry_id, dispatch),
             self.consumer_name,
             payload,
             deliveries,
             owner.decode(),
-            spec_retention,
+            self.registry.retention(task, store.settings.retention_seconds),
         )
         log.warning("dead-lettered %s %s after %d deliveries (job %s)", stream, entry_id, deliveries, job_id)
 
@@ -399,10 +393,10 @@ class JobBroker(RedisStreamBroker):
             if not held:
                 continue
             lost = await scripts.renew_leases(
-                keys=[stream], args=[GROUP, self.consumer_name, idle_ms, *list(held)], client=self._redis
+                stream=stream, group=GROUP, consumer=self.consumer_name, idle_ms=idle_ms, entry_ids=list(held)
             )
             for entry_id in lost:
-                self._lost(stream, entry_id.decode())
+                self._lost(stream, entry_id)
 
     def _lost(self, stream: str, entry_id: str) -> None:
         assert self.executor is not None
@@ -440,13 +434,9 @@ class JobBroker(RedisStreamBroker):
             began = time.monotonic()
             try:
                 for queue in self.queues:
-                    _, next_ms = await scripts.promote_due(
-                        keys=[self.keys.delayed(queue), self.keys.queue(queue)],
-                        args=[100],
-                        client=self._redis,
-                    )
-                    if int(next_ms) >= 0:
-                        wait = min(wait, int(next_ms) / 1000)
+                    promoted = await scripts.promote_due(queue=queue, limit=100)
+                    if promoted.next_due_ms is not None:
+                        wait = min(wait, promoted.next_due_ms / 1000)
             except REDIS_FAULTS as err:
                 self.watch.failed("promoting delayed jobs", err, began)
                 failures += 1

@@ -14,10 +14,20 @@ end
 
 local TERMINAL = {SUCCESS = true, FAILURE = true, CANCELLED = true}
 
--- Apply `changes` (field -> string; false deletes the field), bump `version`, set
--- EXPIRE to `ttl` seconds and publish the whole record to the job's channel and its
--- owner's channel. The only way a script writes a job, so no change goes unpublished.
--- Returns the record as a flat HGETALL array.
+-- The optional arguments of a call: one MessagePack map, the script's last ARGV. A key
+-- left out takes the script's default, so a new option shifts no position.
+local function js_opts(packed)
+  if not packed or packed == '' then
+    return {}
+  end
+  return cmsgpack.unpack(packed)
+end
+
+-- Apply `changes` (field -> string; false deletes the field), stamp `updated_at` and
+-- `expires_at` from `now` (Redis TIME, ms), bump `version`, keep the record `ttl` seconds
+-- (0: not at all, it is deleted once published) and publish the whole record to the
+-- job's channel and its owner's channel. The only way a script writes a job, so no change
+-- goes unstamped or unpublished. Returns the record as a flat HGETALL array.
 local function js_commit(key, changes, ttl, now, owner_prefix)
   local set, del = {}, {}
   for field, value in pairs(changes) do
@@ -31,12 +41,18 @@ local function js_commit(key, changes, ttl, now, owner_prefix)
   if #del > 0 then
     redis.call('HDEL', key, unpack(del))
   end
+  set[#set + 1] = 'updated_at'
+  set[#set + 1] = tostring(now)
   set[#set + 1] = 'expires_at'
   set[#set + 1] = tostring(now + ttl * 1000)
   redis.call('HSET', key, unpack(set))
   redis.call('HINCRBY', key, 'version', 1)
-  redis.call('EXPIRE', key, ttl)
   local flat = redis.call('HGETALL', key)
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  else
+    redis.call('DEL', key)
+  end
   local payload = cjson.encode(flat)
   redis.call('PUBLISH', key .. ':events', payload)
   local owner = ''

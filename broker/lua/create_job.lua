@@ -5,17 +5,21 @@
 -- KEYS: 1 job hash, 2 owner index (zset), 3 owner active set, 4 idempotency key,
 --       5 queue stream, 6 queue delayed zset
 -- ARGV: 1 owner channel prefix, 2 id, 3 type, 4 owner, 5 queue, 6 input JSON,
---       7 active TTL s, 8 active-job quota (0 = none), 9 idempotency TTL s (0 = no key),
---       10 Taskiq message, 11 run_at ms (0 = now), 12 '1' to replace a dangling idempotency key,
---       13 delay ms from now by the server clock (0 = none; used instead of 11 when set)
+--       7 active TTL s, 8 Taskiq message, 9 opts (MessagePack map, every key optional):
+--       max_active (active-job quota; none when absent), idempotency_ttl (s; no key when
+--       absent), run_at (epoch ms; now when absent), delay_ms (from now by the server
+--       clock; used instead of run_at when given), replace_idempotency (true: replace a
+--       dangling idempotency key)
 -- Returns: {OK, flat record} | {DUPLICATE, existing id} | {QUOTA}
 --   A job that already exists under ARGV[2] answers {DUPLICATE, ARGV[2]}: a create re-sent
 --   after a lost reply finds its own job, and the caller takes it as created.
 -- Publishes: the PENDING job.
 local job, index, active, idem, stream, delayed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local id, ttl, quota, idem_ttl = ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local id, ttl, message = ARGV[2], tonumber(ARGV[7]), ARGV[8]
+local opts = js_opts(ARGV[9])
+local quota, idem_ttl = opts.max_active or 0, opts.idempotency_ttl or 0
 
-if idem_ttl > 0 and ARGV[12] ~= '1' then
+if idem_ttl > 0 and not opts.replace_idempotency then
   local existing = redis.call('GET', idem)
   if existing then
     return {DUPLICATE, existing}
@@ -30,9 +34,9 @@ end
 
 local now_us = js_now_us()
 local now = math.floor(now_us / 1000)
-local run_at = tonumber(ARGV[11])
-if tonumber(ARGV[13]) > 0 then
-  run_at = now + tonumber(ARGV[13])
+local run_at = opts.run_at or 0
+if opts.delay_ms and opts.delay_ms > 0 then
+  run_at = now + opts.delay_ms
 end
 local changes = {
   id = id, type = ARGV[3], status = 'PENDING', progress = '0', owner = ARGV[4],
@@ -53,8 +57,8 @@ if idem_ttl > 0 then
   redis.call('SET', idem, id, 'EX', idem_ttl)
 end
 if run_at > now then
-  redis.call('ZADD', delayed, run_at, ARGV[10])
+  redis.call('ZADD', delayed, run_at, message)
 else
-  redis.call('XADD', stream, '*', 'data', ARGV[10])
+  redis.call('XADD', stream, '*', 'data', message)
 end
 return {OK, flat}

@@ -2,7 +2,7 @@
 -- stream, and its job, if still active, ends FAILURE with the given error.
 -- KEYS: 1 job hash, 2 owner active set, 3 queue stream, 4 dead stream
 -- ARGV: 1 owner channel prefix, 2 group, 3 consumer, 4 entry id, 5 message,
---       6 error JSON, 7 retention s, 8 job id, 9 deliveries
+--       6 error JSON, 7 retention s (0: deleted once published), 8 job id, 9 deliveries
 -- Returns: {OK} (job failed) | {SKIPPED} (job already ended or gone) | {STALE} (entry not ours)
 -- Publishes: the FAILURE job.
 local job, active, stream, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]

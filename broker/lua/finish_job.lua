@@ -4,12 +4,14 @@
 -- itself already applied and answers OK, so a worker may resend it after a dropped
 -- connection without turning its own success into a refusal.
 -- KEYS: 1 job hash, 2 owner active set, 3 queue stream
--- ARGV: 1 owner channel prefix, 2 attempt, 3 final status, 4 result JSON (SUCCESS),
---       5 error JSON (FAILURE, CANCELLED), 6 retention s, 7 group, 8 entry id, 9 job id
+-- ARGV: 1 owner channel prefix, 2 attempt, 3 final status, 4 the result JSON (SUCCESS) or
+--       the error JSON (FAILURE, CANCELLED), 5 retention s (0: deleted once published),
+--       6 group, 7 entry id, 8 job id
 -- Returns: {OK} | {NOT_FOUND} | {BAD_TRANSITION, status} | {STALE}
 -- Publishes: the terminal job (not again for a re-sent end).
 local job, active, stream = KEYS[1], KEYS[2], KEYS[3]
-local status = ARGV[3]
+local status, payload = ARGV[3], ARGV[4]
+local group, entry = ARGV[6], ARGV[7]
 local cur = redis.call('HMGET', job, 'status', 'attempts', 'result', 'error')
 if not cur[1] then
   return {NOT_FOUND}
@@ -19,9 +21,9 @@ if not TERMINAL[status] then
 end
 if cur[1] ~= 'PROCESSING' then
   local mine = cur[1] == status and cur[2] == ARGV[2]
-    and (status == 'SUCCESS' and cur[3] == ARGV[4] or status ~= 'SUCCESS' and cur[4] == ARGV[5])
+    and (status == 'SUCCESS' and cur[3] == payload or status ~= 'SUCCESS' and cur[4] == payload)
   if mine then
-    js_ack(stream, ARGV[7], ARGV[8])
+    js_ack(stream, group, entry)
     return {OK}
   end
   return {BAD_TRANSITION, cur[1]}
@@ -33,12 +35,12 @@ local now = js_now()
 local changes = {status = status, completed_at = tostring(now), eta = false}
 if status == 'SUCCESS' then
   changes.progress = '100'
-  changes.result = ARGV[4]
+  changes.result = payload
   changes.error = false
 else
-  changes.error = ARGV[5]
+  changes.error = payload
 end
-js_commit(job, changes, tonumber(ARGV[6]), now, ARGV[1])
-redis.call('SREM', active, ARGV[9])
-js_ack(stream, ARGV[7], ARGV[8])
+js_commit(job, changes, tonumber(ARGV[5]), now, ARGV[1])
+redis.call('SREM', active, ARGV[8])
+js_ack(stream, group, entry)
 return {OK}

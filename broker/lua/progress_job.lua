@@ -1,7 +1,8 @@
 -- progress_job: the running attempt reports progress, its current step and an ETA.
 -- KEYS: 1 job hash
--- ARGV: 1 owner channel prefix, 2 attempt, 3 progress (0-100), 4 message ('' keeps it),
---       5 eta seconds ('' clears it), 6 active TTL s
+-- ARGV: 1 owner channel prefix, 2 attempt, 3 progress (0-100), 4 active TTL s,
+--       5 opts (MessagePack map): message (the current step; absent keeps it),
+--       eta (seconds; absent clears it)
 -- Returns: {OK, cancel_requested 0|1} | {NOT_FOUND} | {BAD_TRANSITION, status} | {STALE}
 -- Publishes: the job with its new progress.
 local job = KEYS[1]
@@ -15,9 +16,10 @@ end
 if cur[2] ~= ARGV[2] then
   return {STALE}
 end
-local changes = {progress = ARGV[3], eta = ARGV[5] ~= '' and ARGV[5] or false}
-if ARGV[4] ~= '' then
-  changes.message = ARGV[4]
+local opts = js_opts(ARGV[5])
+local changes = {progress = ARGV[3], eta = opts.eta and tostring(opts.eta) or false}
+if opts.message then
+  changes.message = opts.message
 end
-js_commit(job, changes, tonumber(ARGV[6]), js_now(), ARGV[1])
+js_commit(job, changes, tonumber(ARGV[4]), js_now(), ARGV[1])
 return {OK, cur[3] and 1 or 0}

@@ -6,14 +6,14 @@
 --   PENDING: resent as the next dispatch (to the stream, or to the delayed set while its
 --   run_at is ahead), or -> FAILURE, as the pending action says.
 -- KEYS: 1 job hash, 2 owner active set, 3 queue stream, 4 queue delayed zset
--- ARGV: 1 owner channel prefix, 2 job id, 3 version seen, 4 min idle ms, 5 active TTL s,
---       6 retention s, 7 error JSON, 8 pending action ('resend' | 'fail'),
+-- ARGV: 1 owner channel prefix, 2 job id, 3 version seen, 4 min idle ms (since updated_at),
+--       5 active TTL s, 6 retention s (0: deleted once published), 7 error JSON, 8 pending action ('resend' | 'fail'),
 --       9 message of the next dispatch, 10 next dispatch
 -- Returns: {OK, new status} | {NOT_FOUND} | {STALE} (changed since it was seen)
 --        | {SKIPPED, status} (terminal, or PROCESSING and changed too recently)
 -- Publishes: the FAILURE job, or the PENDING job with its new dispatch.
 local job, active, stream, delayed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local cur = redis.call('HMGET', job, 'status', 'version', 'expires_at', 'run_at')
+local cur = redis.call('HMGET', job, 'status', 'version', 'updated_at', 'run_at', 'created_at')
 if not cur[1] then
   return {NOT_FOUND}
 end
@@ -31,8 +31,8 @@ local function fail()
 end
 
 if cur[1] == 'PROCESSING' then
-  -- Every change of a running job (start, progress) sets expires_at = now + active TTL.
-  local changed_at = tonumber(cur[3] or '0') - active_ttl * 1000
+  -- Every change stamps updated_at (js_commit); a record older than that stamp has created_at.
+  local changed_at = tonumber(cur[3] or cur[5] or '0')
   if now - changed_at < tonumber(ARGV[4]) then
     return {SKIPPED, cur[1]}
   end

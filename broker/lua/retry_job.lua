@@ -4,7 +4,8 @@
 -- Idempotent: a re-sent retry finds the job at (or past) its new dispatch, from this
 -- attempt or a later one, and answers OK without queueing the message a second time.
 -- KEYS: 1 job hash, 2 queue stream, 3 queue delayed zset
--- ARGV: 1 owner channel prefix, 2 attempt, 3 error JSON, 4 run_at ms, 5 new message,
+-- ARGV: 1 owner channel prefix, 2 attempt, 3 error JSON, 4 backoff ms (run_at is Redis
+--       TIME + this), 5 new message,
 --       6 new dispatch, 7 active TTL s, 8 group, 9 entry id
 -- Returns: {OK} | {NOT_FOUND} | {BAD_TRANSITION, status} | {STALE}
 -- Publishes: the PENDING job with its error and run_at (not again for a re-sent retry).
@@ -23,10 +24,12 @@ end
 if cur[2] ~= ARGV[2] then
   return {STALE}
 end
+local now = js_now()
+local run_at = now + math.max(0, math.floor(tonumber(ARGV[4])))
 js_commit(job, {
-  status = 'PENDING', error = ARGV[3], run_at = ARGV[4], dispatch = ARGV[6],
+  status = 'PENDING', error = ARGV[3], run_at = tostring(run_at), dispatch = ARGV[6],
   progress = '0', message = false, eta = false, worker = false,
-}, tonumber(ARGV[7]), js_now(), ARGV[1])
-redis.call('ZADD', delayed, tonumber(ARGV[4]), ARGV[5])
+}, tonumber(ARGV[7]), now, ARGV[1])
+redis.call('ZADD', delayed, run_at, ARGV[5])
 js_ack(stream, ARGV[8], ARGV[9])
 return {OK}

@@ -446,9 +446,7 @@ async def test_retries_wait_no_longer_than_backoff_max(
             wait = job.run_at.timestamp() - (now_ms[0] + now_ms[1] / 1e6)
             assert wait <= 0.3 + 0.05, (attempt, wait)
             await asyncio.sleep(max(0.0, wait))  # until it is due; then promote it onto the stream
-            await store.scripts.promote_due(
-                keys=[store.keys.delayed("default"), store.keys.queue("default")], args=[10]
-            )
+            await store.scripts.promote_due(queue="default", limit=10)
         assert executor.counters.retried == 6 and executor.counters.failed == 0
 
 
@@ -500,7 +498,7 @@ async def test_re_sent_start_finish_and_retry_count_once(
         started = await store.start(delivery, "c1")
         assert started is not None and started.job.id == retried_id
         for _ in range(2):
-            await store.retry(started, delivery, JobError("Flaky", "again"), run_at_ms=1)
+            await store.retry(started, delivery, JobError("Flaky", "again"), delay_seconds=0)
         assert await redis.zcard(store.keys.delayed("default")) == 1
         assert (await store.get(retried_id)).status == JobStatus.PENDING
 
@@ -534,7 +532,7 @@ async def test_the_scheduler_loop_warns_once_while_redis_is_down(caplog: pytest.
         calls += 1
         return {}
 
-    ticker = Ticker(dead, Keys("t:"), Scripts.register(dead), "me", Periodic("cleanup", 60, run))
+    ticker = Ticker(dead, Scripts.register(dead, Keys("t:")), "me", Periodic("cleanup", 60, run))
     with caplog.at_level(logging.INFO, "jobstream.scheduler"):
         loop = asyncio.create_task(ticker.run_forever())
         await asyncio.sleep(1.0)  # long enough for several tries at the loop's backoff

@@ -146,8 +146,7 @@ async def test_cleanup_keeps_an_idempotency_key_a_new_job_took_over(store: JobSt
     assert is_new and new.id != old
     scripts = store.scripts
     # A stale read of the key (still naming the old job) must not delete the new mapping.
-    reply = await scripts.drop_idempotency(keys=[keys.idempotency("alice", "same")], args=[old])
-    assert int(reply[0]) == ScriptCode.SKIPPED
+    assert not await scripts.drop_idempotency(key=keys.idempotency("alice", "same"), job_id=old)
     await Cleanup(redis, store.settings, scripts).run()
     assert await redis.get(keys.idempotency("alice", "same")) == new.id.encode()
 
@@ -277,15 +276,23 @@ async def test_reaper_can_fail_a_pending_job_whose_message_is_gone(store: JobSto
 
 
 async def test_reap_is_fenced_on_the_version_the_reaper_saw(store: JobStore, redis: Redis) -> None:
-    keys = store.keys
     job_id = await create(store)
     seen = (await store.get(job_id)).version
     _started, _delivery = await start_next(store)  # a worker acts after the reaper's read
     reply = await store.scripts.reap_job(
-        keys=[keys.job(job_id), keys.owner_active("alice"), keys.queue("default"), keys.delayed("default")],
-        args=[keys.owner_channel_prefix, job_id, seen, 0, 60, 60, b"{}", "fail", b"", 2],
+        job_id=job_id,
+        owner="alice",
+        queue="default",
+        version_seen=str(seen).encode(),
+        min_idle_ms=0,
+        active_ttl=60,
+        retention=60,
+        error_json=b"{}",
+        pending_action="fail",
+        message=b"",
+        dispatch=2,
     )
-    assert int(reply[0]) == ScriptCode.STALE
+    assert reply.code == ScriptCode.STALE
     assert (await store.get(job_id)).status == JobStatus.PROCESSING
 
 
@@ -311,8 +318,8 @@ async def test_each_tick_runs_on_one_replica_only(store: JobStore, redis: Redis)
         slots.append(int(await redis.hget(key, "slot") or 0))  # the slot just claimed
         return {"n": 1}
 
-    scripts = Scripts.register(redis)
-    tickers = [Ticker(redis, store.keys, scripts, f"r{n}", Periodic("probe", 0.2, run)) for n in range(3)]
+    scripts = Scripts.register(redis, store.keys)
+    tickers = [Ticker(redis, scripts, f"r{n}", Periodic("probe", 0.2, run)) for n in range(3)]
     loops = [asyncio.create_task(t.run_forever()) for t in tickers]
 
     async def five_done() -> bool:  # and every claimed run recorded: the loops are asleep

@@ -20,10 +20,12 @@ from broker.errors import (
     StaleAttempt,
 )
 from broker.ids import new_job_id
-from broker.message import decode_message
+from broker.lua_source import script_source
+from broker.message import decode_message, encode_message
 from broker.models import JobError, JobStatus
 from broker.queues import ensure_groups
-from broker.scripts import script_source
+from broker.registry import TaskRegistry
+from broker.scripts import CreateOpts, Reply
 from broker.settings import Settings, load_settings
 from broker.store import GROUP, Delivery, JobStore, Started
 
@@ -69,6 +71,21 @@ async def running(store: JobStore) -> tuple[Started, Delivery]:
     started = await store.start(delivery, "c1")
     assert started is not None
     return started, delivery
+
+
+async def create_call(store: JobStore, job_id: str, opts: CreateOpts, owner: str = "alice") -> Reply:
+    """The create script itself, as ``JobStore.create`` calls it (no retry, no replay handling)."""
+    return await store.scripts.create_job(
+        job_id=job_id,
+        task="demo.noop",
+        owner=owner,
+        queue="default",
+        input_json=b"{}",
+        message=encode_message(job_id, "demo.noop", 1),
+        active_ttl=ACTIVE_TTL,
+        idempotency_key=None,
+        opts=opts,
+    )
 
 
 async def raw(store: JobStore, job_id: str) -> dict[bytes, bytes]:
@@ -136,13 +153,13 @@ async def test_an_idempotency_key_replayed_with_another_input_is_refused(store: 
 async def test_a_create_sent_again_after_a_lost_reply_makes_one_job(store: JobStore) -> None:
     """The script ran but its reply was lost; the caller sends the same create (same id) again."""
     job_id = new_job_id()
-    args = (job_id, "demo.noop", b"{}", "alice", "default", None, (0, 0), False)
-    first = await store._create(*args)
-    again = await store._create(*args)
-    assert (first[0], again) == (ScriptCode.OK, (ScriptCode.DUPLICATE, job_id.encode()))
+    opts = CreateOpts(max_active=store.settings.max_active_per_owner)
+    first = await create_call(store, job_id, opts)
+    again = await create_call(store, job_id, opts)
+    assert (first.code, again) == (ScriptCode.OK, Reply(ScriptCode.DUPLICATE, None, job_id))
     for _ in range(2):  # also when the first send filled the owner's quota
         await make(store)
-    assert (await store._create(*args))[0] == ScriptCode.DUPLICATE
+    assert (await create_call(store, job_id, opts)).code == ScriptCode.DUPLICATE
     assert await store.redis.xlen(store.keys.queue("default")) == 3
     assert await store.redis.zcard(store.keys.owner_jobs("alice")) == 3
 
@@ -278,15 +295,13 @@ async def test_terminal_states_never_change(store: JobStore) -> None:
 async def test_retry_goes_back_to_pending_with_the_error_and_a_delayed_dispatch(store: JobStore) -> None:
     started, delivery = await running(store)
     job_id = started.job.id
-    await store.retry(started, delivery, JobError("Flaky", "try again"), run_at_ms=1)
+    await store.retry(started, delivery, JobError("Flaky", "try again"), delay_seconds=0)
     job = await store.get(job_id)
     assert job.status == JobStatus.PENDING and job.error == JobError("Flaky", "try again")
     assert job.attempts == 1
     assert await store.redis.xlen(delivery.stream) == 0
-    moved, _ = await store.scripts.promote_due(
-        keys=[store.keys.delayed("default"), delivery.stream], args=[10]
-    )
-    assert moved == 1
+    promoted = await store.scripts.promote_due(queue="default", limit=10)
+    assert promoted.moved == 1
     again = await take(store, "c2")
     assert again.dispatch == 2
     restarted = await store.start(again, "c2")
@@ -296,10 +311,8 @@ async def test_retry_goes_back_to_pending_with_the_error_and_a_delayed_dispatch(
 async def test_promote_leaves_messages_that_are_not_due(store: JobStore) -> None:
     await make(store, run_at_ms=2**42)
     assert await store.redis.xlen(store.keys.queue("default")) == 0
-    moved, next_ms = await store.scripts.promote_due(
-        keys=[store.keys.delayed("default"), store.keys.queue("default")], args=[10]
-    )
-    assert moved == 0 and next_ms > 0
+    promoted = await store.scripts.promote_due(queue="default", limit=10)
+    assert promoted.moved == 0 and promoted.next_due_ms is not None and promoted.next_due_ms > 0
 
 
 async def test_cancel_pending_processing_and_other_owner(store: JobStore) -> None:
@@ -326,11 +339,15 @@ async def test_cancel_pending_processing_and_other_owner(store: JobStore) -> Non
 async def test_reclaimed_entry_restarts_and_fences_the_old_attempt(store: JobStore) -> None:
     old, delivery = await running(store)
     await asyncio.sleep(0.01)
-    claimed = await store.scripts.reclaim(keys=[delivery.stream], args=[GROUP, "c2", 1, 10])
-    assert [c[0].decode() for c in claimed] == [delivery.entry_id]
-    assert int(claimed[0][2]) == 2
-    lost = await store.scripts.renew_leases(keys=[delivery.stream], args=[GROUP, "c1", 0, delivery.entry_id])
-    assert [x.decode() for x in lost] == [delivery.entry_id]
+    claimed = await store.scripts.reclaim(
+        stream=delivery.stream, group=GROUP, consumer="c2", min_idle_ms=1, count=10
+    )
+    assert [c.entry_id for c in claimed] == [delivery.entry_id]
+    assert claimed[0].deliveries == 2
+    lost = await store.scripts.renew_leases(
+        stream=delivery.stream, group=GROUP, consumer="c1", idle_ms=0, entry_ids=[delivery.entry_id]
+    )
+    assert lost == [delivery.entry_id]
     new = await store.start(delivery, "c2")
     assert new is not None and new.attempt == 2
     with pytest.raises(StaleAttempt):
@@ -418,3 +435,117 @@ async def test_cancelling_a_delayed_job_takes_its_message_off_the_delayed_set(st
     assert cancelled.status == JobStatus.CANCELLED
     remaining: Any = await store.redis.zrange(delayed, 0, -1)
     assert [decode_message(m).task_id for m in remaining] == [other]
+
+
+# -- opts, times from Redis TIME, updated_at, retention ---------------------------------------
+
+
+async def redis_ms(store: JobStore) -> int:
+    seconds, micros = await store.redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def test_create_opts_omitted_take_the_scripts_defaults(store: JobStore) -> None:
+    job_id = new_job_id()
+    reply = await create_call(store, job_id, CreateOpts())  # no quota, no idempotency key, run now
+    assert reply.code == ScriptCode.OK and reply.record is not None
+    assert b"run_at" not in reply.record
+    assert await store.redis.xlen(store.keys.queue("default")) == 1
+    assert await store.redis.zcard(store.keys.delayed("default")) == 0
+    assert await store.redis.keys(store.keys.prefix + "idem:*") == []
+
+
+async def test_create_opts_given_are_read_by_name(store: JobStore) -> None:
+    before = await redis_ms(store)
+    delayed = await create_call(store, new_job_id(), CreateOpts(delay_ms=60_000, max_active=2))
+    after = await redis_ms(store)
+    assert delayed.code == ScriptCode.OK and delayed.record is not None
+    run_at = int(delayed.record[b"run_at"])
+    assert before + 60_000 <= run_at <= after + 60_000  # Redis TIME + delay, in the script
+    assert (
+        await store.redis.zscore(
+            store.keys.delayed("default"), encode_message(delayed.record[b"id"].decode(), "demo.noop", 1)
+        )
+        == run_at
+    )
+    assert (await create_call(store, new_job_id(), CreateOpts(max_active=2))).code == ScriptCode.OK
+    assert (await create_call(store, new_job_id(), CreateOpts(max_active=2))).code == ScriptCode.QUOTA
+
+
+async def test_progress_opts_keep_the_message_when_omitted_and_clear_the_eta(store: JobStore) -> None:
+    started, _ = await running(store)
+    job_id = started.job.id
+    await store.progress(job_id, 1, 10, "parsing", eta_seconds=12.5)
+    job = await store.get(job_id)
+    assert (job.progress, job.message, job.eta_seconds) == (10, "parsing", 12.5)
+    await store.progress(job_id, 1, 20)  # no message, no ETA
+    job = await store.get(job_id)
+    assert (job.progress, job.message, job.eta_seconds) == (20, "parsing", None)
+
+
+async def test_updated_at_moves_with_every_change_on_the_redis_clock(store: JobStore) -> None:
+    stamps: list[tuple[int, int, int]] = []  # (Redis ms before, updated_at, Redis ms after)
+
+    async def stamped(change: Any) -> None:
+        before = await redis_ms(store)
+        await change
+        after = await redis_ms(store)
+        fields = await raw(store, job_id)
+        stamps.append((before, int(fields[b"updated_at"]), after))
+
+    job_id = new_job_id()
+    await stamped(create_call(store, job_id, CreateOpts()))
+    delivery = await take(store)
+    await asyncio.sleep(0.002)  # so each change falls in a later millisecond than the last
+    await stamped(store.start(delivery, "c1"))
+    await asyncio.sleep(0.002)
+    await stamped(store.progress(job_id, 1, 50))
+    await asyncio.sleep(0.002)
+    await stamped(store.cancel(job_id, "alice", RETENTION))
+    for before, updated_at, after in stamps:
+        assert before <= updated_at <= after
+    assert [s[1] for s in stamps] == sorted({s[1] for s in stamps})  # strictly increasing
+    job = await store.get(job_id)
+    assert job.updated_at.timestamp() * 1000 == stamps[-1][1]
+    assert job.created_at.timestamp() * 1000 == stamps[0][1]
+
+
+async def test_a_retry_is_due_its_backoff_after_redis_time(store: JobStore) -> None:
+    started, delivery = await running(store)
+    before = await redis_ms(store)
+    await store.retry(started, delivery, JobError("Flaky", "again"), delay_seconds=30)
+    after = await redis_ms(store)
+    fields = await raw(store, started.job.id)
+    run_at = int(fields[b"run_at"])
+    assert before + 30_000 <= run_at <= after + 30_000
+    [(_, score)] = await store.redis.zrange(store.keys.delayed("default"), 0, -1, withscores=True)
+    assert score == run_at
+
+
+async def test_zero_retention_publishes_the_end_then_deletes_the_record(store: JobStore) -> None:
+    started, delivery = await running(store)
+    async with store.redis.pubsub() as pubsub:
+        await pubsub.subscribe(store.keys.job_channel(started.job.id))
+        await pubsub.get_message(timeout=1)
+        await store.succeed(started, delivery, b"1", retention=0)
+        event = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+    assert event is not None
+    flat = msgspec.json.decode(event["data"])
+    assert dict(zip(flat[::2], flat[1::2], strict=True))["status"] == "SUCCESS"
+    assert not await store.redis.exists(store.keys.job(started.job.id))
+    assert await store.redis.xlen(delivery.stream) == 0
+
+
+def test_retention_has_one_rule_and_zero_is_a_value() -> None:
+    tasks = TaskRegistry()
+
+    async def fn(ctx: Any, data: dict[str, Any]) -> None:
+        return None
+
+    tasks.task("kept.default")(fn)
+    tasks.task("kept.never", retention=0)(fn)
+    tasks.task("kept.hour", retention=3600)(fn)
+    assert [tasks.get(n).retention(99) for n in ("kept.default", "kept.never", "kept.hour")] == [99, 0, 3600]
+    assert tasks.retention("not.registered", 99) == 99
+    with pytest.raises(ValueError, match="retention"):
+        tasks.task("kept.negative", retention=-1)(fn)

@@ -21,7 +21,7 @@ def task_info(spec: TaskSpec, settings: Settings) -> TaskInfo:
         queue=options.queue or settings.default_queue,
         timeout_seconds=options.timeout,
         retries=options.retries,
-        retention_seconds=settings.retention_seconds if options.retention is None else options.retention,
+        retention_seconds=spec.retention(settings.retention_seconds),
         input_schema=spec.input_schema(),
         output_schema=spec.output_schema(),
         description=inspect.getdoc(spec.fn),

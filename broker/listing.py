@@ -1,0 +1,108 @@
+"""Listing an owner's jobs: newest first, filtered, in pages that stay stable while jobs are made.
+
+The owner index is scored by the creation sequence (docs/ARCHITECTURE.md, "Redis layout");
+a cursor is ``<sequence>.<job id>`` of the last job a page returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from broker.keys import Keys
+from broker.models import Job, JobStatus, job_from_fields
+
+Rows = list[tuple[str, float]]
+"""(job id, creation sequence) rows of an owner index."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a job listing, and the cursor of the next (None at the end)."""
+
+    jobs: list[Job]
+    cursor: str | None
+
+
+async def list_jobs(
+    redis: Redis,
+    keys: Keys,
+    owner: str,
+    *,
+    status: JobStatus | None = None,
+    task: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> Page:
+    """The owner's jobs, newest first, optionally filtered; resumable with ``cursor``.
+
+    The order is (created ms, id) descending and the cursor names the last job
+    returned, so jobs created while a client pages neither repeat nor shift a page.
+    Reads the index in bounded batches; ids whose record expired are skipped (the
+    cleanup task prunes them). A page may hold fewer than ``limit`` jobs when a filter
+    matches rarely; the cursor then continues the scan where it stopped.
+    """
+    after = _parse_cursor(cursor)
+    top: float | str = after[0] if after else "+inf"
+    batch = max(limit * 2, 50)
+    found: list[Job] = []
+    offset = scanned = 0
+    last: tuple[float, str] | None = after
+    while len(found) < limit and scanned < batch * 10:
+        rows = await _index_batch(redis, keys.owner_jobs(owner), top, offset, batch)
+        if not rows:
+            return Page(found, None)
+        offset += len(rows)
+        rows = [(i, sc) for i, sc in rows if after is None or (sc, i) < after]
+        scanned += len(rows)
+        for (job_id, score), job in zip(rows, await _read_many(redis, keys, rows), strict=True):
+            last = (score, job_id)
+            if job is None or not _matches(job, status, task):
+                continue
+            found.append(job)
+            if len(found) == limit:
+                return Page(found, _format_cursor(last))
+    return Page(found, _format_cursor(last) if last else None)
+
+
+async def _index_batch(redis: Redis, index: str, top: float | str, offset: int, count: int) -> Rows:
+    rows: Any = await redis.zrange(
+        index,
+        top,
+        "-inf",
+        desc=True,
+        byscore=True,
+        offset=offset,
+        num=count,
+        withscores=True,
+    )
+    return [(member.decode(), float(score)) for member, score in rows]
+
+
+async def _read_many(redis: Redis, keys: Keys, rows: Rows) -> Sequence[Job | None]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, _ in rows:
+            pipe.hgetall(keys.job(job_id))
+        records = await pipe.execute()
+    return [job_from_fields(fields) if fields else None for fields in records]
+
+
+def _matches(job: Job, status: JobStatus | None, task: str | None) -> bool:
+    return (status is None or job.status == status) and (task is None or job.type == task)
+
+
+def _format_cursor(position: tuple[float, str]) -> str:
+    return f"{int(position[0])}.{position[1]}"
+
+
+def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """``<created ms>.<job id>`` -> (score, id); raises ``ValueError`` on anything else."""
+    if not cursor:
+        return None
+    score, sep, job_id = cursor.partition(".")
+    if not sep or not score.isdigit() or not job_id:
+        raise ValueError(f"not a listing cursor: {cursor!r}")
+    return float(score), job_id
