@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,57 +324,6 @@ def worker_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "workers", "--log-level", "WARNING", *args]
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time process ``pid`` has used so far (from /proc; 0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` and every process below it (a worker manager's workers)."""
-    return cpu_seconds(pid) + sum(cpu_seconds(child) for child, _ in descendants(pid))
-
-
-class CpuMeter:
-    """CPU time of the worker processes and of Redis from 20% of the jobs done to all done.
-
-    CPU per job is far less disturbed than jobs/s by other load on a shared machine, and
-    it shows where the cores go: into the workers or into Redis. Starting at 20% keeps
-    the start-up of workers that came up late out of it.
-    """
-
-    def __init__(self, procs: Sequence[subprocess.Popen[bytes]], redis_pid: int, n: int) -> None:
-        self.procs, self.redis_pid, self.n = procs, redis_pid, n
-        self.samples: list[tuple[float, int, float, float]] = []
-
-    def observe(self, done: int) -> None:
-        """Call with each completion count: samples at the first count >= 20% of n and at n."""
-        if done >= self.n * 0.2 and (not self.samples or done >= self.n):
-            workers = sum(tree_cpu_seconds(proc.pid) for proc in self.procs)
-            self.samples.append((time.monotonic(), done, workers, cpu_seconds(self.redis_pid)))
-
-    def per_job(self) -> dict[str, float]:
-        """Worker and Redis CPU us per job, and utilisation (1.0 = one core; workers: per process)."""
-        if len(self.samples) < 2:
-            return {}
-        (t0, done0, w0, r0), (t1, done1, w1, r1) = self.samples[0], self.samples[-1]
-        jobs, span = done1 - done0, t1 - t0
-        if jobs <= 0 or span <= 0:
-            return {}
-        return {
-            "worker_cpu_us_per_job": 1e6 * (w1 - w0) / jobs,
-            "redis_cpu_us_per_job": 1e6 * (r1 - r0) / jobs,
-            "worker_cpu_utilisation": (w1 - w0) / span / len(self.procs),
-            "redis_cpu_utilisation": (r1 - r0) / span,
-        }
-
-
 def log_tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
@@ -414,75 +363,3 @@ async def create_jobs(
 
 def encode_input(value: Any) -> bytes:
     return msgspec.json.encode(value)
-
-
-# -- completion ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Completion:
-    """When the first and the last completion of a batch were observed (``time.time()``)."""
-
-    spawned: float
-    first_seen: float
-    done_at_first: int
-    finished: float
-    n: int
-
-    @property
-    def steady_rate(self) -> float:
-        """Jobs/s from the first observed completion to the last: worker start-up excluded."""
-        span = self.finished - self.first_seen
-        return (self.n - self.done_at_first) / span if span > 0 else float("inf")
-
-    @property
-    def wall_rate(self) -> float:
-        """Jobs/s from spawning the workers to the last completion: start-up included."""
-        return self.n / (self.finished - self.spawned)
-
-    @property
-    def startup(self) -> float:
-        """Seconds from spawning the workers to the first observed completion."""
-        return self.first_seen - self.spawned
-
-
-async def watch_completion(
-    completed: Callable[[], Awaitable[int]],
-    n: int,
-    spawned: float,
-    timeout: float,
-    alive: Callable[[], str | None] = lambda: None,
-    interval: float = 0.01,
-) -> Completion:
-    """Poll ``completed()`` every ``interval`` s until it reaches ``n``; bounded by ``timeout``.
-
-    ``alive()`` returns a reason to give up early (a worker died), or None.
-    """
-    deadline = time.monotonic() + timeout
-    first_seen, done_at_first = 0.0, 0
-    while True:
-        done = await completed()
-        now = time.time()
-        if done and not first_seen:
-            first_seen, done_at_first = now, done
-        if done >= n:
-            return Completion(spawned, first_seen, done_at_first, now, n)
-        problem = alive()
-        if problem:
-            raise RuntimeError(f"{problem} ({done}/{n} done)")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s with {done}/{n} done")
-        await asyncio.sleep(interval)
-
-
-def dead_process(procs: Sequence[subprocess.Popen[bytes]]) -> Callable[[], str | None]:
-    """An ``alive`` check for :func:`watch_completion`: names a process that exited."""
-
-    def check() -> str | None:
-        for proc in procs:
-            code = proc.poll()
-            if code is not None:
-                return f"process {proc.pid} ({' '.join(map(str, proc.args))[:80]}) exited with {code}"
-        return None
-
-    return check

@@ -34,7 +34,6 @@ from bench.common import (
     Options,
     Report,
     bench_redis,
-    dead_process,
     job_store,
     jobstream_env,
     log_tail,
@@ -42,6 +41,7 @@ from bench.common import (
     spawn,
     stop,
 )
+from bench.completion import dead_process
 
 PREFIX = "js:"
 JOB_PATH = {"EVALSHA create_job", "XREADGROUP", "EVALSHA start_job", "EVALSHA finish_job"}
@@ -109,47 +109,58 @@ async def _measure(url: str, n: int, folder: Path) -> dict[str, Any]:
         async with job_store(url, PREFIX):  # scripts loaded, group made: not part of a job's cost
             pass
         before = await _snapshot(redis)
-        creator_counts = folder / "creator.json"
-        creator = spawn(_counted(creator_counts, "bench.create_jobs", url, PREFIX, str(n)), log=log)
+        creator = spawn(_counted(folder / "creator.json", "bench.create_jobs", url, PREFIX, str(n)), log=log)
         await _wait_exit(creator, 60 + n / 100, "creator", log)
         created = await _snapshot(redis)
-
-        worker_counts = folder / "worker.json"
-        env = jobstream_env(url, PREFIX)
-        began = time.monotonic()
-        worker = spawn(_counted(worker_counts, "workers", "--log-level", "WARNING"), env, log)
-        polls = 0
-        alive = dead_process([worker])
-        try:
-            while int(await redis.scard(f"{PREFIX}owner:{OWNER}:active")) > 0:
-                polls += 1
-                problem = alive()
-                if problem or time.monotonic() - began > 60 + n / 100:
-                    raise RuntimeError(f"worker: {problem or 'timed out'}\n{log_tail(log)}")
-                await asyncio.sleep(0.05)
-            polls += 1
-            run_s = time.monotonic() - began
-        finally:
-            stop(worker)
+        polls, run_s = await _run_worker(redis, url, folder / "worker.json", log, n)
         finished = await _snapshot(redis)
         memory = await _job_memory(redis, n)
     finally:
         await redis.aclose()
-    worker_cmds = _delta(finished, created)
-    worker_cmds["scard"] = worker_cmds.get("scard", 0) - polls
+    creator_counts = json.loads((folder / "creator.json").read_text())
+    worker_counts = json.loads((folder / "worker.json").read_text())
     return {
         "n": n,
         "worker_run_s": run_s,
-        "creator_round_trips": json.loads(creator_counts.read_text())["round_trips"],
-        "creator_commands": json.loads(creator_counts.read_text())["commands"],
-        "worker_round_trips": json.loads(worker_counts.read_text())["round_trips"],
-        "worker_commands": json.loads(worker_counts.read_text())["commands"],
+        "creator_round_trips": creator_counts["round_trips"],
+        "creator_commands": creator_counts["commands"],
+        "worker_round_trips": worker_counts["round_trips"],
+        "worker_commands": worker_counts["commands"],
+        **_server_figures(before, created, finished, polls, n),
+        "memory_sample": memory,
+    }
+
+
+async def _run_worker(redis: Redis, url: str, counts: Path, log: Path, n: int) -> tuple[int, float]:
+    """Run one counted worker until no job is active; (the bench's own SCARD polls, seconds)."""
+    began = time.monotonic()
+    worker = spawn(_counted(counts, "workers", "--log-level", "WARNING"), jobstream_env(url, PREFIX), log)
+    polls = 0
+    alive = dead_process([worker])
+    try:
+        while int(await redis.scard(f"{PREFIX}owner:{OWNER}:active")) > 0:
+            polls += 1
+            problem = alive()
+            if problem or time.monotonic() - began > 60 + n / 100:
+                raise RuntimeError(f"worker: {problem or 'timed out'}\n{log_tail(log)}")
+            await asyncio.sleep(0.05)
+        return polls + 1, time.monotonic() - began
+    finally:
+        stop(worker)
+
+
+def _server_figures(
+    before: dict[str, Any], created: dict[str, Any], finished: dict[str, Any], polls: int, n: int
+) -> dict[str, Any]:
+    """Commands and memory from the three INFO snapshots, the bench's own calls subtracted."""
+    worker_cmds = _delta(finished, created)
+    worker_cmds["scard"] = worker_cmds.get("scard", 0) - polls
+    return {
         "server_commands_create": _delta(created, before),
         "server_commands_worker": {k: v for k, v in worker_cmds.items() if v},
-        "total_commands_processed": finished["total"]
-        - before["total"]
-        - polls
-        - _info_calls(finished, before),
+        "total_commands_processed": (
+            finished["total"] - before["total"] - polls - _info_calls(finished, before)
+        ),
         "used_memory_before": before["used_memory"],
         "used_memory_pending": created["used_memory"],
         "used_memory_finished": finished["used_memory"],
@@ -159,7 +170,6 @@ async def _measure(url: str, n: int, folder: Path) -> dict[str, Any]:
             "pending": created["memory"],
             "finished": finished["memory"],
         },
-        "memory_sample": memory,
     }
 
 
@@ -186,16 +196,26 @@ async def _main(options: Options) -> Report:
     with bench_redis() as server, tempfile.TemporaryDirectory() as folder:
         version = redis_version(server.url)
         m = await _measure(server.url, n, Path(folder))
-    c_job, c_other = _split(m["creator_round_trips"])
-    w_job, w_other = _split(m["worker_round_trips"])
-    create_cmds = m["server_commands_create"]
-    worker_cmds = m["server_commands_worker"]
     all_cmds: dict[str, int] = {}
-    for table in (create_cmds, worker_cmds):
+    for table in (m["server_commands_create"], m["server_commands_worker"]):
         for name, calls in table.items():
             all_cmds[name] = all_cmds.get(name, 0) + calls
-    top_level = sum(m["creator_round_trips"].values()) + sum(m["worker_round_trips"].values())
     per_job_memory = (m["used_memory_finished"] - m["used_memory_before"]) / n
+    return Report(
+        "cost",
+        f"cost per job lifecycle: {n:,} noop jobs",
+        ["what", "per job", "total"],
+        _rows(m, all_cmds, per_job_memory, n),
+        {"n": n, "redis": version, **m, "per_job_memory_bytes": per_job_memory},
+        _notes(m, n, version),
+        lambda path: _chart(path, all_cmds, n),
+    )
+
+
+def _rows(m: dict[str, Any], all_cmds: dict[str, int], per_job_memory: float, n: int) -> list[list[str]]:
+    """Round trips and commands per job, then memory per job."""
+    c_job, c_other = _split(m["creator_round_trips"])
+    w_job, w_other = _split(m["worker_round_trips"])
     rows = [
         ["round trips: create (creator process)", f"{c_job / n:.2f}", f"{c_job:,}"],
         ["round trips: XREADGROUP + start + finish/ack (worker)", f"{w_job / n:.2f}", f"{w_job:,}"],
@@ -208,7 +228,9 @@ async def _main(options: Options) -> Report:
     for name, calls in sorted(all_cmds.items(), key=lambda kv: -kv[1]):
         if calls >= n / 100:
             rows.append([f"  {name}", f"{calls / n:.2f}", f"{calls:,}"])
-    rows += [
+    pending = (m["used_memory_pending"] - m["used_memory_before"]) / n
+    return [
+        *rows,
         ["memory per retained finished job, bytes (target < 1024)", f"{per_job_memory:,.0f}", ""],
         ["  of which dataset (used_memory_dataset delta / N)", f"{m['dataset_per_job']:,.0f}", ""],
         ["  job hash (MEMORY USAGE, mean of 200)", f"{m['memory_sample']['job_hash_mean']:,.0f}", ""],
@@ -217,13 +239,14 @@ async def _main(options: Options) -> Report:
             f"{m['memory_sample']['owner_index_per_job']:,.0f}",
             "",
         ],
-        [
-            "memory per pending job, bytes",
-            f"{(m['used_memory_pending'] - m['used_memory_before']) / n:,.0f}",
-            "",
-        ],
+        ["memory per pending job, bytes", f"{pending:,.0f}", ""],
     ]
-    notes = [
+
+
+def _notes(m: dict[str, Any], n: int, version: str) -> list[str]:
+    """How the figures were counted, and every round trip by name."""
+    top_level = sum(m["creator_round_trips"].values()) + sum(m["worker_round_trips"].values())
+    return [
         f"N = {n:,} demo.noop jobs, created one at a time, run by one worker process "
         f"in {m['worker_run_s']:.1f} s; Redis {version}.",
         "round trips counted client-side (redis-py send_packed_command: one per command, pipeline or "
@@ -234,15 +257,6 @@ async def _main(options: Options) -> Report:
         "worker round trips: " + _describe(m["worker_round_trips"]),
         "worker commands sent: " + ", ".join(f"{k} {v:,}" for k, v in sorted(m["worker_commands"].items())),
     ]
-    return Report(
-        "cost",
-        f"cost per job lifecycle: {n:,} noop jobs",
-        ["what", "per job", "total"],
-        rows,
-        {"n": n, "redis": version, **m, "per_job_memory_bytes": per_job_memory},
-        notes,
-        lambda path: _chart(path, all_cmds, n),
-    )
 
 
 def _describe(round_trips: dict[str, int]) -> str:

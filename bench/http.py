@@ -29,7 +29,6 @@ from bench.common import (
     ROOT,
     Report,
     bar_chart,
-    cpu_seconds,
     fmt_rate,
     fmt_spread,
     log_tail,
@@ -37,6 +36,7 @@ from bench.common import (
     stop,
     summary,
 )
+from bench.cpu_time import cpu_seconds
 from devtools.embedded_redis import free_port
 
 LUA = ROOT / "bench" / "wrk" / "request.lua"
@@ -131,6 +131,18 @@ def _run_wrk(url: str, seconds: float, connections: int, env: Mapping[str, str] 
     raise RuntimeError(f"wrk gave no summary (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
 
 
+WRK_COLUMNS = [
+    "request",
+    "req/s",
+    "spread",
+    "p50 ms",
+    "p99 ms",
+    "server CPU",
+    "req per server CPU-s",
+    "of ceiling",
+]
+
+
 def wrk_report(
     scenario: str,
     title: str,
@@ -142,27 +154,42 @@ def wrk_report(
 ) -> Report:
     """The table of a wrk scenario; its last case is the ceiling the others are compared with."""
     names = list(results)
-    ceiling_name = names[-1]
     stats = {name: summary([r["rps"] for r in runs]) for name, runs in results.items()}
-    ceiling = stats[ceiling_name]["median"]
-    rows = []
-    for name, runs in results.items():
-        last = runs[-1]
-        rows.append(
-            [
-                name,
-                fmt_rate(stats[name]["median"]),
-                fmt_spread(stats[name]) if rounds > 1 else "-",
-                f"{last['latency_us']['p50'] / 1000:.2f}",
-                f"{last['latency_us']['p99'] / 1000:.2f}",
-                f"{100 * last['server_cpu']:.0f}%",
-                fmt_rate(last["rps_per_server_cpu_s"]),
-                f"{100 * stats[name]['median'] / ceiling:.0f}%",
-            ]
-        )
+    ceiling = stats[names[-1]]["median"]
+    rows = [_wrk_row(name, runs, stats[name], ceiling, rounds) for name, runs in results.items()]
+    notes = [*(extra_notes or []), *_wrk_notes(results, seconds, rounds, version)]
+
+    def chart(path: Path) -> None:
+        bar_chart(path, title, names, [stats[n]["median"] for n in names], "requests/s",
+                  [(stats[n]["min"], stats[n]["max"]) for n in names])  # fmt: skip
+
+    data = {"seconds": seconds, "rounds": rounds, "redis": version, "stats": stats, "runs": results}
+    return Report(scenario, title, WRK_COLUMNS, rows, data, notes, chart)
+
+
+def _wrk_row(
+    name: str, runs: list[dict[str, Any]], stats: dict[str, float], ceiling: float, rounds: int
+) -> list[str]:
+    """One case's row: the median req/s over the rounds; latency and CPU of the last round."""
+    last = runs[-1]
+    return [
+        name,
+        fmt_rate(stats["median"]),
+        fmt_spread(stats) if rounds > 1 else "-",
+        f"{last['latency_us']['p50'] / 1000:.2f}",
+        f"{last['latency_us']['p99'] / 1000:.2f}",
+        f"{100 * last['server_cpu']:.0f}%",
+        fmt_rate(last["rps_per_server_cpu_s"]),
+        f"{100 * stats['median'] / ceiling:.0f}%",
+    ]
+
+
+def _wrk_notes(
+    results: dict[str, list[dict[str, Any]]], seconds: int, rounds: int, version: str
+) -> list[str]:
+    """How a wrk scenario was run, and its errors per case."""
     errors = {name: sum(r["error_count"] for r in runs) for name, runs in results.items()}
-    notes = [
-        *(extra_notes or []),
+    return [
         f"wrk 1 thread, 32 connections, {seconds} s per run after a 1 s warm-up, {rounds} round(s) "
         "interleaved; medians. latency and CPU columns: the last round.",
         "server: python -m uvicorn APP " + " ".join(UVICORN_OPTIONS) + " --port P (one process); "
@@ -170,29 +197,6 @@ def wrk_report(
         "share 2 cores: 'req per server CPU-s' is what one dedicated core would serve.",
         "errors (socket + non-2xx/3xx): " + ", ".join(f"{k}: {v}" for k, v in errors.items()),
     ]
-
-    def chart(path: Path) -> None:
-        bar_chart(path, title, names, [stats[n]["median"] for n in names], "requests/s",
-                  [(stats[n]["min"], stats[n]["max"]) for n in names])  # fmt: skip
-
-    return Report(
-        scenario,
-        title,
-        [
-            "request",
-            "req/s",
-            "spread",
-            "p50 ms",
-            "p99 ms",
-            "server CPU",
-            "req per server CPU-s",
-            "of ceiling",
-        ],
-        rows,
-        {"seconds": seconds, "rounds": rounds, "redis": version, "stats": stats, "runs": results},
-        notes,
-        chart,
-    )
 
 
 def profile_server(

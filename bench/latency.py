@@ -47,9 +47,9 @@ from bench.common import (
     redis_version,
     spawn,
     stop,
-    tree_cpu_seconds,
     worker_argv,
 )
+from bench.cpu_time import tree_cpu_seconds
 from bench.http import Server, profile_notes, uvicorn
 from bench.sse import latency_run
 from bench.sse_client import JOB_ID, STATUS, close_all, open_streams, pcts, port_of, profile_summary
@@ -163,12 +163,8 @@ async def enqueue_to_success(
     port = port_of(server)
     successes = Successes()
     feed = await open_streams(port, ["/events"], successes)
-    loop = asyncio.get_running_loop()
-    _, http = await loop.create_connection(HttpConnection, "127.0.0.1", port)
-    post = (
-        f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(NOOP_BODY)}\r\n\r\n"
-    ).encode() + NOOP_BODY
+    _, http = await asyncio.get_running_loop().create_connection(HttpConnection, "127.0.0.1", port)
+    post = _noop_post(port)
     warmup = max(1, samples // 10)
     to_success: list[float] = []
     to_answer: list[float] = []
@@ -176,14 +172,8 @@ async def enqueue_to_success(
     profiler = None
     try:
         for i in range(warmup + samples):
-            t0 = time.time()
-            body, answered = await asyncio.wait_for(http.request(post), 10)
-            found = JOB_ID.search(body)
-            if found is None:
-                raise RuntimeError(f"POST /jobs answered {body[:300]!r}")
-            if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited with {worker.returncode}")
-            done, event = await successes.wait(found.group(1), 60 if i == 0 else 10)  # 1st: worker start
+            timeout = 60 if i == 0 else 10  # the first job waits for the worker to start
+            t0, answered, done, event = await _post_and_wait(http, post, successes, worker, timeout)
             if i == warmup - 1:
                 cpu = (server.cpu_seconds(), tree_cpu_seconds(worker.pid))
                 profiler = profiling.start(server.proc.pid, profile_to) if profile_to else None
@@ -209,6 +199,30 @@ async def enqueue_to_success(
         "profile": profile_summary(profile_to) if profile_to else None,
         "worker_cpu_us_per_job": 1e6 * worker_cpu / samples,
     }
+
+
+def _noop_post(port: int) -> bytes:
+    """The raw ``POST /jobs`` request of one noop job."""
+    head = (
+        f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(NOOP_BODY)}\r\n\r\n"
+    )
+    return head.encode() + NOOP_BODY
+
+
+async def _post_and_wait(
+    http: HttpConnection, post: bytes, successes: Successes, worker: subprocess.Popen[bytes], timeout: float
+) -> tuple[float, float, float, bytes]:
+    """Send one job and wait for its SUCCESS event: (sent, answered, succeeded, the event)."""
+    t0 = time.time()
+    body, answered = await asyncio.wait_for(http.request(post), 10)
+    found = JOB_ID.search(body)
+    if found is None:
+        raise RuntimeError(f"POST /jobs answered {body[:300]!r}")
+    if worker.poll() is not None:
+        raise RuntimeError(f"the worker exited with {worker.returncode}")
+    done, event = await successes.wait(found.group(1), timeout)
+    return t0, answered, done, event
 
 
 def redis_floor(server: EmbeddedRedis, requests: int) -> list[dict[str, Any]]:
@@ -268,39 +282,34 @@ async def _run(options: Options) -> Report:
     return report(enqueue, progress, floor, version, interval)
 
 
-def report(
-    enqueue: dict[str, dict[str, Any]],
-    progress: dict[str, Any],
-    floor: list[dict[str, Any]],
-    version: str,
-    interval: float,
-) -> Report:
-    def ms(d: dict[str, Any]) -> list[str]:
-        return [f"{d['p50_ms']:.3f}", f"{d['p99_ms']:.3f}", f"{d['max_ms']:.2f}"]
+def _ms(d: dict[str, Any]) -> list[str]:
+    return [f"{d['p50_ms']:.3f}", f"{d['p99_ms']:.3f}", f"{d['max_ms']:.2f}"]
 
+
+def _latency_rows(
+    enqueue: dict[str, dict[str, Any]], progress: dict[str, Any], floor: list[dict[str, Any]]
+) -> tuple[list[list[str]], dict[str, bool]]:
+    """The table's rows, and which targets each series met."""
     rows = []
     met = {}
     for name, series in enqueue.items():
         n = f"{series['samples']:,}"
-        rows.append([f"enqueue -> SUCCESS on GET /events, {name}", *ms(series), n, "p50 < 2, p99 < 10"])
-        rows.append(["  of which POST /jobs answered", *ms(series["post"]), n, ""])
+        rows.append([f"enqueue -> SUCCESS on GET /events, {name}", *_ms(series), n, "p50 < 2, p99 < 10"])
+        rows.append(["  of which POST /jobs answered", *_ms(series["post"]), n, ""])
         met[f"enqueue p50, {name}"] = series["p50_ms"] < TARGETS["enqueue_p50_ms"]
         met[f"enqueue p99, {name}"] = series["p99_ms"] < TARGETS["enqueue_p99_ms"]
     rows.append(
-        ["progress call -> GET /jobs/{id}/events", *ms(progress), f"{progress['deliveries']:,}", "p50 < 2"]
+        ["progress call -> GET /jobs/{id}/events", *_ms(progress), f"{progress['deliveries']:,}", "p50 < 2"]
     )
     met["progress p50"] = progress["p50_ms"] < TARGETS["progress_p50_ms"]
-    rows += [[f"Redis round trip ({f['test']}, floor)", *ms(f), "", ""] for f in floor if "p50_ms" in f]
-    title = "Latency, one job at a time: enqueue -> SUCCESS and progress -> SSE client"
+    rows += [[f"Redis round trip ({f['test']}, floor)", *_ms(f), "", ""] for f in floor if "p50_ms" in f]
+    return rows, met
 
-    def chart(path: Path) -> None:
-        from bench.common import bar_chart
 
-        labels = [*(f"enqueue->SUCCESS\n{name}" for name in enqueue), "progress->SSE", "Redis RTT"]
-        values = [*(series["p50_ms"] for series in enqueue.values()), progress["p50_ms"],
-                  floor[0].get("p50_ms", 0.0)]  # fmt: skip
-        bar_chart(path, "One job at a time: p50 latency", labels, values, "ms")
-
+def _latency_notes(
+    enqueue: dict[str, dict[str, Any]], version: str, interval: float, met: dict[str, bool]
+) -> list[str]:
+    """How each path was timed, CPU and stages per job, the targets met, and any profile."""
     notes = [
         "one uvicorn process (uvloop, httptools, no access log), one worker (python -m workers), "
         f"Redis {version}; clients are raw asyncio protocols in the bench process; all on loopback",
@@ -323,6 +332,28 @@ def report(
     for name, series in enqueue.items():
         if series["profile"]:
             notes += profile_notes(f"web, enqueue -> SUCCESS {name}", series["profile"])
+    return notes
+
+
+def report(
+    enqueue: dict[str, dict[str, Any]],
+    progress: dict[str, Any],
+    floor: list[dict[str, Any]],
+    version: str,
+    interval: float,
+) -> Report:
+    rows, met = _latency_rows(enqueue, progress, floor)
+    title = "Latency, one job at a time: enqueue -> SUCCESS and progress -> SSE client"
+
+    def chart(path: Path) -> None:
+        from bench.common import bar_chart
+
+        labels = [*(f"enqueue->SUCCESS\n{name}" for name in enqueue), "progress->SSE", "Redis RTT"]
+        values = [*(series["p50_ms"] for series in enqueue.values()), progress["p50_ms"],
+                  floor[0].get("p50_ms", 0.0)]  # fmt: skip
+        bar_chart(path, "One job at a time: p50 latency", labels, values, "ms")
+
+    notes = _latency_notes(enqueue, version, interval, met)
     return Report(
         scenario="latency",
         title=title,

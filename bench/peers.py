@@ -34,13 +34,11 @@ from redis.asyncio import Redis
 
 from bench.common import (
     OWNER,
-    CpuMeter,
     Options,
     Report,
     bar_chart,
     bench_redis,
     create_jobs,
-    dead_process,
     fmt_rate,
     fmt_spread,
     job_store,
@@ -50,8 +48,9 @@ from bench.common import (
     spawn,
     stop_all,
     summary,
-    watch_completion,
 )
+from bench.completion import dead_process, watch_completion
+from bench.cpu_time import CpuMeter
 
 CONCURRENCY = 100
 CPU_KEYS = ("worker_cpu_us_per_job", "redis_cpu_us_per_job")
@@ -254,41 +253,30 @@ async def run_peer(peer: Peer, url: str, redis_pid: int, n: int, log: Path) -> d
     }
 
 
+PEER_COLUMNS = [
+    "system",
+    "jobs/s steady",
+    "spread",
+    "jobs/s wall",
+    "start-up s",
+    "jobstream is",
+    "worker CPU us/job",
+    "Redis CPU us/job",
+]
+
+
 async def _main(options: Options) -> Report:
     n = options.pick(300, 10_000, options.n)
     rounds = options.pick(1, 5, options.rounds)
     systems = peers(both_concurrencies=not options.quick)
-    runs: list[dict[str, Any]] = []
     with bench_redis() as server, tempfile.TemporaryDirectory() as folder:
         version = redis_version(server.url)
-        for _ in range(rounds):
-            for peer in systems:
-                try:
-                    runs.append(
-                        await run_peer(peer, server.url, server.pid, n, Path(folder) / f"{peer.name}.log")
-                    )
-                except RuntimeError as err:  # one system failing must not hide the others' numbers
-                    print(f"{peer.name}: run failed: {str(err)[:2000]}", file=sys.stderr)
-                    runs.append({"peer": peer.name, "system": peer.system, "error": str(err)[:4000]})
-    stats: dict[str, dict[str, Any]] = {}
-    for peer in systems:
-        mine = [r for r in runs if r["peer"] == peer.name and "error" not in r]
-        failed = sum(1 for r in runs if r["peer"] == peer.name and "error" in r)
-        if not mine:
-            stats[peer.name] = {"settings": peer.settings, "failed": failed}
-            continue
-        stats[peer.name] = {
-            "failed": failed,
-            "settings": peer.settings,
-            "steady": summary([r["steady_rate"] for r in mine]),
-            "wall": summary([r["wall_rate"] for r in mine]),
-            "startup_s": summary([r["startup_s"] for r in mine]),
-            **{
-                key: summary([r[key] for r in mine if key in r])
-                for key in CPU_KEYS
-                if any(key in r for r in mine)
-            },
-        }
+        runs = [
+            await _run_or_note(peer, server.url, server.pid, n, Path(folder) / f"{peer.name}.log")
+            for _ in range(rounds)
+            for peer in systems
+        ]
+    stats = {peer.name: _peer_stats(peer, runs) for peer in systems}
     measured = [name for name, st in stats.items() if "steady" in st]
     best_peer = max(
         (p.name for p in systems if p.system != "jobstream" and p.name in measured),
@@ -296,24 +284,6 @@ async def _main(options: Options) -> Report:
     )
     ours = stats["jobstream"]["steady"]["median"]
     ratio = ours / stats[best_peer]["steady"]["median"]
-    rows = []
-    for name, st in stats.items():
-        failed = f" ({st['failed']} failed)" if st["failed"] else ""
-        if "steady" not in st:
-            rows.append([name + failed, "-", "-", "-", "-", "", "-", "-"])
-            continue
-        rows.append(
-            [
-                name + (" *" if name == best_peer else "") + failed,
-                fmt_rate(st["steady"]["median"]),
-                fmt_spread(st["steady"]) if st["steady"]["n"] > 1 else "-",
-                fmt_rate(st["wall"]["median"]),
-                f"{st['startup_s']['median']:.2f}",
-                f"{ours / st['steady']['median']:.2f}x" if name != "jobstream" else "",
-                f"{st['worker_cpu_us_per_job']['median']:.0f}" if "worker_cpu_us_per_job" in st else "-",
-                f"{st['redis_cpu_us_per_job']['median']:.0f}" if "redis_cpu_us_per_job" in st else "-",
-            ]
-        )
     notes = [
         f"N = {n:,} noop jobs queued before one worker process starts; {rounds} round(s), systems "
         "interleaved; medians, spread = min-max over rounds.",
@@ -329,34 +299,60 @@ async def _main(options: Options) -> Report:
             "best_peer": best_peer, "ratio_vs_best_peer": ratio, "runs": runs}  # fmt: skip
 
     def chart(path: Path) -> None:
-        names = measured
         bar_chart(
             path,
             f"noop jobs/s, 1 worker process, N={n:,} ({rounds} rounds, median, min-max)",
-            names,
-            [stats[name]["steady"]["median"] for name in names],
+            measured,
+            [stats[name]["steady"]["median"] for name in measured],
             "jobs/s (steady)",
-            [(stats[name]["steady"]["min"], stats[name]["steady"]["max"]) for name in names],
+            [(stats[name]["steady"]["min"], stats[name]["steady"]["max"]) for name in measured],
         )
 
-    return Report(
-        "peers",
-        f"peers: {n:,} queued noop jobs, one worker process",
-        [
-            "system",
-            "jobs/s steady",
-            "spread",
-            "jobs/s wall",
-            "start-up s",
-            "jobstream is",
-            "worker CPU us/job",
-            "Redis CPU us/job",
-        ],
-        rows,
-        data,
-        notes,
-        chart,
-    )
+    title = f"peers: {n:,} queued noop jobs, one worker process"
+    rows = [_peer_row(name, st, best_peer, ours) for name, st in stats.items()]
+    return Report("peers", title, PEER_COLUMNS, rows, data, notes, chart)
+
+
+async def _run_or_note(peer: Peer, url: str, redis_pid: int, n: int, log: Path) -> dict[str, Any]:
+    """One run of ``peer``, or a record of its failure: one system failing must not hide the others."""
+    try:
+        return await run_peer(peer, url, redis_pid, n, log)
+    except RuntimeError as err:
+        print(f"{peer.name}: run failed: {str(err)[:2000]}", file=sys.stderr)
+        return {"peer": peer.name, "system": peer.system, "error": str(err)[:4000]}
+
+
+def _peer_stats(peer: Peer, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians and spreads of one peer's successful runs, and how many failed."""
+    mine = [r for r in runs if r["peer"] == peer.name and "error" not in r]
+    failed = sum(1 for r in runs if r["peer"] == peer.name and "error" in r)
+    cpu_keys = [key for key in CPU_KEYS if any(key in r for r in mine)]
+    if not mine:
+        return {"settings": peer.settings, "failed": failed}
+    return {
+        "failed": failed,
+        "settings": peer.settings,
+        "steady": summary([r["steady_rate"] for r in mine]),
+        "wall": summary([r["wall_rate"] for r in mine]),
+        "startup_s": summary([r["startup_s"] for r in mine]),
+        **{key: summary([r[key] for r in mine if key in r]) for key in cpu_keys},
+    }
+
+
+def _peer_row(name: str, st: dict[str, Any], best_peer: str, ours: float) -> list[str]:
+    failed = f" ({st['failed']} failed)" if st["failed"] else ""
+    if "steady" not in st:
+        return [name + failed, "-", "-", "-", "-", "", "-", "-"]
+    return [
+        name + (" *" if name == best_peer else "") + failed,
+        fmt_rate(st["steady"]["median"]),
+        fmt_spread(st["steady"]) if st["steady"]["n"] > 1 else "-",
+        fmt_rate(st["wall"]["median"]),
+        f"{st['startup_s']['median']:.2f}",
+        f"{ours / st['steady']['median']:.2f}x" if name != "jobstream" else "",
+        f"{st['worker_cpu_us_per_job']['median']:.0f}" if "worker_cpu_us_per_job" in st else "-",
+        f"{st['redis_cpu_us_per_job']['median']:.0f}" if "redis_cpu_us_per_job" in st else "-",
+    ]
 
 
 def run(options: Options) -> Report:

@@ -32,13 +32,11 @@ from redis.asyncio import Redis
 from bench import profiling
 from bench.common import (
     OWNER,
-    CpuMeter,
     Options,
     Report,
     bar_chart,
     bench_redis,
     create_jobs,
-    dead_process,
     fmt_rate,
     fmt_spread,
     job_store,
@@ -48,9 +46,10 @@ from bench.common import (
     spawn,
     stop_all,
     summary,
-    watch_completion,
     worker_argv,
 )
+from bench.completion import Completion, dead_process, watch_completion
+from bench.cpu_time import CpuMeter
 from broker.store import JobStore
 
 WORKER_COUNTS = (1, 2, 4)
@@ -88,31 +87,7 @@ async def run_once(
         began = time.perf_counter()
         ids = await create_jobs(store, n)
         create_s = time.perf_counter() - began
-        active = store.keys.owner_active(OWNER)
-
-        profiler: subprocess.Popen[bytes] | None = None
-
-        async def completed() -> int:
-            nonlocal profiler
-            done = n - int(await store.redis.scard(active))
-            meter.observe(done)
-            if profile_to and done and profiler is None:  # attach once jobs run: start-up is not profiled
-                profiler = profiling.start(procs[0].pid, profile_to)
-            return done
-
-        spawned = time.time()
-        procs = [spawn(worker_argv(), jobstream_env(redis_url, prefix), log) for _ in range(workers)]
-        meter = CpuMeter(procs, redis_pid, n)
-        try:
-            seen = await watch_completion(
-                completed, n, spawned, timeout=60 + n / 200, alive=dead_process(procs)
-            )
-        except RuntimeError as err:
-            raise RuntimeError(f"{err}\nworker log:\n{log_tail(log)}") from err
-        finally:
-            stop_all(procs)
-            if profiler is not None:
-                profiling.finish(profiler)
+        spawned, seen, per_job = await _run_workers(store, redis_url, redis_pid, n, workers, log, profile_to)
         rows = await _records(store, ids)
     outcomes = Counter((r[0] or b"?").decode() + "/" + (r[1] or b"?").decode() for r in rows)
     if outcomes != Counter({"SUCCESS/1": n}):
@@ -128,8 +103,46 @@ async def run_once(
         "startup_s": first_start - spawned,
         "run_s": last_done - first_start,
         "polled_steady_rate": seen.steady_rate,
-        **meter.per_job(),
+        **per_job,
     }
+
+
+async def _run_workers(
+    store: JobStore,
+    redis_url: str,
+    redis_pid: int,
+    n: int,
+    workers: int,
+    log: Path,
+    profile_to: Path | None,
+) -> tuple[float, Completion, dict[str, float]]:
+    """Spawn the workers and wait until the ``n`` queued jobs are done; stop them.
+
+    Returns when they were spawned, the completion seen by polling, and CPU per job.
+    """
+    active = store.keys.owner_active(OWNER)
+    profiler: subprocess.Popen[bytes] | None = None
+
+    async def completed() -> int:
+        nonlocal profiler
+        done = n - int(await store.redis.scard(active))
+        meter.observe(done)
+        if profile_to and done and profiler is None:  # attach once jobs run: start-up is not profiled
+            profiler = profiling.start(procs[0].pid, profile_to)
+        return done
+
+    spawned = time.time()
+    procs = [spawn(worker_argv(), jobstream_env(redis_url, store.keys.prefix), log) for _ in range(workers)]
+    meter = CpuMeter(procs, redis_pid, n)
+    try:
+        seen = await watch_completion(completed, n, spawned, timeout=60 + n / 200, alive=dead_process(procs))
+    except RuntimeError as err:
+        raise RuntimeError(f"{err}\nworker log:\n{log_tail(log)}") from err
+    finally:
+        stop_all(procs)
+        if profiler is not None:
+            profiling.finish(profiler)
+    return spawned, seen, meter.per_job()
 
 
 async def _profile(redis_url: str, redis_pid: int, n: int, log: Path, out: Path) -> dict[str, Any]:
@@ -154,6 +167,25 @@ def _median(stats: dict[str, Any], key: str, scale: float = 1.0, unit: str = "")
     return f"{stats[key]['median'] * scale:.0f}{unit}" if key in stats else "-"
 
 
+THROUGHPUT_COLUMNS = [
+    "workers",
+    "jobs/s steady",
+    "spread",
+    "jobs/s wall",
+    "start-up s",
+    "worker CPU us/job",
+    "worker CPU",
+    "Redis CPU us/job",
+    "Redis CPU",
+]
+CPU_KEYS = (
+    "worker_cpu_us_per_job",
+    "redis_cpu_us_per_job",
+    "worker_cpu_utilisation",
+    "redis_cpu_utilisation",
+)
+
+
 async def _main(options: Options) -> Report:
     n = options.pick(500, 20_000, options.n)
     rounds = options.pick(1, 3, options.rounds)
@@ -167,41 +199,8 @@ async def _main(options: Options) -> Report:
                 runs.append(await run_once(server.url, server.pid, n, workers, log))
         if options.profile:
             profile = await _profile(server.url, server.pid, max(n, 30_000), log, options.out)
-    by_workers: dict[int, dict[str, Any]] = {}
-    rows = []
-    for workers in WORKER_COUNTS:
-        mine = [r for r in runs if r["workers"] == workers]
-        steady = summary([r["steady_rate"] for r in mine])
-        wall = summary([r["wall_rate"] for r in mine])
-        startup = summary([r["startup_s"] for r in mine])
-        by_workers[workers] = {"steady": steady, "wall": wall, "startup_s": startup}
-        for key in (
-            "worker_cpu_us_per_job",
-            "redis_cpu_us_per_job",
-            "worker_cpu_utilisation",
-            "redis_cpu_utilisation",
-        ):
-            values = [r[key] for r in mine if key in r]
-            if values:
-                by_workers[workers][key] = summary(values)
-        cpu = by_workers[workers]
-
-        def median(key: str, scale: float = 1.0, cpu: dict[str, Any] = cpu) -> str:
-            return f"{cpu[key]['median'] * scale:.0f}" if key in cpu else "-"
-
-        rows.append(
-            [
-                f"{workers} worker{'s' if workers > 1 else ''}",
-                fmt_rate(steady["median"]),
-                fmt_spread(steady) if rounds > 1 else "-",
-                fmt_rate(wall["median"]),
-                f"{startup['median']:.2f}",
-                _median(cpu, "worker_cpu_us_per_job"),
-                _median(cpu, "worker_cpu_utilisation", 100, "%"),
-                _median(cpu, "redis_cpu_us_per_job"),
-                _median(cpu, "redis_cpu_utilisation", 100, "%"),
-            ]
-        )
+    by_workers = {w: _worker_stats([r for r in runs if r["workers"] == w]) for w in WORKER_COUNTS}
+    rows = [_throughput_row(workers, by_workers[workers], rounds) for workers in WORKER_COUNTS]
     notes = [
         f"N = {n:,} demo.noop jobs queued before the workers start; {rounds} round(s), worker counts "
         "interleaved; medians, spread = min-max over rounds.",
@@ -221,15 +220,7 @@ async def _main(options: Options) -> Report:
     }
     if profile is not None:
         data["profile"] = profile
-        notes.append("worker profile (py-spy, 1 worker, own % / inclusive % of CPU samples), top 10:")
-        for name, own, incl in profile.get("top_own", [])[:10]:
-            notes.append(f"  {own:5.1f}% {incl:5.1f}%  {name}")
-        notes.append(
-            "  own time by package: "
-            + ", ".join(f"{pkg} {pct:.0f}%" for pkg, pct in profile.get("own_by_package", [])[:8])
-        )
-        if "error" in profile:
-            notes.append(f"  profile: {profile['error']}")
+        notes += _profile_notes(profile)
 
     def chart(path: Path) -> None:
         labels = [f"{w} worker{'s' if w > 1 else ''}" for w in WORKER_COUNTS]
@@ -237,25 +228,51 @@ async def _main(options: Options) -> Report:
         spread = [(by_workers[w]["steady"]["min"], by_workers[w]["steady"]["max"]) for w in WORKER_COUNTS]
         bar_chart(path, f"jobstream throughput, {n:,} noop jobs", labels, values, "jobs/s (steady)", spread)
 
-    return Report(
-        "throughput",
-        f"throughput: {n:,} queued noop jobs",
-        [
-            "workers",
-            "jobs/s steady",
-            "spread",
-            "jobs/s wall",
-            "start-up s",
-            "worker CPU us/job",
-            "worker CPU",
-            "Redis CPU us/job",
-            "Redis CPU",
-        ],
-        rows,
-        data,
-        notes,
-        chart,
+    title = f"throughput: {n:,} queued noop jobs"
+    return Report("throughput", title, THROUGHPUT_COLUMNS, rows, data, notes, chart)
+
+
+def _worker_stats(mine: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians and spreads of the runs with one worker count."""
+    stats = {
+        "steady": summary([r["steady_rate"] for r in mine]),
+        "wall": summary([r["wall_rate"] for r in mine]),
+        "startup_s": summary([r["startup_s"] for r in mine]),
+    }
+    for key in CPU_KEYS:
+        values = [r[key] for r in mine if key in r]
+        if values:
+            stats[key] = summary(values)
+    return stats
+
+
+def _throughput_row(workers: int, stats: dict[str, Any], rounds: int) -> list[str]:
+    steady = stats["steady"]
+    return [
+        f"{workers} worker{'s' if workers > 1 else ''}",
+        fmt_rate(steady["median"]),
+        fmt_spread(steady) if rounds > 1 else "-",
+        fmt_rate(stats["wall"]["median"]),
+        f"{stats['startup_s']['median']:.2f}",
+        _median(stats, "worker_cpu_us_per_job"),
+        _median(stats, "worker_cpu_utilisation", 100, "%"),
+        _median(stats, "redis_cpu_us_per_job"),
+        _median(stats, "redis_cpu_utilisation", 100, "%"),
+    ]
+
+
+def _profile_notes(profile: dict[str, Any]) -> list[str]:
+    """The worker profile's top 10 functions and its own time by package."""
+    notes = ["worker profile (py-spy, 1 worker, own % / inclusive % of CPU samples), top 10:"]
+    for name, own, incl in profile.get("top_own", [])[:10]:
+        notes.append(f"  {own:5.1f}% {incl:5.1f}%  {name}")
+    notes.append(
+        "  own time by package: "
+        + ", ".join(f"{pkg} {pct:.0f}%" for pkg, pct in profile.get("own_by_package", [])[:8])
     )
+    if "error" in profile:
+        notes.append(f"  profile: {profile['error']}")
+    return notes
 
 
 def run(options: Options) -> Report:

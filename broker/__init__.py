@@ -1,7 +1,7 @@
 """jobstream's core: settings, keys, the job model, the Lua scripts, the store, the task
 registry, and the public Python API, :class:`Jobstream`."""
 
-from broker.api import JobFailed, JobNotDone, Jobstream
+from broker.api import JobFailed, JobNotDone, Jobstream, MalformedInput, Submitted
 from broker.errors import (
     IdempotencyConflict,
     IllegalTransition,
@@ -28,7 +28,9 @@ __all__ = [
     "JobStatus",
     "Jobstream",
     "JobstreamError",
+    "MalformedInput",
     "QuotaExceeded",
+    "Submitted",
     "UnknownTask",
     "task",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar, overload
@@ -41,6 +42,15 @@ from hub.event_hub import EventHub
 In = TypeVar("In")
 
 
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What :meth:`Jobstream.submit_json` did: the job, and whether it is new (False: the
+    job an earlier submit with the same ``idempotency_key`` created)."""
+
+    job: Job
+    created: bool
+
+
 class JobFailed(JobstreamError):
     """``result`` of a job that ended FAILURE or CANCELLED; ``job`` holds its error."""
 
@@ -48,6 +58,10 @@ class JobFailed(JobstreamError):
         message = job.error.message if job.error else job.status.value
         super().__init__(f"job {job.id} ended {job.status}: {message}")
         self.job = job
+
+
+class MalformedInput(JobstreamError):
+    """:meth:`Jobstream.submit_json` was given input that is not JSON text (or not UTF-8)."""
 
 
 class JobNotDone(JobstreamError):
@@ -61,12 +75,26 @@ class JobNotDone(JobstreamError):
 class Jobstream:
     """Create, read, cancel and follow jobs in one Redis, as the HTTP API does."""
 
-    def __init__(self, redis: Redis, settings: Settings, tasks: TaskRegistry = registry) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        tasks: TaskRegistry = registry,
+        *,
+        store: JobStore | None = None,
+        hub: EventHub | None = None,
+    ) -> None:
+        """Use ``redis`` (not closed on exit unless :meth:`from_settings` opened it).
+
+        An app that already has a ``store`` on this client, or a started event ``hub``, passes
+        them so there is one of each per process; a hub given here is the app's to stop.
+        """
         self.redis = redis
         self.settings = settings
         self.tasks = tasks
-        self.store = JobStore(redis, settings)
-        self._hub: EventHub | None = None
+        self.store = store if store is not None else JobStore(redis, settings)
+        self._hub = hub
+        self._owns_hub = hub is None
         self._hub_lock = asyncio.Lock()
         self._owns_redis = False
 
@@ -84,10 +112,14 @@ class Jobstream:
         return cls.from_settings(load_settings(environ, **overrides))
 
     async def __aenter__(self) -> Self:
+        """:meth:`prepare`, for ``async with``."""
+        await self.prepare()
+        return self
+
+    async def prepare(self) -> None:
         """Load the scripts and make sure every queue's consumer group exists."""
         await self.store.scripts.load_all(self.redis)
         await ensure_groups(self.redis, self.store.keys, self.tasks.queues(self.settings.default_queue))
-        return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
@@ -96,7 +128,7 @@ class Jobstream:
 
     async def aclose(self) -> None:
         """Stop the event hub (if following started it) and close Redis if this opened it."""
-        if self._hub is not None:
+        if self._hub is not None and self._owns_hub:
             await self._hub.stop()
             self._hub = None
         if self._owns_redis:
@@ -145,9 +177,42 @@ class Jobstream:
         ``IdempotencyConflict``; a replayed ``idempotency_key`` returns the first job.
         """
         spec = self._spec(task)
-        input_json = validated_input(spec, msgspec.json.encode({} if input is None else input))
+        raw = msgspec.json.encode({} if input is None else input)
+        submitted = await self._create(spec, raw, owner, idempotency_key, delay, run_at)
+        return submitted.job
+
+    async def submit_json(
+        self,
+        task: str,
+        input_json: bytes,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+    ) -> Submitted:
+        """:meth:`submit` for input that is already JSON text (``POST /jobs`` passes its
+        body's ``input`` as received), telling a new job from an idempotent replay.
+
+        Raises what :meth:`submit` raises, and ``MalformedInput`` for text that is not JSON.
+        """
+        return await self._create(self.tasks.get(task), input_json, owner, idempotency_key, delay, run_at)
+
+    async def _create(
+        self,
+        spec: TaskSpec,
+        raw: bytes,
+        owner: str,
+        idempotency_key: str | None,
+        delay: float | None,
+        run_at: datetime | None,
+    ) -> Submitted:
+        try:
+            input_json = validated_input(spec, raw)
+        except (msgspec.DecodeError, UnicodeDecodeError) as err:
+            raise MalformedInput(str(err)) from None
         run_at_ms, delay_ms = await self._due(delay, run_at)
-        job, _created = await self.store.create(
+        job, created = await self.store.create(
             task=spec.name,
             input_json=input_json,
             owner=owner,
@@ -156,7 +221,7 @@ class Jobstream:
             run_at_ms=run_at_ms,
             delay_ms=delay_ms,
         )
-        return job
+        return Submitted(job, created)
 
     def _spec(self, task: str | Callable[[JobContext, Any], Awaitable[Any]]) -> TaskSpec:
         if isinstance(task, str):

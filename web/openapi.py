@@ -87,7 +87,22 @@ def create_job_body(settings: Settings) -> tuple[dict[str, Any], dict[str, dict[
     inputs, components = msgspec.json.schema_components(
         [spec.input_type for spec in specs], ref_template=_TASK_INPUT_REF
     )
-    schedule = {
+    schedule = _schedule_properties(settings)
+    one_of = [
+        _task_alternative(spec.name, input_schema, components, schedule)
+        for spec, input_schema in zip(specs, inputs, strict=True)
+    ]
+    body = {
+        "oneOf": one_of,
+        "description": "a task type from GET /tasks and its input; give delay_seconds or run_at, not both",
+        "examples": [{"type": "demo.sleep", "input": {"seconds": 3, "steps": 3}}],
+    }
+    return body, {f"TaskInput_{name}": schema for name, schema in components.items()}
+
+
+def _schedule_properties(settings: Settings) -> dict[str, Any]:
+    """The body's ``delay_seconds`` and ``run_at``, the same in every task's alternative."""
+    return {
         "delay_seconds": {
             "type": ["number", "null"],
             "minimum": 0,
@@ -101,32 +116,29 @@ def create_job_body(settings: Settings) -> tuple[dict[str, Any], dict[str, dict[
             "and it may be no further ahead than delay_seconds may (422)",
         },
     }
-    one_of = []
-    for spec, input_schema in zip(specs, inputs, strict=True):
-        required_input = bool(_resolved(input_schema, components).get("required"))
-        one_of.append(
-            {
-                "type": "object",
-                "title": spec.name,
-                "additionalProperties": False,
-                "required": ["type", "input"] if required_input else ["type"],
-                "properties": {
-                    "type": {"type": "string", "const": spec.name},
-                    "input": {**input_schema, "description": f"the input of {spec.name} (default {{}})"},
-                    **schedule,
-                },
-                "not": {
-                    "required": ["delay_seconds", "run_at"],
-                    "properties": {"delay_seconds": {"type": "number"}, "run_at": {"type": "string"}},
-                },
-            }
-        )
-    body = {
-        "oneOf": one_of,
-        "description": "a task type from GET /tasks and its input; give delay_seconds or run_at, not both",
-        "examples": [{"type": "demo.sleep", "input": {"seconds": 3, "steps": 3}}],
+
+
+def _task_alternative(
+    name: str, input_schema: dict[str, Any], components: dict[str, Any], schedule: dict[str, Any]
+) -> dict[str, Any]:
+    """One task type's body: its name, its input (required if the input has required fields),
+    the schedule, and not both ``delay_seconds`` and ``run_at``."""
+    required_input = bool(_resolved(input_schema, components).get("required"))
+    return {
+        "type": "object",
+        "title": name,
+        "additionalProperties": False,
+        "required": ["type", "input"] if required_input else ["type"],
+        "properties": {
+            "type": {"type": "string", "const": name},
+            "input": {**input_schema, "description": f"the input of {name} (default {{}})"},
+            **schedule,
+        },
+        "not": {
+            "required": ["delay_seconds", "run_at"],
+            "properties": {"delay_seconds": {"type": "number"}, "run_at": {"type": "string"}},
+        },
     }
-    return body, {f"TaskInput_{name}": schema for name, schema in components.items()}
 
 
 def _resolved(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:

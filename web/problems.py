@@ -20,6 +20,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ExceptionHandlersMap
 
+from broker.api import MalformedInput
 from broker.errors import (
     IdempotencyConflict,
     IllegalTransition,
@@ -29,6 +30,7 @@ from broker.errors import (
     UnknownTask,
 )
 from broker.models import Job, JobError, JobStatus
+from broker.validation import InvalidInput, InvalidSchedule
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:jobstream:problem:"
@@ -90,6 +92,33 @@ def invalid_input(err: msgspec.ValidationError, under: str = "") -> ProblemError
     return ProblemError(problem(422, "invalid-input", detail, errors=errors))
 
 
+def malformed_json(err: Exception | str) -> ProblemError:
+    """400 for a body that is not JSON (or not UTF-8)."""
+    return ProblemError(problem(400, "malformed-json", f"the body is not valid JSON: {err}"))
+
+
+def invalid_schedule(message: str, field: str = "$") -> ProblemError:
+    """422 for a ``delay_seconds``/``run_at`` that is not allowed, naming the field."""
+    errors = [FieldProblem(message=message, field=field, source="body")]
+    return ProblemError(problem(422, "invalid-schedule", message, errors=errors))
+
+
+_BODY_FIELDS = {"delay": "$.delay_seconds", "run_at": "$.run_at"}
+"""``Jobstream.submit``'s parameter names, as the ``POST /jobs`` body's JSON paths."""
+
+
+def creation_refused(exc: InvalidInput | InvalidSchedule | MalformedInput) -> ProblemError:
+    """The answer of ``POST /jobs`` when ``Jobstream`` refuses the job before writing it.
+
+    The input is validated alone, so msgspec's path is re-rooted under ``$.input``.
+    """
+    if isinstance(exc, InvalidInput):
+        return invalid_input(exc.error, under=".input")
+    if isinstance(exc, InvalidSchedule):
+        return invalid_schedule(str(exc), _BODY_FIELDS.get(exc.field, exc.field))
+    return malformed_json(exc)
+
+
 def respond(
     request: Request[Any, Any, Any], body: Problem, headers: Mapping[str, str] | None = None
 ) -> Response[Problem]:
@@ -139,6 +168,12 @@ _DOMAIN: dict[type[JobstreamError], tuple[int, str]] = {
     QuotaExceeded: (429, "quota-exceeded"),
     IdempotencyConflict: (422, "idempotency-key-reused"),
 }
+
+
+def _creation_problem(
+    request: Request[Any, Any, Any], exc: InvalidInput | InvalidSchedule | MalformedInput
+) -> Response[Problem]:
+    return _http_problem(request, creation_refused(exc))
 
 
 def _domain_problem(request: Request[Any, Any, Any], exc: JobstreamError) -> Response[Problem]:
@@ -210,6 +245,7 @@ def job_ended(job: Job) -> ProblemError:
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_problem,
     JobstreamError: _domain_problem,
+    **dict.fromkeys((InvalidInput, InvalidSchedule, MalformedInput), _creation_problem),
     **dict.fromkeys(REDIS_UNAVAILABLE, _redis_unavailable),
     Exception: _internal_problem,
 }

@@ -1,4 +1,5 @@
-"""The app's resources (one Redis client, one ``JobStore``, one ``EventHub``), opened in the lifespan.
+"""The app's resources (one Redis client, one ``Jobstream`` on its ``JobStore``, one ``EventHub``),
+opened in the lifespan.
 
 Routes receive them as dependencies (``redis``, ``store``, ``hub``, ``streams``,
 ``stream_tokens``, ``settings``, ``caller``), never from globals, so a test can build as
@@ -21,9 +22,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from broker.api import Jobstream
 from broker.connection import HiredisConnection
-from broker.queues import ensure_groups
-from broker.registry import registry
 from broker.settings import Settings
 from broker.store import JobStore
 from hub.event_hub import EventHub
@@ -60,7 +60,8 @@ class JobRoutesContext:
     py-spy under wrk), so they take this one bundle and the caller from ``request.user``.
     """
 
-    store: JobStore
+    jobstream: Jobstream
+    """The one door to the core: the routes create, read, list and cancel through it."""
     streams: EventStreams
     """The SSE side: long polls wait on its hub, within the owner's stream cap."""
     settings: Settings
@@ -117,7 +118,7 @@ def redis_pool(url: str) -> BlockingConnectionPool:
 def lifespan(
     settings: Settings, tokens: StreamTokens, opened: Opened
 ) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Open Redis, the store (creating every queue's group) and the event hub; close at shutdown.
+    """Open Redis, the ``Jobstream`` (creating every queue's group) and the event hub; close at shutdown.
 
     The hub is stopped as soon as the server gets SIGTERM/SIGINT, not only at the lifespan's
     end: that ends the open SSE streams and long polls, which the server waits for before
@@ -129,8 +130,6 @@ def lifespan(
         redis = Redis.from_pool(redis_pool(settings.redis_url))
         try:
             store = JobStore(redis, settings)
-            await store.scripts.load_all(redis)
-            await ensure_groups(redis, store.keys, registry.queues(settings.default_queue))
             hub = EventHub(
                 store,
                 redis_url=settings.redis_url,
@@ -138,6 +137,8 @@ def lifespan(
                 connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
                 client_name=f"jobstream-web:{os.getpid()}",
             )
+            jobstream = Jobstream(redis, settings, store=store, hub=hub)
+            await jobstream.prepare()
             await hub.start()
             streams = EventStreams(hub, settings)
             app.state.redis = redis
@@ -146,7 +147,7 @@ def lifespan(
             app.state.streams = streams
             creation_tokens = tokens if settings.auth == "jwt" else None
             job_path = app.route_reverse("get_job", job_id="_").removesuffix("_")
-            opened.jobs = JobRoutesContext(store, streams, settings, creation_tokens, job_path)
+            opened.jobs = JobRoutesContext(jobstream, streams, settings, creation_tokens, job_path)
             try:
                 with on_exit_signal(streams.drain):
                     yield

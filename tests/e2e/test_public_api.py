@@ -21,9 +21,11 @@ from broker import (
     JobNotFound,
     JobStatus,
     Jobstream,
+    MalformedInput,
     UnknownTask,
 )
 from broker.settings import load_settings
+from hub.event_hub import EventHub
 from tests.support.procs import start_worker, stop
 from workers.tasks.demo import SleepInput, sleep
 
@@ -106,6 +108,36 @@ async def test_follow_and_wait_through_the_event_hub(
             await js.wait(pending.id, timeout=0.2)
     finally:
         stop(worker, signal.SIGTERM)
+
+
+async def test_submit_json_tells_a_replay_from_a_new_job(js: Jobstream) -> None:
+    first = await js.submit_json("demo.sleep", b'{"seconds": 1}', owner="alice", idempotency_key="j")
+    again = await js.submit_json("demo.sleep", b'{"seconds":1.0}', owner="alice", idempotency_key="j")
+    assert (first.created, again.created, again.job.id) == (True, False, first.job.id)
+    with pytest.raises(MalformedInput):
+        await js.submit_json("demo.sleep", b'{"seconds": NaN}', owner="alice")
+    with pytest.raises(InvalidSchedule) as refused:
+        await js.submit_json("demo.noop", b"{}", owner="alice", delay=10 * 86_400)
+    assert refused.value.field == "delay"  # the parameter's name; the web answers its body path
+    assert [j.id for j in (await js.list("alice")).jobs] == [first.job.id]  # refusals wrote nothing
+
+
+async def test_an_app_shares_its_store_and_hub(js: Jobstream) -> None:
+    """The web app hands its own store and started hub in; closing the API leaves the hub to it."""
+    store = js.store
+    hub = EventHub(js.redis, store.keys, store, client_name="test-shared-hub")
+    await hub.start()
+    try:
+        shared = Jobstream(js.redis, js.settings, store=store, hub=hub)
+        job = await shared.submit("demo.noop", owner="alice")
+        assert shared.store is store
+        async for state in shared.follow(job.id, "alice"):
+            assert state.id == job.id
+            break
+        await shared.aclose()
+        assert hub.connected
+    finally:
+        await hub.stop()
 
 
 def test_settings_come_from_the_environment() -> None:

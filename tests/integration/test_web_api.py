@@ -203,20 +203,22 @@ async def test_run_at_in_the_future_is_kept(client: Client) -> None:
 
 
 @pytest.mark.parametrize(
-    ("schedule", "needle"),
+    ("schedule", "needle", "field"),
     [
-        ({"delay_seconds": 1, "run_at": "2030-01-01T00:00:00Z"}, "not both"),
-        ({"delay_seconds": 10**9}, "at most"),
-        ({"run_at": "2999-01-01T00:00:00+02:00"}, "at most"),
+        ({"delay_seconds": 1, "run_at": "2030-01-01T00:00:00Z"}, "not both", "$"),
+        ({"delay_seconds": 10**9}, "at most", "$.delay_seconds"),
+        ({"run_at": "2999-01-01T00:00:00+02:00"}, "at most", "$.run_at"),
     ],
 )
 async def test_bad_schedules_are_422_and_write_nothing(
-    client: Client, redis: Redis, prefix: str, schedule: dict[str, Any], needle: str
+    client: Client, redis: Redis, prefix: str, schedule: dict[str, Any], needle: str, field: str
 ) -> None:
     before = await keys_under(redis, prefix)
     response = await client.post("/jobs", json={"type": "demo.noop", **schedule})
     problem = assert_problem(response, 422)
     assert needle in problem["detail"]
+    assert problem["type"] == "urn:jobstream:problem:invalid-schedule"
+    assert [(e["field"], e["source"]) for e in problem["errors"]] == [(field, "body")]
     assert await keys_under(redis, prefix) == before
 
 

@@ -1,7 +1,7 @@
-"""Turning a ``POST /jobs`` body into what ``JobStore.create`` needs, or into a problem.
+"""Decoding a ``POST /jobs`` body, or answering a problem: the HTTP half of creating a job.
 
-Everything here is checked before anything is written to Redis: a refused request leaves
-no trace.
+The job's own rules (its input's type, delay and start time) are ``Jobstream.submit_json``'s
+(:mod:`broker.validation`); this module only turns bytes into a :class:`CreateJob`.
 """
 
 from __future__ import annotations
@@ -9,12 +9,8 @@ from __future__ import annotations
 import re
 
 import msgspec
-from redis.asyncio import Redis
 
-from broker import validation
-from broker.registry import TaskSpec
-from broker.settings import Settings
-from web.problems import FieldProblem, ProblemError, invalid_input, problem
+from web.problems import ProblemError, invalid_input, malformed_json, problem
 from web.schemas import CreateJob
 
 MAX_JSON_DEPTH = 128
@@ -70,44 +66,3 @@ def decode_body(body: bytes) -> CreateJob:
         raise invalid_input(err) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as err:
         raise malformed_json(err) from None
-
-
-def malformed_json(err: Exception) -> ProblemError:
-    """400 for a body that is not JSON (or not UTF-8)."""
-    return ProblemError(problem(400, "malformed-json", f"the body is not valid JSON: {err}"))
-
-
-def validated_input(spec: TaskSpec, raw: msgspec.Raw) -> bytes:
-    """The input checked by the task's own type (:func:`broker.validation.validated_input`),
-    re-encoded for storage; a 422 naming the field, or a 400 for bytes that are not JSON."""
-    try:
-        return validation.validated_input(spec, bytes(raw))
-    except validation.InvalidInput as err:
-        raise invalid_input(err.error, under=".input") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as err:  # skipped, not read, as part of the body
-        raise malformed_json(err) from None
-
-
-async def due(body: CreateJob, redis: Redis, settings: Settings) -> tuple[int, int]:
-    """When the job may start: ``(run_at epoch ms, 0)``, ``(0, delay ms)`` or ``(0, 0)`` for now.
-
-    The rules are :mod:`broker.validation`'s (a ``run_at`` in the past means now; only the
-    horizon is refused, which fits in the OpenAPI document, where "relative to now" would not).
-    """
-    try:
-        if body.delay_seconds is None and body.run_at is None:
-            return 0, 0
-        if body.delay_seconds is not None and body.run_at is not None:
-            raise validation.both_given()
-        if body.delay_seconds is not None:
-            return 0, validation.check_delay(body.delay_seconds, settings)
-        assert body.run_at is not None
-        seconds, micros = await redis.time()
-        return validation.check_run_at(body.run_at, int(seconds) * 1000 + int(micros) // 1000, settings), 0
-    except validation.InvalidSchedule as err:
-        raise _bad_schedule(str(err), err.field) from None
-
-
-def _bad_schedule(message: str, field: str = "$") -> ProblemError:
-    errors = [FieldProblem(message=message, field=field, source="body")]
-    return ProblemError(problem(422, "invalid-schedule", message, errors=errors))

@@ -1,7 +1,9 @@
 """``/jobs``: create, read, list, fetch the result of, and cancel jobs.
 
-Another owner's job is a 404 on every route (``JobStore.get`` with the caller's scope);
-an admin's scope is everyone's. ``GET /jobs/{id}?wait=S`` long-polls on the event hub.
+Every route is a call into the app's one ``Jobstream`` (the public Python API), so a rule
+of creating, reading or cancelling a job lives there alone. Another owner's job is a 404 on
+every route (the caller's scope is the ``owner``); an admin's scope is everyone's.
+``GET /jobs/{id}?wait=S`` long-polls on the event hub.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 
 from broker.models import Job, JobStatus
-from broker.registry import registry
 from broker.settings import Settings
 from web.answers import JsonAnswer, json_answers
 from web.auth import User
@@ -23,7 +24,7 @@ from web.live.stream_tokens import CreatedJob, StreamTokens, job_scope
 from web.openapi import CreateJobOperation, problem_responses
 from web.problems import ProblemError, job_ended, problem
 from web.resources import JobRoutesContext
-from web.routes.creation import decode_body, due, validated_input
+from web.routes.creation import decode_body
 from web.schemas import JobPage, JobResult
 
 IdempotencyKey = Annotated[
@@ -73,11 +74,6 @@ def creation_body(job: Job, tokens: StreamTokens | None, caller: User) -> Create
     return CreatedJob(**msgspec.structs.asdict(job), stream_token=token)
 
 
-def retention_for(task_type: str, settings: Settings) -> int:
-    """How long a job of ``task_type`` is kept once it ends: the task's option, else the default."""
-    return registry.retention(task_type, settings.retention_seconds)
-
-
 def listing_owner(caller: User, owner: str | None) -> str:
     """Whose jobs ``GET /jobs`` lists: the caller's, or (admins only) the one asked for."""
     if owner is None or owner == caller.id:
@@ -88,7 +84,7 @@ def listing_owner(caller: User, owner: str | None) -> str:
 
 
 class JobController(Controller):
-    """The job routes; each one is a thin call into ``JobStore``."""
+    """The job routes; each one is a thin call into ``Jobstream``."""
 
     path = "/jobs"
     tags = ["jobs"]
@@ -113,24 +109,21 @@ class JobController(Controller):
         A replayed ``Idempotency-Key`` (same owner) answers 200 with the job the key first
         created; 422 when the new body asks for another type or input.
         """
-        store, settings, caller = jobs.store, jobs.settings, request.user
+        caller = request.user
         body = decode_body(await request.body())
-        spec = registry.get(body.type)
-        input_json = validated_input(spec, body.input)
-        run_at_ms, delay_ms = await due(body, store.redis, settings)
-        job, created = await store.create(
-            task=spec.name,
-            input_json=input_json,
+        submitted = await jobs.jobstream.submit_json(
+            body.type,
+            bytes(body.input),
             owner=caller.id,
-            queue=spec.options.queue or settings.default_queue,
             idempotency_key=idempotency_key,
-            run_at_ms=run_at_ms,
-            delay_ms=delay_ms,
+            delay=body.delay_seconds,
+            run_at=body.run_at,
         )
-        headers = job_headers(job, settings)
+        job = submitted.job
+        headers = job_headers(job, jobs.settings)
         headers["Location"] = jobs.job_path + job.id
         answer = creation_body(job, jobs.creation_tokens, caller)
-        return JsonAnswer(answer, headers, 202 if created else 200)
+        return JsonAnswer(answer, headers, 202 if submitted.created else 200)
 
     @get(
         "/{job_id:str}",
@@ -157,7 +150,7 @@ class JobController(Controller):
         already holds ``max_streams_per_owner`` streams and long polls.
         """
         settings, scope = jobs.settings, request.user.scope
-        job = await jobs.store.get(job_id, scope)
+        job = await jobs.jobstream.get(job_id, scope)
         if wait and not job.terminal and etag_matches(if_none_match, job.etag):
             seconds = min(wait, settings.long_poll_max_seconds)
             job = await jobs.streams.wait_for_newer(job, seconds, request.user)
@@ -178,7 +171,7 @@ class JobController(Controller):
         owner: Annotated[str | None, QueryParameter(description="another owner's jobs (admins only)")] = None,
     ) -> Response[JobPage]:
         """The owner's jobs, newest first, filtered by ``status`` and ``type``."""
-        page = await jobs.store.list(
+        page = await jobs.jobstream.list(
             listing_owner(request.user, owner), status=status, task=task_type, limit=limit, cursor=cursor
         )
         return Response(JobPage(page.jobs, page.cursor), headers={"Cache-Control": "no-cache"})
@@ -196,7 +189,7 @@ class JobController(Controller):
     ) -> Response[JobResult]:
         """200 with the result on SUCCESS; 202 while active; 409 with the error on FAILURE or CANCELLED."""
         settings = jobs.settings
-        job = await jobs.store.get(job_id, request.user.scope)
+        job = await jobs.jobstream.get(job_id, request.user.scope)
         if job.status is JobStatus.SUCCESS:
             return Response(JobResult(job.id, job.status, job.result), headers={"Cache-Control": "no-cache"})
         if job.terminal:
@@ -212,6 +205,5 @@ class JobController(Controller):
     )
     async def cancel_job(self, request: UserRequest, job_id: FromPath[str], jobs: Jobs) -> Response[Job]:
         """CANCELLED at once if PENDING; if PROCESSING, ``cancel_requested`` and its worker stops it."""
-        settings = jobs.settings
-        job = await jobs.store.cancel(job_id, request.user.scope, lambda task: retention_for(task, settings))
-        return Response(job, headers=job_headers(job, settings))
+        job = await jobs.jobstream.cancel(job_id, request.user.scope)
+        return Response(job, headers=job_headers(job, jobs.settings))

@@ -1,4 +1,4 @@
-"""Cleanup over many expired index entries: ``python -m bench.cleanup [--entries 100000]``.
+"""Cleanup over many expired index entries: ``python -m bench.expired_cleanup [--entries 100000]``.
 
 Fills owner indexes with ids whose job records are gone (as after a mass expiry), keeps
 a few live jobs beside them, runs one cleanup and prints its time and peak memory: the
@@ -111,7 +111,7 @@ async def bench(url: str, entries: int, owners: int, batch: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the benchmark once."""
-    parser = argparse.ArgumentParser(prog="python -m bench.cleanup", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.expired_cleanup", description=__doc__)
     parser.add_argument("--entries", type=int, default=100_000, help="dangling ids (default: %(default)s)")
     parser.add_argument("--owners", type=int, default=10, help="owner indexes (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=BATCH, help="cleanup batch size (default: %(default)s)")
