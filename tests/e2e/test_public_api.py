@@ -125,7 +125,7 @@ async def test_submit_json_tells_a_replay_from_a_new_job(js: Jobstream) -> None:
 async def test_an_app_shares_its_store_and_hub(js: Jobstream) -> None:
     """The web app hands its own store and started hub in; closing the API leaves the hub to it."""
     store = js.store
-    hub = EventHub(js.redis, store.keys, store, client_name="test-shared-hub")
+    hub = EventHub(store, client_name="test-shared-hub")
     await hub.start()
     try:
         shared = Jobstream(js.redis, js.settings, store=store, hub=hub)
