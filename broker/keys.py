@@ -87,10 +87,28 @@ class Keys:
         """SCAN pattern over idempotency keys."""
         return f"{self.prefix}idem:*"
 
+    def schedule(self, schedule_id: str) -> str:
+        """A runtime schedule, as JSON (the layout of taskiq-redis's ``ListRedisScheduleSource``)."""
+        return f"{self.prefix}schedule:data:{schedule_id}"
+
     @property
-    def schedule_prefix(self) -> str:
-        """Prefix of the runtime schedule source's keys (taskiq-redis formats the rest)."""
-        return f"{self.prefix}schedule"
+    def schedule_pattern(self) -> str:
+        """SCAN pattern over runtime schedules."""
+        return self.schedule("*")
+
+    @property
+    def cron_schedules(self) -> str:
+        """List of the ids of cron schedules."""
+        return f"{self.prefix}schedule:cron"
+
+    @property
+    def interval_schedules(self) -> str:
+        """List of the ids of interval schedules."""
+        return f"{self.prefix}schedule:interval"
+
+    def timed_schedules(self, minute: str) -> str:
+        """List of the ids of one-shot schedules due in ``minute`` (``YYYY-MM-DDTHH:MM``, UTC)."""
+        return f"{self.prefix}schedule:time:{minute}"
 
     @property
     def cancel_channel(self) -> str:

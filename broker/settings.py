@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_seconds: float = 30.0
     worker_concurrency: int = 100
     worker_queues: str = ""
+    # Freeze what start-up made and collect garbage rarely (see ``workers.gc_tuning``).
+    worker_gc_freeze: bool = True
     # Live updates.
     stream_token_ttl_seconds: int = 300
     sse_keepalive_seconds: float = 15.0

@@ -10,7 +10,7 @@ Two things differ from the stock ``TaskiqScheduler``:
 - Every fired schedule carries an ``idempotency_key`` label naming the schedule and the
   slot it fired for (the minute for cron, the interval number, or "once"), so that N
   replicas firing the same schedule create one job, not N (``JobBroker.kick`` passes the
-  key to ``JobStore.create``).
+  key to ``Jobstream.submit``, the public API, which checks every creation rule).
 """
 
 from __future__ import annotations

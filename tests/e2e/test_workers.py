@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from broker.models import JobStatus
-from broker.registry import registry
+from broker.registry import JobContext, TaskRegistry
 from broker.store import GROUP, Delivery
 from tests.support.procs import stop
 from tests.support.worker_support import (
@@ -247,15 +247,51 @@ async def test_a_worker_without_the_task_leaves_the_job_to_one_with_it(cluster: 
     assert await cluster.count(f"{k}:runs") == 1
 
 
-async def test_a_finished_job_leaves_no_reference_cycle(cluster: Cluster) -> None:
-    """The worker collects garbage rarely (``JobBroker``): that is only cheap if jobs make none."""
-    import workers.tasks  # noqa: F401 - registers demo.noop
+cycles_registry = TaskRegistry()
 
+
+class _Nothing(msgspec.Struct):
+    pass
+
+
+@cycles_registry.task("cycles.succeeds")
+async def _succeeds(ctx: JobContext, data: _Nothing) -> None:
+    pass
+
+
+@cycles_registry.task("cycles.fails")
+async def _fails(ctx: JobContext, data: _Nothing) -> None:
+    raise RuntimeError("on purpose")
+
+
+@cycles_registry.task("cycles.fails_once", retries=1, backoff=60.0)
+async def _fails_once(ctx: JobContext, data: _Nothing) -> None:
+    raise RuntimeError("on purpose, then a retry")
+
+
+@cycles_registry.task("cycles.times_out", timeout=0.2)
+async def _times_out(ctx: JobContext, data: _Nothing) -> None:
+    await asyncio.sleep(30)
+
+
+@pytest.mark.parametrize(
+    ("task", "counter"),
+    [
+        ("cycles.succeeds", "succeeded"),
+        ("cycles.fails", "failed"),  # a traceback per job
+        ("cycles.fails_once", "retried"),  # the same, and a retry is scheduled
+        ("cycles.times_out", "failed"),  # cancelled at its timeout
+    ],
+    ids=["succeeding", "failing", "retried", "timed-out"],
+)
+async def test_a_finished_job_leaves_no_reference_cycle(cluster: Cluster, task: str, counter: str) -> None:
+    """Workers collect garbage rarely (``workers.gc_tuning``): that is only cheap if jobs make
+    no cycles, whichever way they end (an exception's traceback is the usual culprit)."""
     store = cluster.store
     await store.scripts.load_all(store.redis)
-    executor = JobExecutor(store, registry, "c1")
+    executor = JobExecutor(store, cycles_registry, "c1")
     n = 200
-    ids = {await cluster.submit("demo.noop") for _ in range(n)}
+    ids = {await cluster.submit(task) for _ in range(n)}
     reply: Any = await store.redis.xreadgroup(GROUP, "c1", {store.keys.queue("default"): ">"}, count=n)
     stream, entries = reply[0]
     deliveries = []
@@ -270,5 +306,5 @@ async def test_a_finished_job_leaves_no_reference_cycle(cluster: Cluster) -> Non
         cyclic = gc.collect()
     finally:
         gc.enable()
-    assert executor.counters.succeeded == n
-    assert cyclic < n / 4  # one cycle per job would free several objects each
+    assert getattr(executor.counters, counter) == n
+    assert cyclic < n / 4, cyclic  # one cycle per job would free several objects each

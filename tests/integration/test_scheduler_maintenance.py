@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -11,9 +12,11 @@ from typing import Any
 import msgspec
 import pytest
 from redis.asyncio import Redis
-from taskiq.exceptions import SendTaskError
+from taskiq.exceptions import ScheduledTaskCancelledError, SendTaskError
 from taskiq.kicker import AsyncKicker
 from taskiq.schedule_sources import LabelScheduleSource
+from taskiq.serializers import JSONSerializer
+from taskiq_redis import ListRedisScheduleSource
 
 from broker.errors import ScriptCode, UnknownTask
 from broker.keys import Keys
@@ -24,9 +27,10 @@ from broker.registry import registry
 from broker.scripts import Scripts
 from broker.settings import Settings, load_settings
 from broker.store import GROUP, Delivery, JobStore, Started
+from broker.validation import InvalidInput
 from scheduler.cleanup import Cleanup
 from scheduler.reaper import Reaper
-from scheduler.schedule_source import InvalidSchedule, build_schedule
+from scheduler.schedule_source import InvalidSchedule, JobScheduleSource, build_schedule, remove_schedule
 from scheduler.scheduler import JobScheduler, fire_key
 from scheduler.ticks import Periodic, Ticker
 from workers.job_broker import JobBroker
@@ -356,12 +360,12 @@ async def test_kick_creates_a_job_deduplicated_by_its_fire_key(
     jobs = (await store.list("ops")).jobs
     assert len(jobs) == 1
     assert jobs[0].type == "demo.sleep" and jobs[0].status == JobStatus.PENDING
-    assert msgspec.json.decode(jobs[0].input) == {"seconds": 0.1}
+    assert msgspec.json.decode(jobs[0].input)["seconds"] == 0.1  # stored as POST /jobs stores it
     message = decode_message((await redis.xrange(store.keys.queue("default")))[0][1][b"data"])
     assert message.task_id == jobs[0].id
     with pytest.raises(SendTaskError) as refused:
         await AsyncKicker("demo.sleep", broker, {}).kiq(seconds="soon")
-    assert isinstance(refused.value.__cause__, msgspec.ValidationError)
+    assert isinstance(refused.value.__cause__, InvalidInput)  # Jobstream.submit's own check
     await broker.connection_pool.disconnect()
 
 
@@ -402,3 +406,35 @@ def test_a_bad_schedule_is_refused_when_added() -> None:
         build_schedule(registry, "demo.noop", cron="* * * * *", every_seconds=5)
     with pytest.raises(InvalidSchedule, match="at least 1"):
         build_schedule(registry, "demo.noop", every_seconds=0)
+
+
+# ---------------------------------------------------------------- the schedule source
+
+
+async def test_the_schedule_source_reads_what_taskiq_redis_stored_and_one_shots_end(
+    redis_url: str, prefix: str
+) -> None:
+    """Same Redis layout as taskiq-redis's ``ListRedisScheduleSource`` (JSON): nothing to migrate."""
+    settings = settings_for(redis_url, prefix)
+    old = ListRedisScheduleSource(redis_url, prefix=f"{prefix}schedule", serializer=JSONSerializer())
+    cron = build_schedule(registry, "demo.noop", cron="*/5 * * * *", schedule_id="c", owner="ops")
+    due = dt.datetime.now(dt.UTC)
+    once = build_schedule(registry, "demo.noop", at=due, schedule_id="o")
+    await old.add_schedule(cron)
+    source = JobScheduleSource(settings)
+    try:
+        await source.add_schedule(once)
+        assert {s.schedule_id for s in await old.get_schedules()} == {"c", "o"}  # and back
+        found = {s.schedule_id: s for s in await source.get_schedules()}
+        assert found.keys() == {"c", "o"}
+        assert found["c"].cron == "*/5 * * * *" and found["c"].labels == {"owner": "ops"}
+        await source.post_send(found["o"])  # a one-shot, once sent, is gone
+        await source.post_send(found["c"])  # a cron stays
+        assert [s.schedule_id for s in await source.list_all()] == ["c"]
+        assert await remove_schedule(settings, "c") and not await remove_schedule(settings, "c")
+        assert await source.get_schedules() == []
+        with pytest.raises(ScheduledTaskCancelledError):
+            await source.pre_send(cron)  # removed: not sent, even by a scheduler that read it before
+    finally:
+        await source.shutdown()
+        await old.shutdown()

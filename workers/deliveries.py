@@ -1,0 +1,216 @@
+"""What a worker reads from its queue streams, and which entries it holds meanwhile.
+
+:class:`Deliveries` reads new entries with XREADGROUP and, every lease/3, reclaims entries
+idle for a whole lease (their worker died) with XAUTOCLAIM, which is atomic, so no lock
+can outlive a killed holder. An entry delivered more than ``max_deliveries`` times goes
+to the dead stream instead. ``inflight`` is what this worker holds: the lease loop
+(:mod:`workers.leases`) renews exactly those. It also moves due delayed messages (delayed
+jobs, retry backoff) onto their streams. See docs/ARCHITECTURE.md, "Faults".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from taskiq import AckableMessage
+
+from broker.connection import REDIS_FAULTS, RedisWatch, backoff
+from broker.keys import Keys
+from broker.message import decode_message
+from broker.registry import TaskRegistry
+from broker.settings import Settings
+from broker.store import GROUP, Delivery, JobStore
+from workers.frames import make_batch, make_frame
+
+log = logging.getLogger("jobstream.broker")
+_PROMOTE_EVERY_SECONDS = 0.25
+
+
+class Deliveries:
+    """Reads, reclaims and dead-letters the entries of one worker's queues; tracks those it holds."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: TaskRegistry,
+        queues: Sequence[str],
+        store: JobStore,
+        consumer_name: str,
+        watch: RedisWatch,
+        limit: int,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.keys = Keys(settings.prefix)
+        self.queues = tuple(queues)
+        self.streams = [self.keys.queue(q) for q in self.queues]
+        self.store = store
+        self.consumer_name = consumer_name
+        self.watch = watch
+        self._redis: Redis = store.redis
+        self.inflight: dict[str, set[str]] = {stream: set() for stream in self.streams}
+        self.limit = max(1, limit)
+        self._room = asyncio.Event()
+        lease_ms = int(settings.lease_seconds * 1000)
+        self.block = min(1000, lease_ms)
+        # A read takes at most as many entries as the worker runs at once, so a worker for
+        # slow jobs (concurrency 1) never holds entries that an idle one could run.
+        self.count = max(1, min(50, self.limit))
+
+    async def listen(self, redis: Redis, batches: bool) -> AsyncGenerator[bytes | AckableMessage, None]:
+        """New entries from this worker's streams, and entries reclaimed from dead workers.
+
+        ``redis`` is a client of its own (a read blocks its connection for up to a second).
+        Each delivery is a frame (:mod:`workers.frames`) in an ``AckableMessage`` whose ack
+        releases the entry; with ``batches`` (``JobReceiver``), everything one read returned
+        comes as one batch of frames instead, and a read waits until fewer than ``limit``
+        entries are held and takes no more than the room left, so the worker never holds
+        more entries than it runs at once.
+        """
+        reclaim_every = self.settings.lease_seconds / 3
+        next_reclaim = 0.0
+        read: Any = dict.fromkeys(self.streams, ">")
+        failures = 0
+        while True:
+            _honour_cancel()
+            room = await self._wait_for_room() if batches else self.count
+            began = time.monotonic()
+            try:
+                if began >= next_reclaim:
+                    next_reclaim = began + reclaim_every
+                    entries = await self._reclaim(redis)
+                else:
+                    entries = await self._read(redis, read, min(room, self.count))
+            except REDIS_FAULTS as err:
+                self.watch.failed("reading the queues", err, began)
+                failures += 1
+                await asyncio.sleep(backoff(failures))
+                continue
+            failures = 0
+            self.watch.answered()
+            if batches and entries:
+                yield make_batch([self.hold(*entry) for entry in entries])
+            elif not batches:
+                for entry in entries:
+                    yield self.acked(*entry)
+
+    def hold(self, stream: str, entry_id: str, payload: bytes) -> bytes:
+        """Hold an entry (its lease is renewed from now on) and frame it for the receiver."""
+        self.inflight[stream].add(entry_id)
+        return make_frame(stream, entry_id, payload)
+
+    def acked(self, stream: str, entry_id: str, payload: bytes) -> AckableMessage:
+        """Hold an entry, framed for Taskiq's own receiver: its ack releases the entry.
+
+        Taskiq's receiver acks once it is done with the message: the final-state script
+        already acked a finished job; an entry nobody ran (unknown task, unreadable) stops
+        being renewed and is redelivered later, until max_deliveries sends it to the dead stream.
+        """
+        frame = self.hold(stream, entry_id, payload)
+        release = functools.partial(self.release, stream, entry_id)
+        return AckableMessage.model_construct(data=frame, ack=release)
+
+    def release(self, stream: str, entry_id: str) -> None:
+        """Stop renewing an entry's lease: its job ended here, or it is not to run here."""
+        self.inflight.get(stream, set()).discard(entry_id)
+        self._room.set()
+
+    @property
+    def held(self) -> int:
+        """How many entries this worker holds."""
+        return sum(len(ids) for ids in self.inflight.values())
+
+    async def _wait_for_room(self) -> int:
+        """Wait until fewer than ``limit`` entries are held; how many more may be read."""
+        while self.held >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+        return self.limit - self.held
+
+    async def _read(self, redis: Redis, read: Any, count: int) -> list[tuple[str, str, bytes]]:
+        """New entries of this worker's streams: at most ``count``, waiting up to ``block`` ms."""
+        fetched: Any = await redis.xreadgroup(GROUP, self.consumer_name, read, count=count, block=self.block)
+        return [
+            (stream.decode(), entry_id.decode(), fields[b"data"])
+            for stream, entries in fetched or ()
+            for entry_id, fields in entries
+        ]
+
+    async def _reclaim(self, redis: Redis) -> list[tuple[str, str, bytes]]:
+        """Entries idle for a lease (their worker died), now this worker's; over-delivered ones
+        go to the dead stream instead."""
+        scripts = self.store.scripts
+        lease_ms = int(self.settings.lease_seconds * 1000)
+        reclaimed: list[tuple[str, str, bytes]] = []
+        for stream in self.streams:
+            claimed = await scripts.reclaim(
+                stream=stream, group=GROUP, consumer=self.consumer_name, min_idle_ms=lease_ms, count=100
+            )
+            for entry_id, fields, deliveries in claimed:
+                if entry_id in self.inflight[stream]:
+                    continue  # ours already (the loop stalled past a lease): keep it
+                payload = fields.get(b"data", b"")
+                if deliveries > self.settings.max_deliveries:
+                    await self._dead_letter(stream, entry_id, payload, deliveries)
+                    continue
+                log.info("reclaimed %s %s (delivery %s)", stream, entry_id, deliveries)
+                reclaimed.append((stream, entry_id, payload))
+        return reclaimed
+
+    async def _dead_letter(self, stream: str, entry_id: str, payload: bytes, deliveries: int) -> None:
+        store = self.store
+        try:
+            message = decode_message(payload)
+            job_id, dispatch, task = message.task_id, message.labels.dispatch, message.task_name
+        except msgspec.DecodeError:
+            job_id, dispatch, task = "", 0, ""
+        owner: Any = await self._redis.hget(self.keys.job(job_id), "owner") or b""
+        spec_retention = self.registry.retention(task, store.settings.retention_seconds)
+        await store.dead_letter(
+            Delivery(job_id, stream, entry_id, dispatch),
+            self.consumer_name,
+            payload,
+            deliveries,
+            owner.decode(),
+            spec_retention,
+        )
+        log.warning("dead-lettered %s %s after %d deliveries (job %s)", stream, entry_id, deliveries, job_id)
+
+    async def promote_due(self) -> None:
+        """Move due delayed messages (delayed jobs, retry backoff) onto their streams, forever."""
+        scripts = self.store.scripts
+        failures = 0
+        while True:
+            wait = _PROMOTE_EVERY_SECONDS
+            began = time.monotonic()
+            try:
+                for queue in self.queues:
+                    promoted = await scripts.promote_due(queue=queue, limit=100)
+                    if promoted.next_due_ms is not None:
+                        wait = min(wait, promoted.next_due_ms / 1000)
+            except REDIS_FAULTS as err:
+                self.watch.failed("promoting delayed jobs", err, began)
+                failures += 1
+                wait = backoff(failures)
+            else:
+                self.watch.answered()
+                failures = 0
+            await asyncio.sleep(max(wait, 0.01))
+
+
+def _honour_cancel() -> None:
+    """Raise if this task is being cancelled.
+
+    Taskiq cancels the read to stop; on Python 3.11 redis-py's timeouts (asyncio.wait_for)
+    can swallow that cancel, which left the worker idling forever on SIGTERM now and then.
+    """
+    this_task = asyncio.current_task()
+    if this_task is not None and this_task.cancelling():
+        raise asyncio.CancelledError
