@@ -23,8 +23,8 @@ import jwt
 import pytest
 
 from broker.settings import Settings, load_settings
-from tests.support.procs import free_port, stop, wait_port
-from tests.support.sse_support import start_web_logged
+from devtools.embedded_redis import EmbeddedRedis
+from tests.support.procs import WebServer
 from tests.support.web_support import SECRET
 from web.auth import make_token
 
@@ -125,21 +125,22 @@ ROWS = [*BEARERS, "stream-token-as-bearer", "owner-stream-token-as-bearer"]
 
 
 @pytest.fixture(scope="module")
-def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def server(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
     """The app under uvicorn in JWT mode, with a metrics token and its access log on."""
-    port = free_port()
     log = tmp_path_factory.mktemp("matrix") / "web.log"
     env = {
         "JOBSTREAM_AUTH": "jwt",
         "JOBSTREAM_JWT_SECRET": SECRET,
         "JOBSTREAM_METRICS_TOKEN": METRICS_TOKEN,
     }
-    web = start_web_logged(redis_url, f"t{uuid.uuid4().hex[:8]}:", port, env, log)
+    web = WebServer(redis_server.url, f"t{uuid.uuid4().hex[:8]}:", env, log, log_level="info")
     try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}", log
+        web.start()
+        yield web.url, log
     finally:
-        stop(web)
+        web.close()
 
 
 async def _status(http: httpx.AsyncClient, method: str, url: str, headers: dict[str, str]) -> int:

@@ -27,7 +27,7 @@ from devtools.embedded_redis import (
     free_port,
     port_is_free,
 )
-from tests.support.procs import wait_for
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,13 +14,10 @@ import httpx
 import pytest
 
 from broker.settings import load_settings
-from tests.support import sse_support
 from tests.support.sse_support import Reader, SseStack
 from tests.support.web_support import PROBLEM_JSON, SECRET
 from web.auth import make_token
 from web.live.stream_tokens import STREAM_COOKIE, StreamTokens, job_scope
-
-sse_stack = sse_support.sse_stack
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -143,7 +140,7 @@ async def test_the_stream_cookie_opens_the_owners_streams_only(sse_stack: Any) -
     async with httpx.AsyncClient(
         base_url=stack.base_url, cookies={STREAM_COOKIE: minted.json()["token"]}, timeout=10
     ) as browser:
-        cookie_stack = SseStack(stack.redis_url, stack.prefix, stack.log, stack.env, stack.web, browser)
+        cookie_stack = SseStack(stack.server, browser)
         assert (await first_event(cookie_stack, "/events"))["id"] == job["id"]
         assert (await first_event(cookie_stack, f"/jobs/{job['id']}/events"))["id"] == job["id"]
         assert_problem(await browser.get(f"/jobs/{bobs['id']}/events"), 404)

@@ -18,10 +18,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.support import sse_support
 from tests.support.sse_support import Reader, SseStack, pubsub_clients, strictly_increasing, wait_hash_version
-
-sse_stack = sse_support.sse_stack
 
 
 def job_key(stack: SseStack, job_id: str) -> str:

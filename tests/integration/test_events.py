@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
@@ -18,22 +18,14 @@ from redis.asyncio import Redis
 
 from broker.errors import JobNotFound
 from broker.models import Job, JobStatus, job_encoder
-from broker.queues import ensure_groups
-from broker.settings import load_settings
 from broker.store import GROUP, Delivery, JobStore, Started
 from devtools.embedded_redis import free_port
 from hub.event_hub import EventHub, EventsUnavailable, FeedClosed, JobFeed, OwnerFeed, Resync
+from tests.support.polling import until
 
 pytestmark = pytest.mark.timeout(60)
 
 RETENTION = 600
-
-
-@pytest.fixture
-async def store(redis: Redis, redis_url: str, prefix: str) -> JobStore:
-    store = JobStore(redis, load_settings({}, redis_url=redis_url, prefix=prefix))
-    await ensure_groups(redis, store.keys, ["default"])
-    return store
 
 
 @pytest.fixture
@@ -68,14 +60,6 @@ async def running_job(store: JobStore, owner: str = "u") -> tuple[Started, Deliv
 async def succeed(store: JobStore, started: Started, delivery: Delivery) -> Job:
     await store.succeed(started, delivery, b'{"ok":true}', RETENTION)
     return await store.get(started.job.id)
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Poll a condition Redis cannot signal (e.g. PUBSUB NUMSUB) until true, or fail."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def numsub(redis: Redis, channel: str) -> int:

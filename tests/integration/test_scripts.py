@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
-from redis.asyncio import Redis
 
 from broker.errors import (
     IdempotencyConflict,
@@ -22,7 +20,6 @@ from broker.errors import (
 from broker.ids import new_job_id
 from broker.message import decode_message
 from broker.models import JobError, JobStatus
-from broker.queues import ensure_groups
 from broker.scripts import script_source
 from broker.settings import Settings, load_settings
 from broker.store import GROUP, Delivery, JobStore, Started
@@ -32,18 +29,9 @@ RETENTION = 900
 
 
 @pytest.fixture
-async def store(redis: Redis, redis_url: str, prefix: str) -> AsyncIterator[JobStore]:
-    settings = load_settings(
-        {},
-        redis_url=redis_url,
-        prefix=prefix,
-        active_ttl_seconds=ACTIVE_TTL,
-        retention_seconds=RETENTION,
-        max_active_per_owner=3,
-    )
-    store = JobStore(redis, settings)
-    await ensure_groups(redis, store.keys, ["default"])
-    yield store
+def store_settings() -> dict[str, Any]:
+    """The shared ``store`` fixture, with TTLs these tests can tell apart and a cap of 3."""
+    return {"active_ttl_seconds": ACTIVE_TTL, "retention_seconds": RETENTION, "max_active_per_owner": 3}
 
 
 async def make(store: JobStore, owner: str = "alice", **kw: Any) -> str:

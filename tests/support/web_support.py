@@ -1,10 +1,8 @@
-"""Helpers for the web tests: settings, in-process clients, key snapshots, polling."""
+"""Helpers for the web tests: settings, in-process clients, key snapshots."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -42,17 +40,3 @@ async def keys_under(redis: Redis, prefix: str) -> set[bytes]:
 async def job_keys(redis: Redis, prefix: str) -> set[bytes]:
     """The job record hashes under the test's prefix."""
     return {key async for key in redis.scan_iter(match=f"{prefix}job:*", count=1000)}
-
-
-async def until(
-    probe: Callable[[], Awaitable[T | None]], timeout: float, what: str, interval: float = 0.05
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
