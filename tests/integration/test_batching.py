@@ -47,6 +47,7 @@ async def test_a_failing_call_fails_alone(redis: Redis, prefix: str) -> None:
     assert isinstance(results[1], ResponseError)
 
 
+@pytest.mark.own_redis  # SCRIPT FLUSH empties the whole server's script cache
 async def test_a_flushed_script_cache_is_reloaded(redis: Redis, prefix: str) -> None:
     script = redis.register_script(f"return '{prefix}'")
     batcher = ScriptBatcher(redis)

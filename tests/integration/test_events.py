@@ -209,6 +209,7 @@ async def test_churn_of_listeners_leaves_a_consistent_subscription(
 # -- reconnects -----------------------------------------------------------------------
 
 
+@pytest.mark.own_redis  # CLIENT KILL TYPE pubsub cuts every subscriber of the server
 async def test_pubsub_killed_mid_job_listener_still_ends_on_terminal(
     hub: EventHub, store: JobStore, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -245,6 +246,7 @@ async def test_pubsub_killed_mid_job_listener_still_ends_on_terminal(
     assert any("reconnected" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.own_redis  # CLIENT KILL TYPE pubsub cuts every subscriber of the server
 async def test_terminal_state_published_while_disconnected_arrives_by_resync(
     redis: Redis, store: JobStore
 ) -> None:
@@ -269,6 +271,7 @@ async def test_terminal_state_published_while_disconnected_arrives_by_resync(
         await hub.stop()
 
 
+@pytest.mark.own_redis  # CLIENT PAUSE ALL stops the whole server
 async def test_idle_ping_notices_an_unresponsive_server(redis: Redis, store: JobStore) -> None:
     """No answer to the idle PING (the server is paused) counts as a lost connection."""
     hub = EventHub(redis, store.keys, store, keepalive_seconds=0.2)
