@@ -25,7 +25,7 @@ import pytest
 from broker.settings import Settings, load_settings
 from devtools.embedded_redis import EmbeddedRedis
 from tests.support.procs import WebServer
-from tests.support.web_support import SECRET
+from tests.support.web_support import SECRET, assert_hidden
 from web.auth import make_token
 
 pytestmark = pytest.mark.timeout(60)
@@ -180,6 +180,16 @@ async def test_every_route_answers_each_credential_as_it_must(row: str, server: 
             if got != _expected(row, route):
                 wrong.append(f"{route.label}: {got}, expected {_expected(row, route)}")
     assert not wrong, f"{row}:\n" + "\n".join(wrong)
+
+
+async def test_another_owners_job_answers_as_a_job_that_does_not_exist(server: tuple[str, Path]) -> None:
+    """Every job route's 404 for bob on alice's job is, body and all, the 404 for an unknown id."""
+    base_url, _ = server
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        for route in [route for route in ROUTES if route.kind == "job"]:
+            job_id = (await _alices_job(http))["id"]
+            path = route.path.replace("{job}", "{id}")
+            await assert_hidden(http, route.method, path, job_id, BEARERS["bob"])
 
 
 QUERY_ROWS = {

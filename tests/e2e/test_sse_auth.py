@@ -15,7 +15,7 @@ import pytest
 
 from broker.settings import load_settings
 from tests.support.sse_support import Reader, SseStack
-from tests.support.web_support import PROBLEM_JSON, SECRET
+from tests.support.web_support import PROBLEM_JSON, SECRET, assert_hidden
 from web.auth import make_token
 from web.live.stream_tokens import STREAM_COOKIE, StreamTokens, job_scope
 
@@ -80,11 +80,10 @@ async def test_a_job_token_opens_that_jobs_stream_and_no_other(sse_stack: Any) -
 async def test_another_owner_gets_404_before_any_stream(sse_stack: Any) -> None:
     stack: SseStack = await sse_stack(jwt=True)
     job = await stack.create("demo.sleep", **bearer(ALICE))
-    url = f"/jobs/{job['id']}/events"
-    assert_problem(await stack.http.get(url, headers=bearer(BOB)), 404)
-    assert_problem(await stack.http.post(f"/jobs/{job['id']}/stream-token", headers=bearer(BOB)), 404)
+    await assert_hidden(stack.http, "GET", "/jobs/{id}/events", job["id"], bearer(BOB))
+    await assert_hidden(stack.http, "POST", "/jobs/{id}/stream-token", job["id"], bearer(BOB))
     bobs = (await stack.http.post("/events/stream-token", headers=bearer(BOB))).json()["token"]
-    assert_problem(await stack.http.get(url, params={"token": bobs}), 404)
+    await assert_hidden(stack.http, "GET", f"/jobs/{{id}}/events?token={bobs}", job["id"])
     admins = await stack.http.post(f"/jobs/{job['id']}/stream-token", headers=bearer(ADMIN))
     assert (await first_event(stack, admins.json()["url"]))["owner"] == "alice"
     await assert_no_token_logged(stack, bobs, admins.json()["token"])
