@@ -114,7 +114,7 @@ async def make_stack(own_redis: EmbeddedRedis, prefix: str, tmp_path: Path) -> A
     stacks: list[Stack] = []
 
     async def make(**env: str) -> Stack:
-        stack = Stack.open(own_redis.url, prefix, stack_env(**env), tmp_path / "web.log")
+        stack = Stack.open(own_redis.url, prefix, stack_env(**env), tmp_path / "web.log", restartable=True)
         stacks.append(stack)
         return stack
 

@@ -73,11 +73,13 @@ def listening_socket() -> socket.socket:
 
 
 class WebServer:
-    """The web app under uvicorn on a socket bound here, held for the server's whole life.
+    """The web app under uvicorn on a socket bound here and handed to it.
 
     ``start`` hands the socket to a new uvicorn process and returns once that process
-    answers; ``stop`` ends the process, and ``start`` may run it again on the same port
-    (connections made in between wait in the socket's backlog). ``close`` ends both.
+    answers. Then this process lets go of its copy, so the port closes with the server,
+    unless ``restartable``: the socket is then held until ``close``, and ``start`` may run
+    the server again on the same port after ``stop`` (connections made in between wait in
+    the socket's backlog).
     """
 
     def __init__(
@@ -87,9 +89,10 @@ class WebServer:
         env: Mapping[str, str] | None = None,
         log: Path | None = None,
         log_level: str = "warning",
+        restartable: bool = False,
     ) -> None:
         self.redis_url, self.prefix, self.env, self.log = redis_url, prefix, dict(env or {}), log
-        self.log_level = log_level
+        self.log_level, self.restartable = log_level, restartable
         self.listener = listening_socket()
         self.port = int(self.listener.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -97,6 +100,7 @@ class WebServer:
 
     def start(self, timeout: float = 20.0) -> subprocess.Popen[bytes]:
         fd = self.listener.fileno()
+        assert fd >= 0, "the socket was let go after the first start: pass restartable=True"
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "web.app:app", "--fd", str(fd), "--log-level", self.log_level],
@@ -111,6 +115,8 @@ class WebServer:
         except AssertionError:
             self.stop()
             raise
+        if not self.restartable:
+            self.listener.close()
         return self.proc
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:

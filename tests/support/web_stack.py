@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -43,8 +43,10 @@ class WebStack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, redis_url: str, prefix: str, env: dict[str, str], log: Path) -> WebStack:
-        server = WebServer(redis_url, prefix, env, log, log_level="info")
+    def open(
+        cls, redis_url: str, prefix: str, env: dict[str, str], log: Path, restartable: bool = False
+    ) -> Self:
+        server = WebServer(redis_url, prefix, env, log, log_level="info", restartable=restartable)
         try:
             server.start()
         except BaseException:
