@@ -30,6 +30,8 @@ DEFAULT_DATA_DIR = Path(".jobstream/redis")
 LOG_NAME = "redis-server.log"
 _LOG_TAIL_LINES = 20
 _PING_INTERVAL_SECONDS = 0.05
+_PORT_ATTEMPTS = 3  # a picked port taken before the server bound it: pick again, this often
+_BIND_FAILED = "Address already in use"
 
 
 class EmbeddedRedisError(JobstreamError):
@@ -79,8 +81,9 @@ def port_is_free(port: int) -> bool:
 class EmbeddedRedis:
     """A ``redis-server`` child process on 127.0.0.1; a context manager that starts and stops it.
 
-    ``port=None`` picks a free port. ``snapshots=False`` passes ``save ""``: the AOF
-    alone keeps the data, without RDB snapshots on top.
+    ``port=None`` picks a free port (and another one, should someone bind it first: the
+    server cannot take a socket handed to it). ``snapshots=False`` passes ``save ""``: the
+    AOF alone keeps the data, without RDB snapshots on top.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class EmbeddedRedis:
         stop_timeout: float = 10.0,
     ) -> None:
         self.port = free_port() if port is None else port
+        self._port_picked = port is None
         self.data_dir = Path(data_dir).resolve()
         self.snapshots = snapshots
         self.executable = executable
@@ -138,9 +142,24 @@ class EmbeddedRedis:
         return argv
 
     def start(self) -> Self:
-        """Start the server and return once it answers PING; raise with its log tail if not."""
+        """Start the server and return once it answers PING; raise with its log tail if not.
+
+        Ready means ``INFO server`` names our child's pid: another server on the port does
+        not count. A picked port lost to another process before our server bound it is
+        replaced by a new one, up to ``_PORT_ATTEMPTS`` tries.
+        """
         if self._process is not None:
             raise EmbeddedRedisError(f"embedded Redis already started (pid {self._process.pid})")
+        for _ in range(_PORT_ATTEMPTS - 1 if self._port_picked else 0):
+            try:
+                return self._start_once()
+            except EmbeddedRedisError:
+                if _BIND_FAILED not in self._log_tail():
+                    raise
+                self.port = free_port()
+        return self._start_once()
+
+    def _start_once(self) -> Self:
         argv = self.command()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")

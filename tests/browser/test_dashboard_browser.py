@@ -4,31 +4,32 @@ One web process (JWT auth) and one worker serve the whole module; each test has 
 user, so it sees only its own jobs. The browser is the system's ``chromium`` (CI installs
 it with apt); Playwright never downloads one.
 
-The file name makes it run last: Playwright's sync API runs its own event loop in this
-process, and in 2 of 3 fresh-clone CI runs an asyncio test after it
-(test_each_tick_runs_on_one_replica_only) hung; suspected, not proven.
+Playwright's async API, on the module's one event loop (pytest-asyncio, loop scope
+"module"): no second loop of Playwright's own in the process. scripts/test still runs
+these tests in a pytest process of their own, so a stuck browser cannot hold the rest.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
+import pytest_asyncio
+from playwright.async_api import Browser, ConsoleMessage, Page, Route, async_playwright, expect
 
 from broker.settings import load_settings
-from tests.support.procs import free_port, start_web, start_worker, stop, wait_port
+from devtools.embedded_redis import EmbeddedRedis
+from tests.support.procs import WebServer, start_worker, stop
 from tests.support.web_support import SECRET
 from web.auth import make_token
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="module")]
 
 TIMEOUT_MS = 20_000
 
@@ -42,50 +43,47 @@ class Stack:
     def token(self, user: str) -> str:
         return make_token(load_settings({}, auth="jwt", jwt_secret=SECRET), user)
 
-    def create(self, user: str, task: str, data: dict[str, Any]) -> dict[str, Any]:
-        response = httpx.post(
-            f"{self.base_url}/jobs",
-            json={"type": task, "input": data},
-            headers={"Authorization": f"Bearer {self.token(user)}"},
-            timeout=10,
-        )
+    async def create(self, user: str, task: str, data: dict[str, Any]) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                f"{self.base_url}/jobs",
+                json={"type": task, "input": data},
+                headers={"Authorization": f"Bearer {self.token(user)}"},
+            )
         assert response.status_code == 202, response.text
         job: dict[str, Any] = response.json()
         return job
 
 
 @pytest.fixture(scope="module")
-def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prefix = f"t{uuid.uuid4().hex[:8]}:"
     log = tmp_path_factory.mktemp("dashboard") / "procs.log"
     env = {"JOBSTREAM_AUTH": "jwt", "JOBSTREAM_JWT_SECRET": SECRET}
-    port = free_port()
-    procs: list[subprocess.Popen[bytes]] = [
-        start_web(redis_url, prefix, port, env=env, log=log),
-        start_worker(redis_url, prefix, env=env, log=log),
-    ]
+    web = WebServer(redis_server.url, prefix, env, log)
+    worker = start_worker(redis_server.url, prefix, env=env, log=log)
     try:
-        wait_port(port)
-        yield Stack(f"http://127.0.0.1:{port}", prefix, log)
+        web.start()
+        yield Stack(web.url, prefix, log)
     finally:
-        for proc in procs:
-            stop(proc)
+        stop(worker)
+        web.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     assert executable, "Debian's chromium is needed for the browser tests (apt-get install chromium)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=["--disable-gpu"])
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=executable, args=["--disable-gpu"])
         yield browser
-        browser.close()
+        await browser.close()
 
 
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    page = context.new_page()
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context()
+    page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
 
@@ -97,28 +95,28 @@ def page(browser: Browser) -> Iterator[Page]:
     page.on("console", on_console)
     page.on("pageerror", lambda error: errors.append(str(error)))
     yield page
-    context.close()
+    await context.close()
     assert errors == [], errors  # no uncaught script errors, no Content-Security-Policy violations
 
 
-def sign_in(page: Page, stack: Stack, user: str, query: str = "") -> None:
-    page.goto(f"{stack.base_url}/{query}")
-    expect(page.locator("#mode")).to_have_text("token needed")
-    page.fill("#token", stack.token(user))
-    page.click("#token-form button")
+async def sign_in(page: Page, stack: Stack, user: str, query: str = "") -> None:
+    await page.goto(f"{stack.base_url}/{query}")
+    await expect(page.locator("#mode")).to_have_text("token needed")
+    await page.fill("#token", stack.token(user))
+    await page.click("#token-form button")
 
 
 def user() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
 
 
-def abort_event_streams(page: Page) -> None:
+async def abort_event_streams(page: Page) -> None:
     """Make SSE impossible (a proxy that drops it): the page must fall back to polling."""
 
-    def refuse(route: Route) -> None:
-        route.abort()
+    async def refuse(route: Route) -> None:
+        await route.abort()
 
-    page.route("**/events**", refuse)
+    await page.route("**/events**", refuse)
 
 
 RECORD_STEPS = """() => {
@@ -130,59 +128,59 @@ RECORD_STEPS = """() => {
 }"""
 
 
-def test_dashboard_creates_a_job_and_shows_it_live(page: Page, stack: Stack) -> None:
-    sign_in(page, stack, user())
-    expect(page.locator("#mode")).to_have_text("live")
-    page.select_option("#task-type", "demo.sleep")
-    expect(page.locator("#task-input")).to_have_value('{"seconds":1,"steps":10}')
-    page.fill("#task-input", '{"seconds": 2, "steps": 8}')
-    page.evaluate(RECORD_STEPS)
-    page.click("#create")
+async def test_dashboard_creates_a_job_and_shows_it_live(page: Page, stack: Stack) -> None:
+    await sign_in(page, stack, user())
+    await expect(page.locator("#mode")).to_have_text("live")
+    await page.select_option("#task-type", "demo.sleep")
+    await expect(page.locator("#task-input")).to_have_value('{"seconds":1,"steps":10}')
+    await page.fill("#task-input", '{"seconds": 2, "steps": 8}')
+    await page.evaluate(RECORD_STEPS)
+    await page.click("#create")
     row = page.locator("#jobs tr")
-    expect(row).to_have_count(1)
-    expect(row.locator(".status")).to_have_text("SUCCESS")
+    await expect(row).to_have_count(1)
+    await expect(row.locator(".status")).to_have_text("SUCCESS")
     # The steps in between were pushed over SSE as they happened; the page never reloaded.
-    steps = page.evaluate("window.steps")
+    steps = await page.evaluate("window.steps")
     assert len(steps) >= 4, steps
     assert steps[-1] == "step 8 of 8"
-    expect(row.locator(".progress")).to_have_text("100%")
-    row.locator(".id a").click()
-    expect(page.locator("#details-body")).to_contain_text('"slept": 2')
+    await expect(row.locator(".progress")).to_have_text("100%")
+    await row.locator(".id a").click()
+    await expect(page.locator("#details-body")).to_contain_text('"slept": 2')
 
 
-def test_dashboard_sees_jobs_created_elsewhere_and_cancels_them(page: Page, stack: Stack) -> None:
+async def test_dashboard_sees_jobs_created_elsewhere_and_cancels_them(page: Page, stack: Stack) -> None:
     name = user()
-    sign_in(page, stack, name)
-    expect(page.locator("#mode")).to_have_text("live")
-    job = stack.create(name, "demo.sleep", {"seconds": 30, "steps": 30})
-    stack.create(user(), "demo.noop", {})  # someone else's job: never shown
+    await sign_in(page, stack, name)
+    await expect(page.locator("#mode")).to_have_text("live")
+    job = await stack.create(name, "demo.sleep", {"seconds": 30, "steps": 30})
+    await stack.create(user(), "demo.noop", {})  # someone else's job: never shown
     row = page.locator(f'#jobs tr[data-id="{job["id"]}"]')
-    expect(row.locator(".status")).to_have_text("PROCESSING")
-    row.locator("button.cancel").click()
-    expect(row.locator(".status")).to_have_text("CANCELLED")
-    expect(page.locator("#jobs tr")).to_have_count(1)
+    await expect(row.locator(".status")).to_have_text("PROCESSING")
+    await row.locator("button.cancel").click()
+    await expect(row.locator(".status")).to_have_text("CANCELLED")
+    await expect(page.locator("#jobs tr")).to_have_count(1)
 
 
-def test_dashboard_falls_back_to_polling_without_sse(page: Page, stack: Stack) -> None:
+async def test_dashboard_falls_back_to_polling_without_sse(page: Page, stack: Stack) -> None:
     name = user()
-    abort_event_streams(page)
-    sign_in(page, stack, name)
-    expect(page.locator("#mode")).to_have_text("polling")
-    job = stack.create(name, "demo.sleep", {"seconds": 0.5, "steps": 2})
+    await abort_event_streams(page)
+    await sign_in(page, stack, name)
+    await expect(page.locator("#mode")).to_have_text("polling")
+    job = await stack.create(name, "demo.sleep", {"seconds": 0.5, "steps": 2})
     row = page.locator(f'#jobs tr[data-id="{job["id"]}"]')
-    expect(row.locator(".status")).to_have_text("SUCCESS")
+    await expect(row.locator(".status")).to_have_text("SUCCESS")
 
 
-def test_dashboard_shows_a_refused_input(page: Page, stack: Stack) -> None:
-    sign_in(page, stack, user())
-    page.select_option("#task-type", "demo.sleep")
-    page.fill("#task-input", '{"seconds": -1}')
-    page.click("#create")
-    expect(page.locator("#create-error")).to_contain_text("seconds")
-    page.fill("#task-input", "{not json")
-    page.click("#create")
-    expect(page.locator("#create-error")).to_have_text("The input is not valid JSON.")
-    expect(page.locator("#jobs tr")).to_have_count(0)
+async def test_dashboard_shows_a_refused_input(page: Page, stack: Stack) -> None:
+    await sign_in(page, stack, user())
+    await page.select_option("#task-type", "demo.sleep")
+    await page.fill("#task-input", '{"seconds": -1}')
+    await page.click("#create")
+    await expect(page.locator("#create-error")).to_contain_text("seconds")
+    await page.fill("#task-input", "{not json")
+    await page.click("#create")
+    await expect(page.locator("#create-error")).to_have_text("The input is not valid JSON.")
+    await expect(page.locator("#jobs tr")).to_have_count(0)
 
 
 FOLLOW = """async ([token, transport]) => {
@@ -200,11 +198,11 @@ FOLLOW = """async ([token, transport]) => {
 
 
 @pytest.mark.parametrize("sse", [True, False], ids=["sse", "sse-refused"])
-def test_client_follows_a_job_to_the_end(page: Page, stack: Stack, sse: bool) -> None:
+async def test_client_follows_a_job_to_the_end(page: Page, stack: Stack, sse: bool) -> None:
     if not sse:
-        abort_event_streams(page)
-    page.goto(f"{stack.base_url}/")
-    outcome = page.evaluate(FOLLOW, [stack.token(user()), "auto"])
+        await abort_event_streams(page)
+    await page.goto(f"{stack.base_url}/")
+    outcome = await page.evaluate(FOLLOW, [stack.token(user()), "auto"])
     assert outcome["done"]["status"] == "SUCCESS"
     assert outcome["done"]["result"] == {"slept": 2.0}
     assert outcome["modes"] == (["sse"] if sse else ["poll"])
@@ -216,10 +214,10 @@ def test_client_follows_a_job_to_the_end(page: Page, stack: Stack, sse: bool) ->
     assert transports == ({"sse"} if sse else {"poll"})
 
 
-def test_client_reports_a_job_it_cannot_see(page: Page, stack: Stack) -> None:
-    job = stack.create(user(), "demo.noop", {})
-    page.goto(f"{stack.base_url}/")
-    status = page.evaluate(
+async def test_client_reports_a_job_it_cannot_see(page: Page, stack: Stack) -> None:
+    job = await stack.create(user(), "demo.noop", {})
+    await page.goto(f"{stack.base_url}/")
+    status = await page.evaluate(
         """async ([token, id]) => {
             const { Jobstream } = await import("./static/jobstream.js");
             try { await new Jobstream({ token }).follow(id); return "followed"; }

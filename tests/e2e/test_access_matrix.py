@@ -23,9 +23,9 @@ import jwt
 import pytest
 
 from broker.settings import Settings, load_settings
-from tests.support.procs import free_port, stop, wait_port
-from tests.support.sse_support import start_web_logged
-from tests.support.web_support import SECRET
+from devtools.embedded_redis import EmbeddedRedis
+from tests.support.procs import WebServer
+from tests.support.web_support import SECRET, assert_hidden
 from web.auth import make_token
 
 pytestmark = pytest.mark.timeout(60)
@@ -125,21 +125,22 @@ ROWS = [*BEARERS, "stream-token-as-bearer", "owner-stream-token-as-bearer"]
 
 
 @pytest.fixture(scope="module")
-def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def server(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
     """The app under uvicorn in JWT mode, with a metrics token and its access log on."""
-    port = free_port()
     log = tmp_path_factory.mktemp("matrix") / "web.log"
     env = {
         "JOBSTREAM_AUTH": "jwt",
         "JOBSTREAM_JWT_SECRET": SECRET,
         "JOBSTREAM_METRICS_TOKEN": METRICS_TOKEN,
     }
-    web = start_web_logged(redis_url, f"t{uuid.uuid4().hex[:8]}:", port, env, log)
+    web = WebServer(redis_server.url, f"t{uuid.uuid4().hex[:8]}:", env, log, log_level="info")
     try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}", log
+        web.start()
+        yield web.url, log
     finally:
-        stop(web)
+        web.close()
 
 
 async def _status(http: httpx.AsyncClient, method: str, url: str, headers: dict[str, str]) -> int:
@@ -179,6 +180,16 @@ async def test_every_route_answers_each_credential_as_it_must(row: str, server: 
             if got != _expected(row, route):
                 wrong.append(f"{route.label}: {got}, expected {_expected(row, route)}")
     assert not wrong, f"{row}:\n" + "\n".join(wrong)
+
+
+async def test_another_owners_job_answers_as_a_job_that_does_not_exist(server: tuple[str, Path]) -> None:
+    """Every job route's 404 for bob on alice's job is, body and all, the 404 for an unknown id."""
+    base_url, _ = server
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        for route in [route for route in ROUTES if route.kind == "job"]:
+            job_id = (await _alices_job(http))["id"]
+            path = route.path.replace("{job}", "{id}")
+            await assert_hidden(http, route.method, path, job_id, BEARERS["bob"])
 
 
 QUERY_ROWS = {

@@ -12,9 +12,6 @@ import pytest
 from broker.models import JobStatus
 from client.http_client import ApiError, JobstreamClient
 from tests.support.procs import ROOT
-from tests.support.sse_support import sse_stack
-
-__all__ = ["sse_stack"]
 
 
 @pytest.mark.timeout(60)

@@ -22,7 +22,7 @@ from schemathesis.engine import Status
 from schemathesis.engine.events import FatalError, FuzzScenarioFinished, NonFatalError, ScenarioFinished
 
 from broker.settings import load_settings
-from tests.support.procs import free_port, start_web, stop, wait_port
+from tests.support.procs import WebServer
 from tests.support.web_support import SECRET
 from web.auth import make_token
 
@@ -36,13 +36,12 @@ METRICS_TOKEN = "metrics-scraper-token-of-32-bytes-or-more"
 
 
 def _serve(redis_url: str, log: Path, env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    web = start_web(redis_url, f"t{uuid.uuid4().hex[:8]}:", port, env=env, log=log)
+    server = WebServer(redis_url, f"t{uuid.uuid4().hex[:8]}:", env, log)
     try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
+        server.start()
+        yield server.url
     finally:
-        stop(web)
+        server.close()
 
 
 def _run_at_now(context: Any, body: Any) -> Any:

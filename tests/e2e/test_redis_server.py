@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cli import main as cli
-from devtools import dev_stack
+from devtools import dev_stack, embedded_redis
 from devtools.embedded_redis import (
     EmbeddedRedis,
     EmbeddedRedisError,
@@ -27,7 +27,7 @@ from devtools.embedded_redis import (
     free_port,
     port_is_free,
 )
-from tests.support.procs import wait_for
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -144,6 +144,17 @@ def test_a_port_already_taken_fails_with_the_server_log(tmp_path: Path, listener
     assert "Address already in use" in message
 
 
+def test_a_picked_port_taken_before_the_server_binds_it_is_picked_again(
+    tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ports = iter([listener])  # the first pick is lost to another process; then real picks
+    monkeypatch.setattr(embedded_redis, "free_port", lambda: next(ports, None) or free_port())
+    with EmbeddedRedis(data_dir=tmp_path) as server:
+        assert server.port != listener
+        assert _pings(server.port)
+    assert "Address already in use" in server.log_path.read_text()  # the lost race, logged
+
+
 def test_another_redis_on_the_port_is_not_taken_for_ours(
     tmp_path: Path, redis_server: EmbeddedRedis
 ) -> None:
@@ -201,6 +212,14 @@ async def test_fixtures_give_a_client_and_a_prefix_of_its_own(
     await redis.set(f"{prefix}key", b"value")
     assert await redis.get(f"{prefix}key") == b"value"
     assert (await redis.info("server"))["process_id"] == redis_server.pid
+
+
+@pytest.mark.own_redis
+async def test_own_redis_gives_the_test_a_server_of_its_own(
+    redis: AsyncRedis, redis_url: str, redis_server: EmbeddedRedis
+) -> None:
+    assert redis_url != redis_server.url
+    assert (await redis.info("server"))["process_id"] != redis_server.pid
 
 
 # ---------------------------------------------------------------- jobstream dev: arguments

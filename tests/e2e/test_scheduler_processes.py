@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from broker.models import Job, JobStatus
-from broker.queues import ensure_groups
-from broker.settings import load_settings
 from broker.store import JobStore
+from tests.support.polling import until as poll
 from tests.support.procs import ROOT, env_for, start_worker, stop
 
 
@@ -74,24 +71,6 @@ def procs(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Procs]:
     finally:
         for proc in started.started:
             stop(proc, signal.SIGTERM, timeout=10)
-
-
-@pytest.fixture
-async def store(redis: Redis, redis_url: str, prefix: str) -> AsyncIterator[JobStore]:
-    store = JobStore(redis, load_settings({}, redis_url=redis_url, prefix=prefix))
-    await ensure_groups(redis, store.keys, ["default"])
-    yield store
-
-
-async def poll(condition: Callable[[], Awaitable[Any]], timeout: float, what: str, log: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log}")
-        await asyncio.sleep(0.05)
 
 
 async def jobs_of(store: JobStore, owner: str) -> list[Job]:

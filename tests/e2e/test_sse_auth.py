@@ -14,13 +14,10 @@ import httpx
 import pytest
 
 from broker.settings import load_settings
-from tests.support import sse_support
 from tests.support.sse_support import Reader, SseStack
-from tests.support.web_support import PROBLEM_JSON, SECRET
+from tests.support.web_support import PROBLEM_JSON, SECRET, assert_hidden
 from web.auth import make_token
 from web.live.stream_tokens import STREAM_COOKIE, StreamTokens, job_scope
-
-sse_stack = sse_support.sse_stack
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,11 +80,10 @@ async def test_a_job_token_opens_that_jobs_stream_and_no_other(sse_stack: Any) -
 async def test_another_owner_gets_404_before_any_stream(sse_stack: Any) -> None:
     stack: SseStack = await sse_stack(jwt=True)
     job = await stack.create("demo.sleep", **bearer(ALICE))
-    url = f"/jobs/{job['id']}/events"
-    assert_problem(await stack.http.get(url, headers=bearer(BOB)), 404)
-    assert_problem(await stack.http.post(f"/jobs/{job['id']}/stream-token", headers=bearer(BOB)), 404)
+    await assert_hidden(stack.http, "GET", "/jobs/{id}/events", job["id"], bearer(BOB))
+    await assert_hidden(stack.http, "POST", "/jobs/{id}/stream-token", job["id"], bearer(BOB))
     bobs = (await stack.http.post("/events/stream-token", headers=bearer(BOB))).json()["token"]
-    assert_problem(await stack.http.get(url, params={"token": bobs}), 404)
+    await assert_hidden(stack.http, "GET", f"/jobs/{{id}}/events?token={bobs}", job["id"])
     admins = await stack.http.post(f"/jobs/{job['id']}/stream-token", headers=bearer(ADMIN))
     assert (await first_event(stack, admins.json()["url"]))["owner"] == "alice"
     await assert_no_token_logged(stack, bobs, admins.json()["token"])
@@ -143,7 +139,7 @@ async def test_the_stream_cookie_opens_the_owners_streams_only(sse_stack: Any) -
     async with httpx.AsyncClient(
         base_url=stack.base_url, cookies={STREAM_COOKIE: minted.json()["token"]}, timeout=10
     ) as browser:
-        cookie_stack = SseStack(stack.redis_url, stack.prefix, stack.log, stack.env, stack.web, browser)
+        cookie_stack = SseStack(stack.server, browser)
         assert (await first_event(cookie_stack, "/events"))["id"] == job["id"]
         assert (await first_event(cookie_stack, f"/jobs/{job['id']}/events"))["id"] == job["id"]
         assert_problem(await browser.get(f"/jobs/{bobs['id']}/events"), 404)

@@ -7,10 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import sse_support
 from tests.support.sse_support import Reader, SseStack
-
-sse_stack = sse_support.sse_stack
 
 pytestmark = pytest.mark.timeout(60)
 

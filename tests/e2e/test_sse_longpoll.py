@@ -12,12 +12,10 @@ import pytest_asyncio
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.support import sse_support
+from tests.support.polling import until
 from tests.support.sse_support import SseStack
-from tests.support.web_support import SECRET, app_client, until, web_settings
+from tests.support.web_support import SECRET, app_client, web_settings
 from web.auth import make_token
-
-sse_stack = sse_support.sse_stack
 
 pytestmark = pytest.mark.timeout(60)
 

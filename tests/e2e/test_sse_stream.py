@@ -18,10 +18,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.support import sse_support
 from tests.support.sse_support import Reader, SseStack, pubsub_clients, strictly_increasing, wait_hash_version
-
-sse_stack = sse_support.sse_stack
 
 
 def job_key(stack: SseStack, job_id: str) -> str:
@@ -105,6 +102,7 @@ async def test_a_late_client_and_a_reconnecting_one_see_every_later_state_once(
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.own_redis  # CLIENT KILL TYPE pubsub cuts every subscriber of the server
 async def test_clients_still_get_the_terminal_state_after_client_kill_type_pubsub(
     sse_stack: Any, redis: Redis
 ) -> None:

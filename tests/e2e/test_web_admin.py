@@ -9,8 +9,9 @@ import pytest
 from redis.asyncio import Redis
 
 from broker.keys import Keys
+from tests.support.polling import until
 from tests.support.procs import start_worker, stop
-from tests.support.web_support import SECRET, app_client, until, web_settings
+from tests.support.web_support import SECRET, app_client, web_settings
 from web.auth import make_token
 
 

@@ -2,100 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import pytest_asyncio
 from redis.asyncio import Redis
 
-from tests.support.procs import free_port, start_web, start_worker, stop, wait_port
-from tests.support.web_support import PROBLEM_JSON, until
+from tests.support.polling import until
+from tests.support.web_stack import WebStack, terminal
+from tests.support.web_support import PROBLEM_JSON
 
 ACTIVE_TTL = 4321
 RETENTION = 2345
-
-
-@dataclass
-class Stack:
-    """One test's web server (and the workers it starts), all on the test's Redis prefix."""
-
-    redis_url: str
-    prefix: str
-    log: Path
-    env: dict[str, str]
-    http: httpx.AsyncClient
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start_worker(self) -> None:
-        self.procs.append(start_worker(self.redis_url, self.prefix, env=self.env, log=self.log))
-
-    def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}job:{{{job_id}}}"
-
-    async def create(self, task: str, data: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-        response = await self.http.post("/jobs", json={"type": task, "input": data or {}, **extra})
-        assert response.status_code == 202, response.text
-        job: dict[str, Any] = response.json()
-        return job
-
-    async def job(self, job_id: str) -> dict[str, Any]:
-        response = await self.http.get(f"/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        job: dict[str, Any] = response.json()
-        return job
-
-    async def wait(
-        self, job_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 20
-    ) -> dict[str, Any]:
-        async def probe() -> dict[str, Any] | None:
-            job = await self.job(job_id)
-            return job if done(job) else None
-
-        try:
-            return await until(probe, timeout, f"job {job_id}")
-        except AssertionError as err:
-            raise AssertionError(f"{err}; log tail:\n{self.tail()}") from None
-
-    def tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log.exists() else ""
-
-
-@pytest_asyncio.fixture
-async def make_stack(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    stacks: list[Stack] = []
-
-    async def make(**env: str) -> Stack:
-        port = free_port()
-        log = tmp_path / "processes.log"
-        environ = {f"JOBSTREAM_{name.upper()}": value for name, value in env.items()}
-        web = start_web(redis_url, prefix, port, env=environ, log=log)
-        try:
-            wait_port(port)
-        except AssertionError:
-            stop(web)
-            raise AssertionError(f"web did not start: {log.read_text()[-3000:]}") from None
-        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
-        stack = Stack(redis_url, prefix, log, environ, http, [web])
-        stacks.append(stack)
-        return stack
-
-    try:
-        yield make
-    finally:
-        for stack in stacks:
-            await stack.http.aclose()
-            for proc in reversed(stack.procs):
-                stop(proc)
-
-
-def terminal(job: dict[str, Any]) -> bool:
-    return job["status"] in {"SUCCESS", "FAILURE", "CANCELLED"}
 
 
 async def ttl_near(redis: Redis, key: str, expected: int) -> None:
@@ -104,8 +22,8 @@ async def ttl_near(redis: Redis, key: str, expected: int) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_sleep_job_from_pending_through_progress_to_success(make_stack: Any, redis: Redis) -> None:
-    stack: Stack = await make_stack(active_ttl_seconds=str(ACTIVE_TTL), retention_seconds=str(RETENTION))
+async def test_sleep_job_from_pending_through_progress_to_success(sse_stack: Any, redis: Redis) -> None:
+    stack: WebStack = await sse_stack(active_ttl_seconds=str(ACTIVE_TTL), retention_seconds=str(RETENTION))
     job = await stack.create("demo.sleep", {"seconds": 1.5, "steps": 3})
     job_id, key = job["id"], stack.job_key(job["id"])
     polled = await stack.http.get(f"/jobs/{job_id}")
@@ -137,7 +55,7 @@ async def test_sleep_job_from_pending_through_progress_to_success(make_stack: An
     assert result.json() == {"id": job_id, "status": "SUCCESS", "result": {"slept": 1.5}}
 
 
-async def poll_until_terminal(stack: Stack, job_id: str, redis: Redis) -> tuple[list[dict[str, Any]], int]:
+async def poll_until_terminal(stack: WebStack, job_id: str, redis: Redis) -> tuple[list[dict[str, Any]], int]:
     """Poll like a client: send the last ETag; record each new state; check the TTL once running."""
     history: list[dict[str, Any]] = []
     etag, not_modified, checked_ttl = "", 0, False
@@ -163,8 +81,8 @@ async def poll_until_terminal(stack: Stack, job_id: str, redis: Redis) -> tuple[
 
 
 @pytest.mark.timeout(60)
-async def test_failing_job_ends_failure_and_its_result_is_409(make_stack: Any) -> None:
-    stack: Stack = await make_stack()
+async def test_failing_job_ends_failure_and_its_result_is_409(sse_stack: Any) -> None:
+    stack: WebStack = await sse_stack()
     stack.start_worker()
     job = await stack.create("demo.fail", {"message": "boom at step 3"})
     ended = await stack.wait(job["id"], terminal)
@@ -180,8 +98,8 @@ async def test_failing_job_ends_failure_and_its_result_is_409(make_stack: Any) -
 
 
 @pytest.mark.timeout(60)
-async def test_cancelled_pending_job_is_skipped_by_a_later_worker(make_stack: Any, redis: Redis) -> None:
-    stack: Stack = await make_stack()
+async def test_cancelled_pending_job_is_skipped_by_a_later_worker(sse_stack: Any, redis: Redis) -> None:
+    stack: WebStack = await sse_stack()
     job = await stack.create("demo.sleep", {"seconds": 5})
     stream = f"{stack.prefix}queue:default"
     assert await redis.xlen(stream) == 1
@@ -204,8 +122,8 @@ async def test_cancelled_pending_job_is_skipped_by_a_later_worker(make_stack: An
 
 
 @pytest.mark.timeout(60)
-async def test_cancel_a_running_job_stops_it(make_stack: Any) -> None:
-    stack: Stack = await make_stack()
+async def test_cancel_a_running_job_stops_it(sse_stack: Any) -> None:
+    stack: WebStack = await sse_stack()
     stack.start_worker()
     job = await stack.create("demo.sleep", {"seconds": 30, "steps": 300})
     await stack.wait(job["id"], lambda j: j["status"] == "PROCESSING")
@@ -219,10 +137,10 @@ async def test_cancel_a_running_job_stops_it(make_stack: Any) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_delayed_job_starts_no_earlier_than_its_delay(make_stack: Any) -> None:
-    stack: Stack = await make_stack()
+async def test_delayed_job_starts_no_earlier_than_its_delay(sse_stack: Any) -> None:
+    stack: WebStack = await sse_stack()
     stack.start_worker()
-    job = await stack.create("demo.noop", delay_seconds=2)
+    job = await stack.create("demo.noop", fields={"delay_seconds": 2})
     assert job["status"] == "PENDING"
     assert job["run_at"] is not None
     ended = await stack.wait(job["id"], terminal, timeout=20)

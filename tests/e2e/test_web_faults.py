@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -38,15 +39,14 @@ from broker.settings import load_settings
 from broker.store import JobStore
 from devtools.embedded_redis import EmbeddedRedis, free_port
 from hub.event_hub import EventHub, Resync
-from tests.support.procs import start_web, start_worker, stop, wait_port
-from tests.support.web_support import PROBLEM_JSON, until
+from tests.support.polling import until
+from tests.support.web_stack import WebStack, stack_env, terminal
+from tests.support.web_support import PROBLEM_JSON
 from web.problems import EXCEPTION_HANDLERS
 from web.resources import REDIS_COMMAND_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.timeout(90)
 
-TASK_MODULES = "workers.tasks,tests.support.worker_tasks"
-TERMINAL = {"SUCCESS", "FAILURE", "CANCELLED"}
 OUTAGE_SECONDS = 8.0
 UNAVAILABLE_WITHIN = 1.0  # seconds: a 503 must come at least this fast
 AFTER_RESTORE = 180
@@ -66,17 +66,10 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 
 
 @dataclass
-class Stack:
-    """One test's web process (restartable on its port) and workers, on its own Redis."""
+class Stack(WebStack):
+    """The shared stack on this test's own Redis, with clients that follow jobs and resume,
+    and the workers' log kept apart from the web's."""
 
-    redis_url: str
-    prefix: str
-    port: int
-    env: dict[str, str]
-    log: Path
-    http: httpx.AsyncClient
-    web: Any = None
-    workers: list[Any] = field(default_factory=list)
     readers: list[ResumingReader] = field(default_factory=list)
 
     def follow(self, job_id: str, seconds: float) -> ResumingReader:
@@ -86,54 +79,33 @@ class Stack:
         return reader
 
     def start_web(self) -> None:
-        self.web = start_web(self.redis_url, self.prefix, self.port, env=self.env, log=self.log)
-        try:
-            wait_port(self.port)
-        except AssertionError:
-            raise AssertionError(f"web did not start: {self.tail()}") from None
+        self.server.start()
 
     def stop_web(self) -> None:
-        if self.web is not None:
-            assert stop(self.web) in (0, -signal.SIGTERM), self.tail()  # uvicorn re-raises SIGTERM
-            self.web = None
+        code = self.server.stop()
+        assert code in (None, 0, -signal.SIGTERM), self.tail()  # uvicorn re-raises SIGTERM
 
-    def start_worker(self) -> None:
-        log = self.log.with_name("workers.log")
-        self.workers.append(start_worker(self.redis_url, self.prefix, env=self.env, log=log))
-
-    async def create(self, task: str, data: dict[str, Any] | None = None) -> JobDict:
-        response = await self.http.post("/jobs", json={"type": task, "input": data or {}})
-        assert response.status_code == 202, response.text
-        job: JobDict = response.json()
-        return job
-
-    async def job(self, job_id: str) -> JobDict:
-        response = await self.http.get(f"/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        job: JobDict = response.json()
-        return job
+    def start_worker(self, log: Path | None = None) -> subprocess.Popen[bytes]:
+        return super().start_worker(log or self.log.with_name("workers.log"))
 
     async def until_job(self, job_id: str, done: Callable[[JobDict], bool], timeout: float) -> JobDict:
-        async def probe() -> JobDict | None:
-            job = await self.job(job_id)
-            return job if done(job) else None
-
         try:
-            return await until(probe, timeout, f"job {job_id}")
+            return await self.wait(job_id, done, timeout)
         except AssertionError as err:
-            raise AssertionError(f"{err}; workers' log:\n{self.tail('workers.log')}") from None
+            raise AssertionError(f"{err}; workers' log:\n{self.workers_tail()}") from None
 
     async def until_ready(self, timeout: float) -> float:
         """Poll ``/readyz`` until 200; returns how long it took."""
         started = time.monotonic()
-        while (await self.http.get("/readyz")).status_code != 200:
-            if time.monotonic() - started > timeout:
-                raise AssertionError(f"/readyz not 200 within {timeout}s; log:\n{self.tail()}")
-            await asyncio.sleep(0.05)
+
+        async def ready() -> bool:
+            return (await self.http.get("/readyz")).status_code == 200
+
+        await until(ready, timeout, "/readyz to answer 200", self.tail, interval=0.05)
         return time.monotonic() - started
 
-    def tail(self, name: str = "web.log") -> str:
-        log = self.log.with_name(name)
+    def workers_tail(self) -> str:
+        log = self.log.with_name("workers.log")
         return log.read_text(errors="replace")[-4000:] if log.exists() else ""
 
 
@@ -142,14 +114,8 @@ async def make_stack(own_redis: EmbeddedRedis, prefix: str, tmp_path: Path) -> A
     stacks: list[Stack] = []
 
     async def make(**env: str) -> Stack:
-        environ = {f"JOBSTREAM_{name.upper()}": value for name, value in env.items()}
-        environ.setdefault("JOBSTREAM_TASK_MODULES", TASK_MODULES)
-        port = free_port()
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
-        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15, limits=limits)
-        stack = Stack(own_redis.url, prefix, port, environ, tmp_path / "web.log", http)
+        stack = Stack.open(own_redis.url, prefix, stack_env(**env), tmp_path / "web.log", restartable=True)
         stacks.append(stack)
-        stack.start_web()
         return stack
 
     try:
@@ -160,10 +126,7 @@ async def make_stack(own_redis: EmbeddedRedis, prefix: str, tmp_path: Path) -> A
                 reader.task.cancel()
                 with suppress(BaseException):
                     await reader.task
-            await stack.http.aclose()
-            for proc in [*stack.workers, stack.web]:
-                if proc is not None:
-                    stop(proc)
+            await stack.aclose()
 
 
 # -- an SSE client that reconnects the way EventSource does -----------------------------------
@@ -237,10 +200,6 @@ def strictly_increasing(values: list[int]) -> bool:
 
 def processing(job: JobDict) -> bool:
     return job["status"] == "PROCESSING"
-
-
-def terminal(job: JobDict) -> bool:
-    return job["status"] in TERMINAL
 
 
 # -- probing every route ----------------------------------------------------------------------
@@ -405,7 +364,7 @@ async def test_a_redis_outage_is_503_on_every_route_and_nothing_fails_after_it(
 
     # The workers' side of the outage (leases, progress, the final write): no job ran twice.
     outcome = [(job["status"], job["attempts"]) for job in ends]
-    assert outcome == [("SUCCESS", 1)] * 3, stack.tail("workers.log")
+    assert outcome == [("SUCCESS", 1)] * 3, stack.workers_tail()
 
 
 async def test_a_frozen_redis_is_a_503_within_two_seconds_and_nothing_fails_after_it(
@@ -438,8 +397,8 @@ async def test_a_frozen_redis_is_a_503_within_two_seconds_and_nothing_fails_afte
 
 async def test_streams_resume_with_last_event_id_across_a_web_restart(make_stack: Any) -> None:
     """The web process restarts under open streams: they end cleanly, the clients reconnect
-    with ``Last-Event-ID`` (refused while it is down), and see every later state once, then
-    the terminal one, after which a reconnect gets 204."""
+    with ``Last-Event-ID`` (waiting in the held socket's backlog while it is down), and see
+    every later state once, then the terminal one, after which a reconnect gets 204."""
     stack: Stack = await make_stack(sse_retry_ms="100")
     stack.start_worker()
     job = await stack.create("demo.sleep", {"seconds": 6, "steps": 12})
@@ -524,11 +483,11 @@ async def test_the_hub_resubscribes_after_a_redis_restart_and_resends_fresh_stat
             await owner_feed.snapshot()
 
             own_redis.stop()
-            await asyncio.wait_for(_until(lambda: not hub.connected), 5)
+            await until(lambda: _true(not hub.connected), 5, "the hub to notice Redis is gone")
             own_redis.start()
             cancelled = await store.cancel(changed.id, "u", 60)  # a change the hub cannot see live
             assert cancelled.status is JobStatus.CANCELLED
-            await asyncio.wait_for(_until(lambda: hub.connected), 10)
+            await until(lambda: _true(hub.connected), 10, "the hub to reconnect")
 
             for feed in job_feeds[:2]:
                 fresh = await feed.next(timeout=5)
@@ -589,6 +548,5 @@ async def test_a_redis_error_that_is_a_bug_stays_a_500() -> None:
     assert "retry-after" not in response.headers
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)
+async def _true(value: bool) -> bool:
+    return value

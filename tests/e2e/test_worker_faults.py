@@ -36,7 +36,8 @@ from broker.scripts import Scripts
 from broker.store import GROUP, Delivery, JobStore, Started
 from devtools.embedded_redis import EmbeddedRedis, free_port
 from scheduler.ticks import Periodic, Ticker
-from tests.support.procs import wait_for
+from tests.support import polling
+from tests.support.polling import wait_for
 from tests.support.worker_support import Cluster, ended, key, open_cluster
 from workers.executor import JobExecutor, retry_delay
 
@@ -97,16 +98,8 @@ async def statuses(store: JobStore, ids: list[str]) -> list[tuple[bytes, bytes]]
 
 
 async def until(condition: Any, timeout: float, what: str, cluster: Cluster) -> None:
-    """Await ``condition()`` (a coroutine function) turning true; Redis errors count as not yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if await condition():
-                return
-        except RedisError:
-            pass
-        assert time.monotonic() < deadline, f"timed out waiting for {what}; log: {cluster.tail()}"
-        await asyncio.sleep(0.05)
+    """Await ``condition()`` turning true; Redis errors (it is down on purpose) count as not yet."""
+    await polling.until(condition, timeout, what, cluster.tail, interval=0.05, ignore=(RedisError,))
 
 
 def assert_quiet_log(cluster: Cluster, *, lapsed_ok: bool = False) -> int:

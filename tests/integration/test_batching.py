@@ -65,6 +65,7 @@ async def test_a_failing_call_fails_alone(redis: Redis, prefix: str) -> None:
     assert isinstance(results[3], Exception)
 
 
+@pytest.mark.own_redis  # SCRIPT FLUSH empties the whole server's script cache
 async def test_a_flushed_script_cache_is_reloaded(redis: Redis, prefix: str) -> None:
     script = Script.of("flushed", f"return '{prefix}'")
     batcher = ScriptBatcher(redis)

@@ -18,24 +18,16 @@ from redis.asyncio import Redis
 
 from broker.errors import JobNotFound
 from broker.models import Job, JobStatus, job_encoder
-from broker.queues import ensure_groups
-from broker.settings import load_settings
 from broker.store import GROUP, Delivery, JobStore, Started
 from devtools.embedded_redis import free_port
 from hub.event_hub import EventHub, EventsUnavailable, FeedClosed, JobFeed, OwnerFeed, Resync
+from tests.support.polling import until
 from web.auth import User
 from web.live.sse import EventStreams
 
 pytestmark = pytest.mark.timeout(60)
 
 RETENTION = 600
-
-
-@pytest.fixture
-async def store(redis: Redis, redis_url: str, prefix: str) -> JobStore:
-    store = JobStore(redis, load_settings({}, redis_url=redis_url, prefix=prefix))
-    await ensure_groups(redis, store.keys, ["default"])
-    return store
 
 
 @pytest.fixture
@@ -70,14 +62,6 @@ async def running_job(store: JobStore, owner: str = "u") -> tuple[Started, Deliv
 async def succeed(store: JobStore, started: Started, delivery: Delivery) -> Job:
     await store.succeed(started, delivery, b'{"ok":true}', RETENTION)
     return await store.get(started.job.id)
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Poll a condition Redis cannot signal (e.g. PUBSUB NUMSUB) until true, or fail."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def numsub(redis: Redis, channel: str) -> int:
@@ -227,6 +211,7 @@ async def test_churn_of_listeners_leaves_a_consistent_subscription(
 # -- reconnects -----------------------------------------------------------------------
 
 
+@pytest.mark.own_redis  # CLIENT KILL TYPE pubsub cuts every subscriber of the server
 async def test_pubsub_killed_mid_job_listener_still_ends_on_terminal(
     hub: EventHub, store: JobStore, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -263,6 +248,7 @@ async def test_pubsub_killed_mid_job_listener_still_ends_on_terminal(
     assert any("reconnected" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.own_redis  # CLIENT KILL TYPE pubsub cuts every subscriber of the server
 async def test_terminal_state_published_while_disconnected_arrives_by_resync(
     redis: Redis, store: JobStore
 ) -> None:
@@ -287,6 +273,7 @@ async def test_terminal_state_published_while_disconnected_arrives_by_resync(
         await hub.stop()
 
 
+@pytest.mark.own_redis  # CLIENT PAUSE ALL stops the whole server
 async def test_idle_ping_notices_an_unresponsive_server(redis: Redis, store: JobStore) -> None:
     """No answer to the idle PING (the server is paused) counts as a lost connection."""
     hub = EventHub(store, keepalive_seconds=0.2)

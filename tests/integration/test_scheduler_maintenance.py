@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -22,7 +21,6 @@ from broker.errors import ScriptCode, UnknownTask
 from broker.keys import Keys
 from broker.message import decode_message
 from broker.models import JobStatus
-from broker.queues import ensure_groups
 from broker.registry import registry
 from broker.scripts import Scripts
 from broker.settings import Settings, load_settings
@@ -33,6 +31,7 @@ from scheduler.reaper import Reaper
 from scheduler.schedule_source import InvalidSchedule, JobScheduleSource, build_schedule, remove_schedule
 from scheduler.scheduler import JobScheduler, fire_key
 from scheduler.ticks import Periodic, Ticker
+from tests.support.polling import until
 from workers.job_broker import JobBroker
 from workers.tasks import demo  # noqa: F401 - registers the demo tasks
 
@@ -46,21 +45,9 @@ def settings_for(redis_url: str, prefix: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def store(redis: Redis, redis_url: str, prefix: str) -> JobStore:
-    store = JobStore(redis, settings_for(redis_url, prefix))
-    await ensure_groups(redis, store.keys, ["default"])
-    return store
-
-
-async def poll(condition: Callable[[], Awaitable[object]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
+def store_settings() -> dict[str, Any]:
+    """The shared ``store`` fixture, with this module's short lease."""
+    return {"lease_seconds": LEASE}
 
 
 async def create(store: JobStore, owner: str = "alice", task: str = "demo.noop", **kw: Any) -> str:
@@ -118,7 +105,7 @@ async def test_cleanup_leaves_no_dangling_ids_after_jobs_expire(store: JobStore,
     async def all_gone() -> bool:
         return not any([await redis.exists(keys.job(j)) for j in finished | expired])
 
-    await poll(all_gone, 5, "the records to expire")
+    await until(all_gone, 5, "the records to expire")
     assert (await store.list("alice")).jobs  # listing still works with dangling ids
 
     counts = await Cleanup(redis, store.settings, store.scripts, batch=2).run()
@@ -221,7 +208,7 @@ async def test_reaper_fails_a_processing_job_whose_entry_is_gone_and_publishes_i
         async def reaped() -> bool:
             return (await reaper.run())["lost"] == 1
 
-        await poll(reaped, 5, "the reaper to fail the lost job")  # once unchanged for a lease
+        await until(reaped, 5, "the reaper to fail the lost job")  # once unchanged for a lease
         event = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
     assert event is not None
     flat = json.loads(event["data"])
@@ -259,7 +246,7 @@ async def test_reaper_resends_a_pending_job_whose_message_is_gone(store: JobStor
     async def resent() -> bool:
         return (await reaper.run())["resent"] == 1
 
-    await poll(resent, 5, "the reaper to resend the job")
+    await until(resent, 5, "the reaper to resend the job")
     delivery = await take(store)
     assert (delivery.job_id, delivery.dispatch) == (job_id, 2)
     assert await store.start(delivery, "c1") is not None
@@ -274,7 +261,7 @@ async def test_reaper_can_fail_a_pending_job_whose_message_is_gone(store: JobSto
     async def failed() -> bool:
         return (await reaper.run())["failed_pending"] == 1
 
-    await poll(failed, 5, "the reaper to fail the job")
+    await until(failed, 5, "the reaper to fail the job")
     job = await store.get(job_id)
     assert job.status == JobStatus.FAILURE and job.error is not None and job.error.type == "Lost"
 
@@ -331,7 +318,7 @@ async def test_each_tick_runs_on_one_replica_only(store: JobStore, redis: Redis)
         return len(slots) >= 5 and int(runs or 0) == int(completed or 0) == len(slots)
 
     try:
-        await poll(five_done, 5, "five ticks")
+        await until(five_done, 5, "five ticks")
     finally:
         for loop in loops:
             loop.cancel()

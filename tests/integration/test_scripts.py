@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
-from redis.asyncio import Redis
 
 from broker.errors import (
     IdempotencyConflict,
@@ -34,18 +32,9 @@ RETENTION = 900
 
 
 @pytest.fixture
-async def store(redis: Redis, redis_url: str, prefix: str) -> AsyncIterator[JobStore]:
-    settings = load_settings(
-        {},
-        redis_url=redis_url,
-        prefix=prefix,
-        active_ttl_seconds=ACTIVE_TTL,
-        retention_seconds=RETENTION,
-        max_active_per_owner=3,
-    )
-    store = JobStore(redis, settings)
-    await ensure_groups(redis, store.keys, ["default"])
-    yield store
+def store_settings() -> dict[str, Any]:
+    """The shared ``store`` fixture, with TTLs these tests can tell apart and a cap of 3."""
+    return {"active_ttl_seconds": ACTIVE_TTL, "retention_seconds": RETENTION, "max_active_per_owner": 3}
 
 
 async def make(store: JobStore, owner: str = "alice", **kw: Any) -> str:

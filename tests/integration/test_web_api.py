@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from broker.settings import Settings
-from tests.support.procs import free_port
+from devtools.embedded_redis import free_port
 from tests.support.web_support import PROBLEM_JSON, app_client, job_keys, keys_under, web_settings
 from web.app import create_app, normalize_prefix
 

@@ -18,7 +18,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from broker.settings import Settings, load_settings
-from tests.support.web_support import PROBLEM_JSON, SECRET, app_client, web_settings
+from tests.support.web_support import PROBLEM_JSON, SECRET, app_client, assert_hidden, web_settings
 from web.app import create_app
 from web.auth import make_token
 from web.live.stream_tokens import STREAM_AUDIENCE
@@ -103,9 +103,7 @@ async def test_another_owner_gets_404_on_every_route(client: Client, settings: S
     job = await create_as(client, bearer(settings, "alice"))
     bob = bearer(settings, "bob")
     for method, path in [("GET", ""), ("GET", "/result"), ("POST", "/cancel")]:
-        response = await client.request(method, f"/jobs/{job['id']}{path}", headers=bob)
-        assert response.status_code == 404, (method, path)
-        assert response.headers["content-type"] == PROBLEM_JSON
+        await assert_hidden(client, method, f"/jobs/{{id}}{path}", job["id"], bob)
     listed = (await client.get("/jobs", headers=bob)).json()
     assert listed["jobs"] == []
     assert (await client.get("/jobs", params={"owner": "alice"}, headers=bob)).status_code == 403
@@ -128,7 +126,7 @@ async def test_admin_sees_lists_and_cancels_anyones_job(client: Client, settings
 async def test_a_role_that_is_not_admin_grants_nothing(client: Client, settings: Settings) -> None:
     job = await create_as(client, bearer(settings, "alice"))
     viewer = bearer(settings, "carol", "viewer")
-    assert (await client.get(f"/jobs/{job['id']}", headers=viewer)).status_code == 404
+    await assert_hidden(client, "GET", "/jobs/{id}", job["id"], viewer)
 
 
 def forged(settings: Settings, **claims: Any) -> dict[str, str]:

@@ -1,7 +1,7 @@
-"""Helpers for the SSE tests: the app under uvicorn (access log on), a worker, SSE readers.
+"""Helpers for the SSE tests: readers that record a stream's events as they arrive.
 
-Streams are read the way a browser would see them: a real server process, an HTTP client
-(httpx + httpx-sse), one connection per stream.
+Streams are read the way a browser would see them: a real server process (the stack of
+tests/support/web_stack.py), an HTTP client (httpx + httpx-sse), one connection per stream.
 """
 
 from __future__ import annotations
@@ -9,110 +9,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest_asyncio
 from httpx_sse import aconnect_sse
 
-from tests.support.procs import ROOT, env_for, free_port, start_worker, stop, wait_port
-from tests.support.web_support import SECRET
+from tests.support.polling import until
+from tests.support.web_stack import TERMINAL, Job, WebStack
 
-TASK_MODULES = "workers.tasks,tests.support.worker_tasks"
-TERMINAL = {"SUCCESS", "FAILURE", "CANCELLED"}
-
-Job = dict[str, Any]
-
-
-def start_web_logged(
-    redis_url: str, prefix: str, port: int, env: dict[str, str], log: Path
-) -> subprocess.Popen[bytes]:
-    """uvicorn with its access log on (INFO), so a test can read what it would log."""
-    out = open(log, "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "web.app:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "info"],
-        cwd=ROOT,
-        env=env_for(redis_url, prefix, env),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-
-
-@dataclass
-class SseStack:
-    """One test's web server (and worker), on the test's Redis prefix."""
-
-    redis_url: str
-    prefix: str
-    log: Path
-    env: dict[str, str]
-    web: subprocess.Popen[bytes]
-    http: httpx.AsyncClient
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        return str(self.http.base_url).rstrip("/")
-
-    def start_worker(self) -> None:
-        self.procs.append(start_worker(self.redis_url, self.prefix, env=self.env, log=self.log))
-
-    async def create(self, task: str, data: dict[str, Any] | None = None, **headers: str) -> Job:
-        response = await self.http.post("/jobs", json={"type": task, "input": data or {}}, headers=headers)
-        assert response.status_code == 202, response.text
-        job: Job = response.json()
-        return job
-
-    async def job(self, job_id: str, **headers: str) -> Job:
-        response = await self.http.get(f"/jobs/{job_id}", headers=headers)
-        assert response.status_code == 200, response.text
-        job: Job = response.json()
-        return job
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-@pytest_asyncio.fixture
-async def sse_stack(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """``await sse_stack(jwt=False, **env)``: a web process; ``jwt=True`` turns bearer auth on."""
-    stacks: list[SseStack] = []
-
-    async def make(jwt: bool = False, **env: str) -> SseStack:
-        environ = {f"JOBSTREAM_{name.upper()}": value for name, value in env.items()}
-        environ["JOBSTREAM_TASK_MODULES"] = TASK_MODULES
-        if jwt:
-            environ.update(JOBSTREAM_AUTH="jwt", JOBSTREAM_JWT_SECRET=SECRET)
-        port = free_port()
-        log = tmp_path / f"processes-{len(stacks)}.log"
-        web = start_web_logged(redis_url, prefix, port, environ, log)
-        try:
-            wait_port(port)
-        except AssertionError:
-            stop(web)
-            raise AssertionError(f"web did not start: {log.read_text()[-3000:]}") from None
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
-        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20, limits=limits)
-        stack = SseStack(redis_url, prefix, log, environ, web, http)
-        stacks.append(stack)
-        return stack
-
-    try:
-        yield make
-    finally:
-        for stack in stacks:
-            await stack.http.aclose()
-            for proc in reversed(stack.procs):
-                stop(proc)
-            stop(stack.web)
+# The SSE tests' name for the one stack (their bodies predate it).
+SseStack = WebStack
 
 
 class Reader:
@@ -196,11 +105,11 @@ def strictly_increasing(versions: list[int]) -> bool:
 
 async def wait_hash_version(redis: Any, key: str, version: int, timeout: float = 20.0) -> None:
     """Poll the job hash until its version is ``version`` (the job is then parked at a gate)."""
-    deadline = time.monotonic() + timeout
-    while int(await redis.hget(key, "version") or 0) < version:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{key} never reached version {version}")
-        await asyncio.sleep(0.01)
+
+    async def reached() -> bool:
+        return int(await redis.hget(key, "version") or 0) >= version
+
+    await until(reached, timeout, f"{key} to reach version {version}")
 
 
 def pubsub_clients(client_list: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:

@@ -1,24 +1,23 @@
-"""Helpers for the web tests: settings, in-process clients, key snapshots, polling."""
+"""Helpers for the web tests: settings, in-process clients, key snapshots."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import json
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
+import httpx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from broker.ids import new_job_id
 from broker.settings import Settings, load_settings
 from web.app import create_app
 
 SECRET = "test-secret-of-at-least-thirty-two-bytes"
 PROBLEM_JSON = "application/problem+json"
-
-T = TypeVar("T")
 
 
 def web_settings(redis_url: str, prefix: str, **overrides: Any) -> Settings:
@@ -44,15 +43,18 @@ async def job_keys(redis: Redis, prefix: str) -> set[bytes]:
     return {key async for key in redis.scan_iter(match=f"{prefix}job:*", count=1000)}
 
 
-async def until(
-    probe: Callable[[], Awaitable[T | None]], timeout: float, what: str, interval: float = 0.05
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+async def assert_hidden(
+    client: Any, method: str, path: str, job_id: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """``method path`` (``{id}`` standing for the job) answers for ``job_id`` exactly as for
+    an id that does not exist: a 404 problem whose body matches the unknown id's once each
+    id is replaced by a placeholder, so nothing (a detail, an ``instance``) tells that the
+    job exists. ``client`` is an httpx or Litestar test client."""
+    unknown_id = new_job_id()
+    hidden = await client.request(method, path.format(id=job_id), headers=headers)
+    unknown = await client.request(method, path.format(id=unknown_id), headers=headers)
+    assert hidden.status_code == unknown.status_code == 404, (hidden.text, unknown.text)
+    assert hidden.headers["content-type"] == unknown.headers["content-type"] == PROBLEM_JSON
+    hidden_body = json.loads(hidden.text.replace(job_id, "<id>"))
+    assert hidden_body == json.loads(unknown.text.replace(unknown_id, "<id>")), hidden_body
+    return hidden

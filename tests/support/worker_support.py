@@ -5,12 +5,10 @@ Shared by the worker tests (``test_workers``) and the fault tests (``test_worker
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from broker.models import Job, JobStatus
 from broker.queues import ensure_groups
 from broker.settings import load_settings
 from broker.store import JobStore
+from tests.support.polling import until
 from tests.support.procs import ROOT, env_for, start_worker, stop
 
 LEASE = 1.5
@@ -75,14 +74,11 @@ class Cluster:
         return job.id
 
     async def wait(self, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job:
-        deadline = time.monotonic() + timeout
-        while True:
+        async def probe() -> Job | None:
             job = await self.store.get(job_id)
-            if done(job):
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} still {job.status} after {timeout}s; log: {self.tail()}")
-            await asyncio.sleep(0.02)
+            return job if done(job) else None
+
+        return await until(probe, timeout, f"job {job_id}", self.tail)
 
     async def count(self, key: str) -> int:
         return int(await self.store.redis.get(key) or 0)
