@@ -9,8 +9,6 @@ from typing import Any, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.errors import IdempotencyConflict, IllegalTransition, JobNotFound, ScriptCode, raise_for_code
 from broker.ids import new_job_id
@@ -163,13 +161,10 @@ class JobStore:
         When its connection fails, it is sent again as the client's retry policy says
         (redis-py's ``Retry``; none: not again). The batch it rode in is not resent.
         """
-        try:
-            return await call()  # the first send, without the policy's wrapper: the common case
-        except _RESENDABLE:
-            retry = self.redis.get_retry()
-            if retry is None:
-                raise
-            return await retry.call_with_retry(call, _nothing_to_clean_up)
+        retry = self.redis.get_retry()
+        if retry is None:
+            return await call()
+        return await retry.call_with_retry(call, _nothing_to_clean_up)
 
     async def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job, if it exists and ``owner`` (None: any, for admins) may see it."""
@@ -359,10 +354,6 @@ class JobStore:
         raise_for_code(reply.code, job_id, "cancel")
         assert reply.record is not None
         return job_from_fields(reply.record)
-
-
-_RESENDABLE = (RedisConnectionError, RedisTimeoutError, TimeoutError)
-"""What redis-py's ``Retry`` resends by default: the call may not have reached Redis."""
 
 
 async def _nothing_to_clean_up(_error: Exception) -> None:

@@ -80,6 +80,7 @@ def _aware_time(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+# argparse has no public name for the type add_subparsers() returns.
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``jobstream schedule {add,list,remove}`` on the ``jobstream`` parser."""
     parser = subparsers.add_parser(

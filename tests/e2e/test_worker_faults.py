@@ -173,7 +173,11 @@ async def test_an_outage_longer_than_the_lease_may_restart_a_job_but_never_fails
     async def all_running() -> bool:
         return all(job.progress > 0 for job in [await store.get(job_id) for job_id in ids])
 
+    async def both_started() -> bool:  # a worker still starting up would log its outage late
+        return len(await _consumers(store)) == 2
+
     await until(all_running, 30, "6 running jobs", cluster)
+    await until(both_started, 30, "both workers started (their heartbeats)", cluster)
     down = own_redis.crash_and_restart(down_for=4.0)
     jobs = [await cluster.wait(job_id, ended, 40) for job_id in ids]
     assert {job.status for job in jobs} == {JobStatus.SUCCESS}, [j.error for j in jobs]

@@ -21,7 +21,6 @@ from broker.ids import new_job_id
 from broker.lua_source import script_source
 from broker.message import decode_message, encode_message
 from broker.models import JobError, JobStatus
-from broker.queues import ensure_groups
 from broker.registry import TaskRegistry
 from broker.scripts import CreateOpts, Reply
 from broker.settings import Settings, load_settings

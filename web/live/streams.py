@@ -98,7 +98,10 @@ class EventStream(Response[None]):
 class _ASGIEventStream(ASGIResponse):
     __slots__ = ("_stream",)
 
-    _should_set_content_length = False  # chunked: the stream has no length
+    # Chunked: the stream has no length. This class variable is how Litestar's own streaming
+    # response (ASGIStreamingResponse) says so; Litestar has no public switch for it, and that
+    # response would bring the task group per stream that we leave out (module docstring).
+    _should_set_content_length = False
 
     def __init__(self, stream: Stream, headers: dict[str, Any], cookies: Iterable[Cookie]) -> None:
         super().__init__(headers=headers, cookies=cookies, media_type=EVENT_STREAM)
