@@ -12,7 +12,7 @@ scenario's own Redis; the clients are raw asyncio protocols in the bench process
   is reported beside it.
 - **progress -> SSE**: one client on ``GET /jobs/{id}/events`` of a ``test.steps`` job
   that stamps each progress message with the ``time.time()`` just before its progress
-  call, ``interval`` apart (the 1-client case of ``bench.sse``); same machine, one clock.
+  call, ``interval`` apart (the 1-client case of ``bench.sse_latency``); same machine, one clock.
 - **Redis floor**: ``redis-benchmark -c 1 -P 1`` (PING and a small SET) against the same
   Redis: the round trip every hop above pays at least once.
 
@@ -51,8 +51,8 @@ from bench.common import (
 )
 from bench.cpu_time import tree_cpu_seconds
 from bench.http import Server, profile_notes, uvicorn
-from bench.sse import latency_run
 from bench.sse_client import JOB_ID, STATUS, close_all, open_streams, pcts, port_of, profile_summary
+from bench.sse_latency import latency_run
 from devtools.embedded_redis import EmbeddedRedis
 
 PREFIX = "lat:"
@@ -264,7 +264,7 @@ async def _run(options: Options) -> Report:
         env = jobstream_env(redis.url, PREFIX, extra)
         floor = redis_floor(redis, options.pick(2000, 20000))
         with uvicorn("web.app:app", env, log, "/healthz") as web:
-            # progress -> SSE: its own job and worker (bench.sse's 1-client case); warm-up 10%
+            # progress -> SSE: its own job and worker (bench.sse_latency's 1-client case); warm-up 10%
             progress = await latency_run(web, env, log, 1, samples + max(1, samples // 9), interval)
             worker = spawn(worker_argv(), env, log)
             try:

@@ -1,6 +1,6 @@
-"""``sse``: delivery latency over SSE, and the web process's memory per idle SSE connection.
+"""``sse_latency``: delivery latency over SSE, and the web process's memory per idle SSE connection.
 
-    uv run python -m bench.sse [--quick]
+    uv run python -m bench.sse_latency [--quick]
 
 Latency: one web process (``web.app:app`` under uvicorn), one worker (``python -m
 workers``), and N SSE clients on one job, in this (separate) process. The job
@@ -222,7 +222,7 @@ def report(latency: list[dict[str, Any]], memory: list[dict[str, Any]], version:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.sse", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.sse_latency", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run (not a measurement)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
