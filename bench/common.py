@@ -109,6 +109,10 @@ def publish(report: Report, options: Options) -> Path:
     }
     path.write_text(json.dumps(body, indent=2, default=str) + "\n")
     console.print(f"  wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    # A smoke run (--quick) draws no chart: its JSON is what gets checked, and matplotlib's
+    # import alone takes seconds where no bytecode is cached (PYTHONDONTWRITEBYTECODE).
+    if options.quick:
+        return path
     if report.chart is not None:
         png = options.out / f"{report.scenario}.png"
         try:

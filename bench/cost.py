@@ -192,7 +192,7 @@ def _split(round_trips: dict[str, int]) -> tuple[int, int]:
 
 
 async def _main(options: Options) -> Report:
-    n = options.pick(300, 10_000, options.n)
+    n = options.pick(100, 10_000, options.n)
     with bench_redis() as server, tempfile.TemporaryDirectory() as folder:
         version = redis_version(server.url)
         m = await _measure(server.url, n, Path(folder))

@@ -66,9 +66,9 @@ def run(options: Options) -> Report:
 
 async def _run(options: Options) -> Report:
     nofile = sse.raise_open_files(65536)
-    wanted = options.pick(500, 10_000, options.n)
+    wanted = options.pick(200, 10_000, options.n)
     connections = min(wanted, nofile - 200)  # the bench holds one fd per stream
-    events = options.pick(3, options.rounds or 8)
+    events = options.pick(2, options.rounds or 8)
     with bench_redis() as redis, tempfile.TemporaryDirectory(prefix="jobstream-bench-fanout-") as tmp:
         log = Path(tmp) / "processes.log"
         extra = {"JOBSTREAM_SSE_KEEPALIVE_SECONDS": "600", "JOBSTREAM_LOCAL_USER": OWNER}
@@ -77,28 +77,36 @@ async def _run(options: Options) -> Report:
             async with job_store(redis.url, PREFIX) as store:
                 started = await sse.running_job(store)
                 profile_to = options.out / "web-fanout-profile.txt" if options.profile else None
-                result = await measure(web, store, started, connections, events, profile_to)
+                settle_rounds = options.pick(1, 3)
+                result = await measure(web, store, started, connections, events, profile_to, settle_rounds)
         result.update(redis=redis_version(redis.url), rlimit_nofile=nofile, wanted=wanted)
     return report(result)
 
 
 async def measure(
-    server: Server, store: JobStore, started: Started, n: int, events: int, profile_to: Path | None = None
+    server: Server,
+    store: JobStore,
+    started: Started,
+    n: int,
+    events: int,
+    profile_to: Path | None = None,
+    settle_rounds: int = 3,
 ) -> dict[str, Any]:
     """Open ``n`` streams on the job, measure RSS and Redis connections, then time ``events`` updates.
 
-    ``profile_to``: record the web process with py-spy while the events are delivered.
+    ``profile_to``: record the web process with py-spy while the events are delivered;
+    ``settle_rounds``: half-seconds given the server before each RSS sample (1 in a smoke run).
     """
     port, path = sse.port_of(server), f"/jobs/{started.job.id}/events"
     sse.close_all(await sse.open_streams(port, [path] * WARMUP_STREAMS))
-    await sse.settle(server)
+    await sse.settle(server, settle_rounds)
     before = sse.rss_kib(server.proc.pid)
     sink = Deliveries()
     t0 = time.monotonic()
     streams = await sse.open_streams(port, [path] * n, sink)
     opened_in = time.monotonic() - t0
     try:
-        await sse.settle(server)
+        await sse.settle(server, settle_rounds)
         after = sse.rss_kib(server.proc.pid)
         redis_clients = await web_redis_clients(store, server.proc.pid)
         first = (await store.get(started.job.id)).version + 1

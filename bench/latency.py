@@ -252,7 +252,7 @@ def run(options: Options) -> Report:
 
 
 async def _run(options: Options) -> Report:
-    samples = options.pick(200, 1000, options.n)
+    samples = options.pick(50, 1000, options.n)
     interval = options.pick(5, 5) / 1000
     with bench_redis() as redis, tempfile.TemporaryDirectory(prefix="jobstream-bench-latency-") as tmp:
         log = Path(tmp) / "processes.log"
@@ -262,7 +262,7 @@ async def _run(options: Options) -> Report:
             "JOBSTREAM_LOCAL_USER": OWNER,
         }
         env = jobstream_env(redis.url, PREFIX, extra)
-        floor = redis_floor(redis, options.pick(2000, 20000))
+        floor = redis_floor(redis, options.pick(500, 20000))
         with uvicorn("web.app:app", env, log, "/healthz") as web:
             # progress -> SSE: its own job and worker (bench.sse_latency's 1-client case); warm-up 10%
             progress = await latency_run(web, env, log, 1, samples + max(1, samples // 9), interval)

@@ -266,7 +266,7 @@ PEER_COLUMNS = [
 
 
 async def _main(options: Options) -> Report:
-    n = options.pick(300, 10_000, options.n)
+    n = options.pick(100, 10_000, options.n)
     rounds = options.pick(1, 5, options.rounds)
     systems = peers(both_concurrencies=not options.quick)
     with bench_redis() as server, tempfile.TemporaryDirectory() as folder:

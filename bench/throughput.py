@@ -187,7 +187,7 @@ CPU_KEYS = (
 
 
 async def _main(options: Options) -> Report:
-    n = options.pick(500, 20_000, options.n)
+    n = options.pick(200, 20_000, options.n)
     rounds = options.pick(1, 3, options.rounds)
     runs: list[dict[str, Any]] = []
     profile: dict[str, Any] | None = None

@@ -66,8 +66,8 @@ def test_cost_quick(tmp_path: Path) -> None:
 def test_latency_quick(tmp_path: Path) -> None:
     report = run_bench("latency", tmp_path)
     data = report["data"]
-    assert [series["samples"] for series in data["enqueue"].values()] == [200, 200]
-    assert data["progress"]["deliveries"] >= 150  # a slow client may skip to the newest state
+    assert [series["samples"] for series in data["enqueue"].values()] == [50, 50]
+    assert data["progress"]["deliveries"] >= 37  # 3/4 of 50: a slow client may skip to the newest state
     if shutil.which("redis-benchmark"):
         assert [f["test"] for f in data["redis_floor"]] == ["PING_INLINE", "PING_MBULK", "SET"]
 

@@ -13,7 +13,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from tests.support.polling import until
-from tests.support.sse_support import SseStack
+from tests.support.web_stack import WebStack
 from tests.support.web_support import SECRET, app_client, web_settings
 from web.auth import make_token
 
@@ -37,7 +37,7 @@ async def create(client: Client) -> dict[str, Any]:
 
 async def test_a_long_poll_answers_as_soon_as_the_job_changes(sse_stack: Any) -> None:
     """On a real server: the in-process test client runs one request at a time."""
-    stack: SseStack = await sse_stack()
+    stack: WebStack = await sse_stack()
     job = await stack.create("demo.sleep")
     started = time.monotonic()
     poll = asyncio.create_task(

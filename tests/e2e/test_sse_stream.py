@@ -18,16 +18,17 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.sse_support import Reader, SseStack, pubsub_clients, strictly_increasing, wait_hash_version
+from tests.support.sse_support import Reader, pubsub_clients, strictly_increasing, wait_hash_version
+from tests.support.web_stack import WebStack
 
 
-def job_key(stack: SseStack, job_id: str) -> str:
+def job_key(stack: WebStack, job_id: str) -> str:
     return f"{stack.prefix}job:{{{job_id}}}"
 
 
 @pytest.mark.timeout(90)
 async def test_a_thousand_updates_arrive_in_order_and_end_with_the_final_hash(sse_stack: Any) -> None:
-    stack: SseStack = await sse_stack()
+    stack: WebStack = await sse_stack()
     job = await stack.create("test.steps", {"count": 1000})
     url = f"/jobs/{job['id']}/events"
     first = Reader(stack.http, url)
@@ -67,7 +68,7 @@ async def test_a_late_client_and_a_reconnecting_one_see_every_later_state_once(
     sse_stack: Any, redis: Redis
 ) -> None:
     """The job takes one step per item pushed to its gate, so each state can be awaited."""
-    stack: SseStack = await sse_stack()
+    stack: WebStack = await sse_stack()
     gate = f"{stack.prefix}gate:{uuid.uuid4().hex}"
     job = await stack.create("test.steps", {"count": 30, "gate": gate})
     url, key = f"/jobs/{job['id']}/events", job_key(stack, job["id"])
@@ -106,7 +107,7 @@ async def test_a_late_client_and_a_reconnecting_one_see_every_later_state_once(
 async def test_clients_still_get_the_terminal_state_after_client_kill_type_pubsub(
     sse_stack: Any, redis: Redis
 ) -> None:
-    stack: SseStack = await sse_stack()
+    stack: WebStack = await sse_stack()
     gate = f"{stack.prefix}gate:{uuid.uuid4().hex}"
     job = await stack.create("test.steps", {"count": 20, "gate": gate})
     stack.start_worker()
@@ -143,7 +144,7 @@ async def test_500_clients_share_one_pubsub_connection_and_all_get_the_end(
     sse_stack: Any, redis: Redis
 ) -> None:
     raise_open_files(4096)
-    stack: SseStack = await sse_stack(max_streams_per_owner="500")  # one owner: at its cap, not over
+    stack: WebStack = await sse_stack(max_streams_per_owner="500")  # one owner: at its cap, not over
     job = await stack.create("test.steps", {"count": 20, "interval": 0.01})
     url = f"/jobs/{job['id']}/events"
     readers = [Reader(stack.http, url) for _ in range(500)]
@@ -171,7 +172,7 @@ async def test_500_clients_share_one_pubsub_connection_and_all_get_the_end(
 
 @pytest.mark.timeout(60)
 async def test_sigterm_ends_open_streams_and_long_polls_and_exits_cleanly(sse_stack: Any) -> None:
-    stack: SseStack = await sse_stack()
+    stack: WebStack = await sse_stack()
     job = await stack.create("demo.sleep", {"seconds": 30})  # no worker: stays PENDING
     readers = [Reader(stack.http, f"/jobs/{job['id']}/events") for _ in range(10)]
     readers.append(Reader(stack.http, "/events"))
@@ -225,7 +226,7 @@ def _events_of(raw: bytes) -> list[dict[str, Any]]:
 async def test_a_client_that_stops_reading_holds_up_no_one_and_later_gets_the_newest_state(
     sse_stack: Any,
 ) -> None:
-    stack: SseStack = await sse_stack()
+    stack: WebStack = await sse_stack()
     # every event carries the ~0.9 MB input: 12 of them are far more than the socket buffers hold
     text = "\n".join(f"word{i % 50} other{i % 7} line {i}" for i in range(36_000))
     job = await stack.create("demo.wordcount", {"text": text})
@@ -252,7 +253,7 @@ async def test_a_client_that_stops_reading_holds_up_no_one_and_later_gets_the_ne
 
 @pytest.mark.timeout(60)
 async def test_clients_that_leave_an_idle_stream_are_forgotten_at_once(sse_stack: Any) -> None:
-    stack: SseStack = await sse_stack()
+    stack: WebStack = await sse_stack()
     job = await stack.create("demo.sleep")  # no worker: the streams stay idle
     readers = [Reader(stack.http, f"/jobs/{job['id']}/events") for _ in range(20)]
     readers.append(Reader(stack.http, "/events"))

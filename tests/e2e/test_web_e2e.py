@@ -1,4 +1,8 @@
-"""End to end with real processes: the web app under uvicorn, a real worker, httpx as the client."""
+"""End to end with real processes: the web app under uvicorn, a real worker, httpx as the client.
+
+Tests that only need a running worker share the module's server and worker (each as an
+owner of its own); the others make a stack of their own and say why.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ async def ttl_near(redis: Redis, key: str, expected: int) -> None:
 
 @pytest.mark.timeout(60)
 async def test_sleep_job_from_pending_through_progress_to_success(sse_stack: Any, redis: Redis) -> None:
+    # A stack of its own: TTL settings of its own, and no worker until the job was seen PENDING.
     stack: WebStack = await sse_stack(active_ttl_seconds=str(ACTIVE_TTL), retention_seconds=str(RETENTION))
     job = await stack.create("demo.sleep", {"seconds": 1.5, "steps": 3})
     job_id, key = job["id"], stack.job_key(job["id"])
@@ -81,9 +86,9 @@ async def poll_until_terminal(stack: WebStack, job_id: str, redis: Redis) -> tup
 
 
 @pytest.mark.timeout(60)
-async def test_failing_job_ends_failure_and_its_result_is_409(sse_stack: Any) -> None:
-    stack: WebStack = await sse_stack()
-    stack.start_worker()
+@pytest.mark.usefixtures("module_worker")
+async def test_failing_job_ends_failure_and_its_result_is_409(user_stack: WebStack) -> None:
+    stack = user_stack
     job = await stack.create("demo.fail", {"message": "boom at step 3"})
     ended = await stack.wait(job["id"], terminal)
     assert ended["status"] == "FAILURE"
@@ -99,6 +104,7 @@ async def test_failing_job_ends_failure_and_its_result_is_409(sse_stack: Any) ->
 
 @pytest.mark.timeout(60)
 async def test_cancelled_pending_job_is_skipped_by_a_later_worker(sse_stack: Any, redis: Redis) -> None:
+    # A stack of its own: its queue must be empty and no worker started until the job is cancelled.
     stack: WebStack = await sse_stack()
     job = await stack.create("demo.sleep", {"seconds": 5})
     stream = f"{stack.prefix}queue:default"
@@ -122,9 +128,9 @@ async def test_cancelled_pending_job_is_skipped_by_a_later_worker(sse_stack: Any
 
 
 @pytest.mark.timeout(60)
-async def test_cancel_a_running_job_stops_it(sse_stack: Any) -> None:
-    stack: WebStack = await sse_stack()
-    stack.start_worker()
+@pytest.mark.usefixtures("module_worker")
+async def test_cancel_a_running_job_stops_it(user_stack: WebStack) -> None:
+    stack = user_stack
     job = await stack.create("demo.sleep", {"seconds": 30, "steps": 300})
     await stack.wait(job["id"], lambda j: j["status"] == "PROCESSING")
     response = await stack.http.post(f"/jobs/{job['id']}/cancel")
@@ -137,9 +143,9 @@ async def test_cancel_a_running_job_stops_it(sse_stack: Any) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_delayed_job_starts_no_earlier_than_its_delay(sse_stack: Any) -> None:
-    stack: WebStack = await sse_stack()
-    stack.start_worker()
+@pytest.mark.usefixtures("module_worker")
+async def test_delayed_job_starts_no_earlier_than_its_delay(user_stack: WebStack) -> None:
+    stack = user_stack
     job = await stack.create("demo.noop", fields={"delay_seconds": 2})
     assert job["status"] == "PENDING"
     assert job["run_at"] is not None

@@ -18,10 +18,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from tests.support.polling import until
-from tests.support.web_stack import TERMINAL, Job, WebStack
-
-# The SSE tests' name for the one stack (their bodies predate it).
-SseStack = WebStack
+from tests.support.web_stack import TERMINAL, Job
 
 
 class Reader:

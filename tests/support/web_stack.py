@@ -1,8 +1,9 @@
 """One test's web process (and the workers it starts), on the test's Redis and key prefix.
 
-The one stack of the end-to-end tests: ``sse_stack`` (tests/e2e/conftest.py) makes them;
-the fault tests build theirs on their own Redis. Read with httpx, one connection per
-request (no keep-alive), the way separate browsers would.
+The one stack of the end-to-end tests: ``sse_stack`` (tests/e2e/conftest.py) makes one per
+test, ``module_stack`` gives each test a handle on one shared by its module; the fault
+tests build theirs on their own Redis. Read with httpx, one connection per request (no
+keep-alive), the way separate browsers would.
 """
 
 from __future__ import annotations
@@ -34,13 +35,24 @@ def stack_env(jwt: bool = False, **env: str) -> dict[str, str]:
     return environ
 
 
+def _client(base_url: str) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    return httpx.AsyncClient(base_url=base_url, timeout=20, limits=limits)
+
+
 @dataclass
 class WebStack:
-    """The web server (its access log on, so a test can read what it logs) and workers."""
+    """The web server (its access log on, so a test can read what it logs) and workers.
+
+    A handle on a server shared by a module (``joining``) reads the log from where it was
+    when the test began, and leaves the server running when it closes.
+    """
 
     server: WebServer
     http: httpx.AsyncClient
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    log_start: int = 0
+    owns_server: bool = True
 
     @classmethod
     def open(
@@ -52,14 +64,20 @@ class WebStack:
         except BaseException:
             server.close()
             raise
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
-        return cls(server, httpx.AsyncClient(base_url=server.url, timeout=20, limits=limits))
+        return cls(server, _client(server.url))
+
+    @classmethod
+    def joining(cls, server: WebServer) -> Self:
+        """A test's handle on a running server it does not own: a client of its own, its log lines."""
+        log_start = server.log.stat().st_size if server.log is not None and server.log.exists() else 0
+        return cls(server, _client(server.url), log_start=log_start, owns_server=False)
 
     async def aclose(self) -> None:
         await self.http.aclose()
         for proc in reversed(self.workers):
             stop(proc)
-        self.server.close()
+        if self.owns_server:
+            self.server.close()
 
     @property
     def redis_url(self) -> str:
@@ -126,7 +144,8 @@ class WebStack:
         return await until(probe, timeout, f"job {job_id}", self.tail)
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """What the processes logged since this handle was made."""
+        return self.log.read_bytes()[self.log_start :].decode(errors="replace") if self.log.exists() else ""
 
     def tail(self) -> str:
         return self.log_text()[-4000:]

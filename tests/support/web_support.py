@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -15,9 +17,29 @@ from redis.asyncio import Redis
 from broker.ids import new_job_id
 from broker.settings import Settings, load_settings
 from web.app import create_app
+from web.auth import make_token
 
 SECRET = "test-secret-of-at-least-thirty-two-bytes"
 PROBLEM_JSON = "application/problem+json"
+JWT_SETTINGS = load_settings({}, auth="jwt", jwt_secret=SECRET)
+
+
+@dataclass(frozen=True)
+class User:
+    """A JWT subject of one test's own, so on a shared server it sees only its own jobs."""
+
+    name: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def new_user(admin: bool = False) -> User:
+    """``user-<uuid>`` with a bearer token signed with ``SECRET`` (the admin role if ``admin``)."""
+    name = f"user-{uuid.uuid4().hex[:12]}"
+    return User(name, make_token(JWT_SETTINGS, name, [JWT_SETTINGS.admin_role] if admin else []))
 
 
 def web_settings(redis_url: str, prefix: str, **overrides: Any) -> Settings:
