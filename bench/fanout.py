@@ -112,14 +112,7 @@ async def measure(
         first = (await store.get(started.job.id)).version + 1
         profiler = profiling.start(server.proc.pid, profile_to) if profile_to else None
         cpu0 = server.cpu_seconds()
-        per_event = []
-        for k in range(events):
-            version = first + k
-            stamp = time.time()
-            await store.progress(started.job.id, started.attempt, k, repr(stamp))
-            await _until(sink, n * (k + 1), 60, f"event {k + 1}: all {n} streams")
-            per_event.append(sorted(lat * 1000 for v, lat in sink.latencies[n * k :] if v == version))
-            await asyncio.sleep(PAUSE)
+        per_event = await _deliver(store, started, sink, n, events, first)
         cpu = server.cpu_seconds() - cpu0
         if profiler is not None:
             stop(profiler, signal.SIGINT, timeout=30)  # py-spy writes its output on Ctrl-C
@@ -141,6 +134,21 @@ async def measure(
         "streams_closed_early": lost,
         "profile": sse.profile_summary(profile_to) if profile_to else None,
     }
+
+
+async def _deliver(
+    store: JobStore, started: Started, sink: Deliveries, n: int, events: int, first: int
+) -> list[list[float]]:
+    """Write ``events`` progress updates ``PAUSE`` apart; per event, each stream's latency (ms)."""
+    per_event = []
+    for k in range(events):
+        version = first + k
+        stamp = time.time()
+        await store.progress(started.job.id, started.attempt, k, repr(stamp))
+        await _until(sink, n * (k + 1), 60, f"event {k + 1}: all {n} streams")
+        per_event.append(sorted(lat * 1000 for v, lat in sink.latencies[n * k :] if v == version))
+        await asyncio.sleep(PAUSE)
+    return per_event
 
 
 async def _until(sink: Deliveries, count: int, timeout: float, what: str) -> None:
