@@ -31,6 +31,7 @@ from scheduler.reaper import Reaper
 from scheduler.schedule_source import InvalidSchedule, JobScheduleSource, build_schedule, remove_schedule
 from scheduler.scheduler import JobScheduler, fire_key
 from scheduler.ticks import Periodic, Ticker
+from tests.support.deliveries import take
 from tests.support.polling import until
 from workers.job_broker import JobBroker
 from workers.tasks import demo  # noqa: F401 - registers the demo tasks
@@ -54,14 +55,6 @@ async def create(store: JobStore, owner: str = "alice", task: str = "demo.noop",
     job, created = await store.create(task=task, input_json=b"{}", owner=owner, queue="default", **kw)
     assert created
     return job.id
-
-
-async def take(store: JobStore, consumer: str = "c1") -> Delivery:
-    stream = store.keys.queue("default")
-    reply: Any = await store.redis.xreadgroup(GROUP, consumer, {stream: ">"}, count=1)
-    entry_id, fields = reply[0][1][0]
-    message = decode_message(fields[b"data"])
-    return Delivery(message.task_id, stream, entry_id.decode(), message.labels.dispatch)
 
 
 async def start_next(store: JobStore) -> tuple[Started, Delivery]:

@@ -25,6 +25,7 @@ from broker.registry import TaskRegistry
 from broker.scripts import CreateOpts, Reply
 from broker.settings import Settings, load_settings
 from broker.store import GROUP, Delivery, JobStore, Started
+from tests.support.deliveries import take
 
 ACTIVE_TTL = 5000
 RETENTION = 900
@@ -42,15 +43,6 @@ async def make(store: JobStore, owner: str = "alice", **kw: Any) -> str:
     )
     assert created
     return job.id
-
-
-async def take(store: JobStore, consumer: str = "c1") -> Delivery:
-    """Read the next entry as a worker would."""
-    stream = store.keys.queue("default")
-    reply: Any = await store.redis.xreadgroup(GROUP, consumer, {stream: ">"}, count=1)
-    entry_id, fields = reply[0][1][0]
-    message = decode_message(fields[b"data"])
-    return Delivery(message.task_id, stream, entry_id.decode(), message.labels.dispatch)
 
 
 async def running(store: JobStore) -> tuple[Started, Delivery]:
