@@ -85,7 +85,7 @@ class Deliveries:
             try:
                 if began >= next_reclaim:
                     next_reclaim = began + reclaim_every
-                    entries = await self._reclaim(redis)
+                    entries = await self._reclaim()
                 else:
                     entries = await self._read(redis, read, min(room, self.count))
             except REDIS_FAULTS as err:
@@ -143,7 +143,7 @@ class Deliveries:
             for entry_id, fields in entries
         ]
 
-    async def _reclaim(self, redis: Redis) -> list[tuple[str, str, bytes]]:
+    async def _reclaim(self) -> list[tuple[str, str, bytes]]:
         """Entries idle for a lease (their worker died), now this worker's; over-delivered ones
         go to the dead stream instead."""
         scripts = self.store.scripts
