@@ -37,6 +37,17 @@ class JobError(msgspec.Struct, omit_defaults=True):
     details: Any = None
 
 
+class WebhookState(msgspec.Struct, omit_defaults=True):
+    """Where the completion webhook of a job with a ``callback_url`` stands."""
+
+    url: str
+    state: str = "waiting"  # waiting (the job is active) | pending | delivered | failed
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+
 class Job(msgspec.Struct, kw_only=True):
     """A job as clients see it: the same shape in HTTP bodies and SSE events."""
 
@@ -60,6 +71,10 @@ class Job(msgspec.Struct, kw_only=True):
     run_at: datetime | None = None
     version: int
     cancel_requested: bool = False
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    created_by: str | None = None  # the service that created it for its owner (None: the owner did)
+    timeout_seconds: float | None = None  # this job's own timeout (None: its task's)
+    webhook: WebhookState | None = None
 
     @property
     def terminal(self) -> bool:
@@ -73,6 +88,7 @@ class Job(msgspec.Struct, kw_only=True):
 
 
 _error_decoder = msgspec.json.Decoder(JobError)
+_labels_decoder = msgspec.json.Decoder(dict[str, str])
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NULL = msgspec.Raw(b"null")
 
@@ -107,6 +123,7 @@ def job_from_fields(fields: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[
     f: dict[str, Any] = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
     error = f.get("error")
     eta = _num(f.get("eta"))
+    labels = f.get("labels")
     return Job(
         id=_text(f["id"]) or "",
         type=_text(f["type"]) or "",
@@ -128,6 +145,25 @@ def job_from_fields(fields: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[
         run_at=_time(f.get("run_at")),
         version=int(f.get("version") or 0),
         cancel_requested=bool(f.get("cancel_requested")),
+        labels=_labels_decoder.decode(labels) if labels else {},
+        created_by=_text(f.get("created_by")),
+        timeout_seconds=_num(f.get("timeout")),
+        webhook=_webhook(f),
+    )
+
+
+def _webhook(f: Mapping[str, Any]) -> WebhookState | None:
+    """The ``webhook`` of a record with a ``callback_url`` (fields ``webhook_*``), else None."""
+    url = _text(f.get("callback_url"))
+    if url is None:
+        return None
+    return WebhookState(
+        url=url,
+        state=_text(f.get("webhook_state")) or "waiting",
+        attempts=int(f.get("webhook_attempts") or 0),
+        last_error=_text(f.get("webhook_error")),
+        next_attempt_at=_time(f.get("webhook_next_at")),
+        delivered_at=_time(f.get("webhook_delivered_at")),
     )
 
 

@@ -36,12 +36,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # bytes) that reads /metrics and /events/stats only, so Prometheus can scrape without a
     # user JWT; unset, those routes need an admin JWT.
     metrics_token: str | None = None
+    # Identity providers (web): verify bearer JWTs against a JWKS URL (RS256/ES256 keys an
+    # identity provider publishes) with these issuer and audience checks, instead of the
+    # shared secret. Stream tokens are then signed with stream_token_secret (32+ bytes; a
+    # JWKS verifier holds no signing key); unset, with the JWT secret, else a per-process key.
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    stream_token_secret: str | None = None
+    # A caller with this role may create jobs for another owner ("owner" in POST /jobs) and
+    # read or cancel any owner's jobs; the job records it as created_by.
+    service_role: str = "service"
+    # Browsers on other origins (comma-separated, e.g. "https://app.example.com"); empty: no CORS.
+    cors_origins: str = ""
     # Job lifetimes. Retention: how long a finished job is kept (a task's own ``retention``
     # overrides it); 0: not kept, deleted as soon as its final state is published.
     active_ttl_seconds: int = 86_400
     retention_seconds: int = 7 * 86_400
     max_body_bytes: int = 1_048_576
     max_active_per_owner: int = 10_000
+    # A task's keep_until_fetched results: how long the record stays once its result was read.
+    fetched_grace_seconds: int = 60
+    # Failures: owners see their failed jobs' tracebacks (admins always do). On in ``jobstream dev``.
+    expose_tracebacks: bool = False
     default_queue: str = "default"
     # Comma-separated modules whose import registers the tasks (web and workers both load them).
     task_modules: str = "workers.tasks"
@@ -63,6 +80,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # is the one local user, so there it caps the whole process.
     max_streams_per_owner: int = 100
     poll_retry_after_seconds: int = 1
+    # Completion webhooks (Standard Webhooks): callback_url hosts allowed (comma-separated,
+    # exact names; empty: callback_url is refused), the signing key ("whsec_" + base64), and
+    # how long a delivery is retried before it is given up.
+    webhook_allowed_hosts: str = ""
+    webhook_secret: str | None = None
+    webhook_max_seconds: int = 3_600
     # Scheduler.
     cleanup_interval_seconds: int = 60
     dead_retention_seconds: int = 7 * 86_400

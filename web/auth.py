@@ -63,13 +63,15 @@ class User(msgspec.Struct, frozen=True):
 
     ``operator`` may read the operator routes without being an admin: the one local user
     of the no-auth mode (a trusted network, where the operator is the user), and the
-    holder of the metrics token on the metrics routes.
+    holder of the metrics token on the metrics routes. ``service`` (a backend acting for
+    its users) may create jobs for another owner and read or cancel any owner's jobs.
     """
 
     id: str
     roles: tuple[str, ...] = ()
     admin: bool = False
     operator: bool = False
+    service: bool = False
 
     @property
     def scope(self) -> str | None:
@@ -77,7 +79,7 @@ class User(msgspec.Struct, frozen=True):
         return None if self.admin else self.id
 
 
-def user_from_token(token: Token, admin_role: str) -> User | None:
+def user_from_token(token: Token, admin_role: str, service_role: str = "service") -> User | None:
     """The user a verified token names, or None (401) when ``sub`` or ``roles`` is malformed.
 
     A stream token is never a bearer token: it opens one stream, from the query or a cookie.
@@ -89,7 +91,7 @@ def user_from_token(token: Token, admin_role: str) -> User | None:
         return None
     if not token.sub or len(token.sub) > _MAX_SUB_LENGTH:
         return None
-    return User(id=token.sub, roles=tuple(roles), admin=admin_role in roles)
+    return User(id=token.sub, roles=tuple(roles), admin=admin_role in roles, service=service_role in roles)
 
 
 METRICS_SCRAPER = User(id="metrics", operator=True)
@@ -256,10 +258,10 @@ class _JWTAuthWithMetricsToken(JWTAuth[User, Token]):
 
 
 def _jwt_auth(settings: Settings, exclude: list[str]) -> JWTAuth[User, Token]:
-    admin_role = settings.admin_role
+    admin_role, service_role = settings.admin_role, settings.service_role
 
     async def retrieve_user(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> User | None:
-        return user_from_token(token, admin_role)
+        return user_from_token(token, admin_role, service_role)
 
     return _JWTAuthWithMetricsToken(
         retrieve_user_handler=retrieve_user,
