@@ -75,8 +75,8 @@ class User(msgspec.Struct, frozen=True):
 
     @property
     def scope(self) -> str | None:
-        """The owner whose jobs this caller may touch; None (everyone's) for an admin."""
-        return None if self.admin else self.id
+        """The owner whose jobs this caller may touch; None (everyone's) for an admin or a service."""
+        return None if self.admin or self.service else self.id
 
 
 def user_from_token(token: Token, admin_role: str, service_role: str = "service") -> User | None:
