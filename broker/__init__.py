@@ -2,6 +2,7 @@
 registry, and the public Python API, :class:`Jobstream`."""
 
 from broker.api import JobFailed, JobNotDone, Jobstream, MalformedInput, Submitted
+from broker.default_client import close_default_jobstream, default_jobstream, set_default_jobstream
 from broker.errors import (
     IdempotencyConflict,
     IllegalTransition,
@@ -12,6 +13,7 @@ from broker.errors import (
 )
 from broker.models import Job, JobError, JobStatus
 from broker.registry import JobContext, task
+from broker.task_object import JobHandle, NotAJobstreamTask, OwnerRequired, Task
 from broker.validation import InvalidInput, InvalidSchedule
 
 __all__ = [
@@ -23,14 +25,21 @@ __all__ = [
     "JobContext",
     "JobError",
     "JobFailed",
+    "JobHandle",
     "JobNotDone",
     "JobNotFound",
     "JobStatus",
     "Jobstream",
     "JobstreamError",
     "MalformedInput",
+    "NotAJobstreamTask",
+    "OwnerRequired",
     "QuotaExceeded",
     "Submitted",
+    "Task",
     "UnknownTask",
+    "close_default_jobstream",
+    "default_jobstream",
+    "set_default_jobstream",
     "task",
 ]

@@ -9,12 +9,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
 import msgspec
 
 from broker.connection import REDIS_FAULTS
 from broker.errors import IllegalTransition, JobNotFound, StaleAttempt, UnknownTask
+from broker.task_object import Task
 
 if TYPE_CHECKING:
     from broker.store import JobStore, Started
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobstream.worker")
 
 TaskFn = Callable[["JobContext", Any], Awaitable[Any]]
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,22 +85,22 @@ class TaskRegistry:
         backoff: float = 1.0,
         backoff_max: float = 300.0,
         retention: int | None = None,
-    ) -> Callable[[TaskFn], TaskFn]:
-        """Register ``async def fn(ctx: JobContext, data: In) -> Out`` as task ``name``."""
+    ) -> Callable[[Callable[[JobContext, In], Awaitable[Out]]], Task[In, Out]]:
+        """Register ``async def fn(ctx: JobContext, data: In) -> Out`` as task ``name``; the
+        decorator returns a :class:`Task` (callable as ``fn``, plus ``submit`` and ``kiq``)."""
         if retention is not None and retention < 0:
             raise ValueError(f"task {name}: retention must be 0 (not kept) or more seconds")
         options = TaskOptions(queue, timeout, retries, backoff, backoff_max, retention)
 
-        def register(fn: TaskFn) -> TaskFn:
+        def register(fn: Callable[[JobContext, In], Awaitable[Out]]) -> Task[In, Out]:
             if not inspect.iscoroutinefunction(fn):
                 raise TypeError(f"task {name}: {fn.__qualname__} must be an async function")
             input_type, output_type = _signature_types(fn)
             if name in self._tasks and self._tasks[name].fn is not fn:
                 raise ValueError(f"task {name} is registered twice")
-            self._tasks[name] = TaskSpec(
-                name, fn, input_type, output_type, options, msgspec.json.Decoder(input_type)
-            )
-            return fn
+            spec = TaskSpec(name, fn, input_type, output_type, options, msgspec.json.Decoder(input_type))
+            self._tasks[name] = spec
+            return Task(spec)
 
         return register
 
@@ -109,7 +112,13 @@ class TaskRegistry:
             raise UnknownTask(name) from None
 
     def spec_of(self, fn: Callable[..., Any]) -> TaskSpec:
-        """The spec of the task whose function is ``fn``; raises :class:`UnknownTask`."""
+        """The spec of the task ``fn`` (a :class:`Task`, or its function) registered here;
+        raises :class:`UnknownTask`."""
+        if isinstance(fn, Task):
+            spec = self._tasks.get(fn.name)
+            if spec is not None and spec.fn is fn.spec.fn:
+                return spec
+            raise UnknownTask(fn.name)
         for spec in self._tasks.values():
             if spec.fn is fn:
                 return spec

@@ -15,8 +15,11 @@ and acknowledging, made safe for long jobs (see docs/ARCHITECTURE.md, "Faults"):
   blip, every loop keeps trying with backoff (one warning when Redis goes, one when it is
   back), and no job is failed or abandoned for it (see ``JobExecutor``).
 
-``kick`` (the scheduler, ``task.kiq()``) creates a job through :class:`broker.Jobstream`,
-the one door to the core, so a kicked job meets the same rules as any other.
+``kick`` (the scheduler, ``AsyncKicker(name, broker).kiq()``) creates a job through
+:class:`broker.Jobstream`, the one door to the core, so a kicked job meets the same rules as
+any other. A plain taskiq task declared on this broker (taskiq's ``@broker.task``) has no job
+to run as: its ``kiq`` raises :class:`NotAJobstreamTask`, one sentence saying to declare it
+with jobstream's ``@task`` and start it with ``submit`` or ``kiq`` (:mod:`broker.task_object`).
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from taskiq import AckableMessage
+from taskiq.decor import AsyncTaskiqDecoratedTask
+from taskiq.kicker import AsyncKicker
 from taskiq.message import BrokerMessage
 from taskiq_redis.redis_broker import BaseRedisBroker
 
@@ -47,12 +52,14 @@ from broker.connection import (
     resilient_options,
     until_redis_answers,
 )
+from broker.default_client import close_default_jobstream
 from broker.keys import Keys
 from broker.message import decode_message
 from broker.queues import ensure_groups
 from broker.registry import TaskRegistry
 from broker.settings import Settings
 from broker.store import Delivery, JobStore
+from broker.task_object import NotAJobstreamTask
 from broker.validation import InvalidInput
 from workers.deliveries import Deliveries
 from workers.executor import JobExecutor
@@ -99,6 +106,9 @@ class JobBroker(BaseRedisBroker):
         self.leases: Leases | None = None
         self._loops: list[asyncio.Task[None]] = []
         self.watch = RedisWatch(log, "worker")
+        # What taskiq's ``@broker.task`` builds here: its public hook, as taskiq's own
+        # ``AsyncSharedBroker`` uses it; a task jobstream does not know is refused at ``kiq``.
+        self.decorator_class = TaskiqTaskOnJobBroker
         for spec in registry:
             self.register_task(self._entry_point(), task_name=spec.name)
 
@@ -147,6 +157,8 @@ class JobBroker(BaseRedisBroker):
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.is_worker_process:
+            await close_default_jobstream()  # the one task code's submit/kiq made, if any
         await super().shutdown()
 
     async def _sign_off(self, leases: asyncio.Task[None]) -> None:
@@ -276,9 +288,12 @@ class JobBroker(BaseRedisBroker):
         through :class:`broker.Jobstream` whose input is the message's kwargs (or its one
         positional argument). Labels: ``owner`` (default ``scheduler``), ``idempotency_key``
         (one job per key and owner), ``delay`` (seconds). Raises what ``Jobstream.submit``
-        raises (``UnknownTask``, ``InvalidInput``, ``QuotaExceeded``...).
+        raises (``UnknownTask``, ``InvalidInput``, ``QuotaExceeded``...), and
+        ``NotAJobstreamTask`` for a plain taskiq task declared on this broker.
         """
         sent = _sent_decoder.decode(message.message)
+        if sent.task_name not in self.registry and self.find_task(sent.task_name) is not None:
+            raise NotAJobstreamTask(sent.task_name)
         labels = message.labels
         delay = float(labels.get("delay") or 0)
         await self._jobs.submit(
@@ -293,6 +308,23 @@ class JobBroker(BaseRedisBroker):
     def _jobs(self) -> Jobstream:
         """The public API on this broker's pool (scripts load on first use, by EVALSHA's fallback)."""
         return Jobstream(Redis(connection_pool=self.connection_pool), self.settings, self.registry)
+
+
+_Params = ParamSpec("_Params")
+_Return = TypeVar("_Return")
+
+
+class TaskiqTaskOnJobBroker(AsyncTaskiqDecoratedTask[_Params, _Return]):
+    """A task declared with taskiq's ``@broker.task`` on the jobstream broker: still callable
+    as its function, but only a task jobstream's registry knows may be kicked."""
+
+    def kicker(self) -> AsyncKicker[_Params, _Return]:
+        """Taskiq's kicker (``kiq``, ``schedule_by_*`` go through it); ``NotAJobstreamTask``
+        for a task jobstream's registry does not know, before anything is sent."""
+        broker = self.broker
+        if isinstance(broker, JobBroker) and self.task_name not in broker.registry:
+            raise NotAJobstreamTask(self.task_name)
+        return super().kicker()
 
 
 KICK_OWNER = "scheduler"
