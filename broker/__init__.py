@@ -12,12 +12,13 @@ from broker.errors import (
 )
 from broker.models import Job, JobError, JobStatus
 from broker.registry import JobContext, task
-from broker.validation import InvalidInput, InvalidSchedule
+from broker.validation import InvalidInput, InvalidOption, InvalidSchedule
 
 __all__ = [
     "IdempotencyConflict",
     "IllegalTransition",
     "InvalidInput",
+    "InvalidOption",
     "InvalidSchedule",
     "Job",
     "JobContext",
