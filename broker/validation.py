@@ -154,6 +154,4 @@ def check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
     try:
         return msgspec.convert(dict(labels), Labels)
     except msgspec.ValidationError as err:
-        message, _, path = str(err).partition(" - at `")
-        field = "$.labels" + path.rstrip("`").removeprefix("$") if path else "$.labels"
-        raise InvalidOption(f"labels: {message}", field) from None
+        raise InvalidOption(f"labels: {err} (at most {MAX_LABELS}, see the docs)", "$.labels") from None
