@@ -213,3 +213,29 @@ async def test_over_http_the_owners_read_fetches_and_an_operators_look_does_not(
         again = await client.get(f"/jobs/{job['id']}", headers=alice.headers)
         assert again.json()["keep_until_fetched"] is True
         assert again.json()["expires_at"] != looked.json()["expires_at"]  # the record says when it goes
+
+
+async def test_mark_fetched_script_refuses_what_is_not_a_first_fetch(js: Jobstream, redis: Redis) -> None:
+    scripts = js.store.scripts
+    assert await scripts.mark_fetched(job_id="no-such-job", grace_seconds=GRACE) is None
+    assert not await redis.exists(js.store.keys.job("no-such-job"))  # nothing made up
+    kept = await js.submit("options.kept", owner="alice")
+    assert await scripts.mark_fetched(job_id=kept.id, grace_seconds=GRACE) is None  # still PENDING
+    plain = await js.submit("demo.noop", owner="alice")
+    await finish(js.store)
+    await finish(js.store)
+    assert await scripts.mark_fetched(job_id=plain.id, grace_seconds=GRACE) is None  # not kept until fetched
+    before: Any = await redis.hgetall(js.store.keys.job(kept.id))
+    expires_ms = await scripts.mark_fetched(job_id=kept.id, grace_seconds=GRACE)
+    assert expires_ms is not None
+    after: Any = await redis.hgetall(js.store.keys.job(kept.id))
+    assert after[b"version"] == before[b"version"]  # a fetch is no change of the job
+    assert int(after[b"expires_at"]) == expires_ms and b"fetched_at" in after
+    assert await scripts.mark_fetched(job_id=kept.id, grace_seconds=GRACE) is None  # fetched before
+
+
+async def test_a_grace_of_zero_deletes_the_record_at_the_first_fetch(js: Jobstream, redis: Redis) -> None:
+    kept = await js.submit("options.kept", owner="alice")
+    await finish(js.store)
+    assert await js.store.scripts.mark_fetched(job_id=kept.id, grace_seconds=0) is not None
+    assert not await redis.exists(js.store.keys.job(kept.id))
