@@ -14,12 +14,13 @@ from broker.errors import (
 from broker.models import Job, JobError, JobStatus
 from broker.registry import JobContext, task
 from broker.task_object import JobHandle, NotAJobstreamTask, OwnerRequired, Task
-from broker.validation import InvalidInput, InvalidSchedule
+from broker.validation import InvalidInput, InvalidOption, InvalidSchedule
 
 __all__ = [
     "IdempotencyConflict",
     "IllegalTransition",
     "InvalidInput",
+    "InvalidOption",
     "InvalidSchedule",
     "Job",
     "JobContext",

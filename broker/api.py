@@ -36,7 +36,14 @@ from broker.queues import ensure_groups
 from broker.registry import JobContext, TaskRegistry, TaskSpec, load_task_modules, registry
 from broker.settings import Settings, load_settings
 from broker.store import JobStore
-from broker.validation import both_given, check_delay, check_run_at, validated_input
+from broker.validation import (
+    both_given,
+    check_delay,
+    check_labels,
+    check_run_at,
+    check_timeout,
+    validated_input,
+)
 from hub.event_hub import EventHub
 
 In = TypeVar("In")
@@ -146,6 +153,9 @@ class Jobstream:
         idempotency_key: str | None = None,
         delay: float | None = None,
         run_at: datetime | None = None,
+        timeout: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_by: str | None = None,
     ) -> Job: ...
 
     @overload
@@ -158,6 +168,9 @@ class Jobstream:
         idempotency_key: str | None = None,
         delay: float | None = None,
         run_at: datetime | None = None,
+        timeout: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_by: str | None = None,
     ) -> Job: ...
 
     async def submit(
@@ -169,16 +182,34 @@ class Jobstream:
         idempotency_key: str | None = None,
         delay: float | None = None,
         run_at: datetime | None = None,
+        timeout: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_by: str | None = None,
     ) -> Job:
         """Create and queue a job for ``owner``: a task name with JSON-able input (a dict), or the
         task function with its typed input. ``delay`` (seconds) or ``run_at`` delays it.
 
-        Raises ``UnknownTask``, ``InvalidInput``, ``InvalidSchedule``, ``QuotaExceeded`` or
-        ``IdempotencyConflict``; a replayed ``idempotency_key`` returns the first job.
+        ``timeout`` (seconds, at most the task's own) limits this job's run instead of the
+        task's ``timeout``; ``labels`` (:data:`broker.validation.Labels`) are stored on it and
+        filter :meth:`list`; ``created_by`` records the service that creates the job for
+        ``owner`` (the job is the owner's: listed, read and cancelled as theirs).
+        Raises ``UnknownTask``, ``InvalidInput``, ``InvalidSchedule``, ``InvalidOption``,
+        ``QuotaExceeded`` or ``IdempotencyConflict``; a replayed ``idempotency_key`` returns
+        the first job.
         """
         spec = self._spec(task)
         raw = msgspec.json.encode({} if input is None else input)
-        submitted = await self._create(spec, raw, owner, idempotency_key, delay, run_at)
+        submitted = await self._create(
+            spec,
+            raw,
+            owner,
+            idempotency_key,
+            delay,
+            run_at,
+            timeout=timeout,
+            labels=labels,
+            created_by=created_by,
+        )
         return submitted.job
 
     async def submit_json(
@@ -190,13 +221,26 @@ class Jobstream:
         idempotency_key: str | None = None,
         delay: float | None = None,
         run_at: datetime | None = None,
+        timeout: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_by: str | None = None,
     ) -> Submitted:
         """:meth:`submit` for input that is already JSON text (``POST /jobs`` passes its
         body's ``input`` as received), telling a new job from an idempotent replay.
 
         Raises what :meth:`submit` raises, and ``MalformedInput`` for text that is not JSON.
         """
-        return await self._create(self.tasks.get(task), input_json, owner, idempotency_key, delay, run_at)
+        return await self._create(
+            self.tasks.get(task),
+            input_json,
+            owner,
+            idempotency_key,
+            delay,
+            run_at,
+            timeout=timeout,
+            labels=labels,
+            created_by=created_by,
+        )
 
     async def _create(
         self,
@@ -206,11 +250,17 @@ class Jobstream:
         idempotency_key: str | None,
         delay: float | None,
         run_at: datetime | None,
+        *,
+        timeout: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_by: str | None = None,
     ) -> Submitted:
         try:
             input_json = validated_input(spec, raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as err:
             raise MalformedInput(str(err)) from None
+        timeout = check_timeout(spec, timeout)
+        labels = check_labels(labels)
         run_at_ms, delay_ms = await self._due(delay, run_at)
         job, created = await self.store.create(
             task=spec.name,
@@ -220,6 +270,10 @@ class Jobstream:
             idempotency_key=idempotency_key,
             run_at_ms=run_at_ms,
             delay_ms=delay_ms,
+            timeout=timeout,
+            labels=labels,
+            created_by=created_by if created_by != owner else None,
+            keep_until_fetched=spec.options.keep_until_fetched,
         )
         return Submitted(job, created)
 
@@ -240,9 +294,20 @@ class Jobstream:
 
     # -- reading and cancelling ----------------------------------------------------------------
 
-    async def get(self, job_id: str, owner: str | None = None) -> Job:
-        """The job; ``JobNotFound`` if it does not exist (or expired) or is not ``owner``'s."""
-        return await self.store.get(job_id, owner)
+    async def get(self, job_id: str, owner: str | None = None, *, fetch: bool = True) -> Job:
+        """The job; ``JobNotFound`` if it does not exist (or expired) or is not ``owner``'s.
+
+        A finished job of a ``keep_until_fetched`` task counts as fetched (its record then
+        expires after ``fetched_grace_seconds``) unless ``fetch`` is False: a look that must
+        leave it kept, say an operator's.
+        """
+        job = await self.store.get(job_id, owner)
+        return await self.store.mark_fetched(job) if fetch else job
+
+    async def mark_fetched(self, job: Job) -> Job:
+        """Count ``job`` (read with ``fetch=False``, or followed to its end) as fetched; see
+        :meth:`get`. Costs nothing for a job not kept until fetched."""
+        return await self.store.mark_fetched(job)
 
     async def list(
         self,
@@ -250,11 +315,17 @@ class Jobstream:
         *,
         status: JobStatus | None = None,
         task: str | None = None,
+        labels: Mapping[str, str] | None = None,
         limit: int = 20,
         cursor: str | None = None,
     ) -> Page:
-        """The owner's jobs, newest first (creation order); pass ``page.cursor`` for the next page."""
-        return await self.store.list(owner, status=status, task=task, limit=limit, cursor=cursor)
+        """The owner's jobs, newest first (creation order); pass ``page.cursor`` for the next page.
+
+        ``labels`` keeps the jobs carrying all of these labels. Listing never counts as a fetch.
+        """
+        return await self.store.list(
+            owner, status=status, task=task, labels=labels, limit=limit, cursor=cursor
+        )
 
     async def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Cancel: CANCELLED at once if PENDING; PROCESSING with ``cancel_requested`` until its
@@ -286,11 +357,12 @@ class Jobstream:
                 yield job
 
     async def wait(self, job_id: str, timeout: float | None = None, owner: str | None = None) -> Job:
-        """The job once it has ended; ``TimeoutError`` if it has not within ``timeout`` seconds."""
+        """The job once it has ended (a fetch, as :meth:`get`); ``TimeoutError`` if it has not
+        within ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
             async for job in self.follow(job_id, owner):
                 if job.terminal:
-                    return job
+                    return await self.store.mark_fetched(job)
         return await self.get(job_id, owner)  # the hub stopped before the end: read it
 
     async def _events(self) -> EventHub:

@@ -6,7 +6,7 @@ a cursor is ``<sequence>.<job id>`` of the last job a page returned.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +34,13 @@ async def list_jobs(
     *,
     status: JobStatus | None = None,
     task: str | None = None,
+    labels: Mapping[str, str] | None = None,
     limit: int = 20,
     cursor: str | None = None,
 ) -> Page:
     """The owner's jobs, newest first, optionally filtered; resumable with ``cursor``.
+
+    ``labels`` keeps the jobs that carry every one of these labels (key and value).
 
     The order is (created ms, id) descending and the cursor names the last job
     returned, so jobs created while a client pages neither repeat nor shift a page.
@@ -60,7 +63,7 @@ async def list_jobs(
         scanned += len(rows)
         for (job_id, score), job in zip(rows, await _read_many(redis, keys, rows), strict=True):
             last = (score, job_id)
-            if job is None or not _matches(job, status, task):
+            if job is None or not _matches(job, status, task, labels):
                 continue
             found.append(job)
             if len(found) == limit:
@@ -90,8 +93,12 @@ async def _read_many(redis: Redis, keys: Keys, rows: Rows) -> Sequence[Job | Non
     return [job_from_fields(fields) if fields else None for fields in records]
 
 
-def _matches(job: Job, status: JobStatus | None, task: str | None) -> bool:
-    return (status is None or job.status == status) and (task is None or job.type == task)
+def _matches(job: Job, status: JobStatus | None, task: str | None, labels: Mapping[str, str] | None) -> bool:
+    return (
+        (status is None or job.status == status)
+        and (task is None or job.type == task)
+        and (not labels or all(job.labels.get(key) == value for key, value in labels.items()))
+    )
 
 
 def _format_cursor(position: tuple[float, str]) -> str:

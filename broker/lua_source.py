@@ -29,6 +29,7 @@ SCRIPT_NAMES = (
     "reap_job",
     "drop_idempotency",
     "expire_heartbeat",
+    "mark_fetched",
 )
 
 

@@ -74,6 +74,7 @@ class Job(msgspec.Struct, kw_only=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     created_by: str | None = None  # the service that created it for its owner (None: the owner did)
     timeout_seconds: float | None = None  # this job's own timeout (None: its task's)
+    keep_until_fetched: bool = False  # once ended, kept only until its result is first fetched
     webhook: WebhookState | None = None
 
     @property
@@ -148,6 +149,7 @@ def job_from_fields(fields: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[
         labels=_labels_decoder.decode(labels) if labels else {},
         created_by=_text(f.get("created_by")),
         timeout_seconds=_num(f.get("timeout")),
+        keep_until_fetched=bool(f.get("keep_until_fetched")),
         webhook=_webhook(f),
     )
 

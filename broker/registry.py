@@ -37,6 +37,9 @@ class TaskOptions:
     backoff: float = 1.0
     backoff_max: float = 300.0
     retention: int | None = None
+    keep_until_fetched: bool = False
+    """Once terminal, keep a job's record only until its result is first fetched (then
+    ``fetched_grace_seconds`` more), or its retention if it is never fetched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,14 @@ class TaskSpec:
         soon as its final state is published. The one place this rule lives."""
         return default if self.options.retention is None else self.options.retention
 
+    def timeout_for(self, job_timeout: float | None) -> float | None:
+        """Seconds a job of this task may run: its own ``timeout`` when it has one (created at
+        most the task's), never more than the task's ``timeout`` option; None: no limit."""
+        limit = self.options.timeout
+        if job_timeout is None:
+            return limit
+        return job_timeout if limit is None else min(job_timeout, limit)
+
 
 class TaskRegistry:
     """Task name -> spec. Workers run what is here; the web app validates against it."""
@@ -85,12 +96,17 @@ class TaskRegistry:
         backoff: float = 1.0,
         backoff_max: float = 300.0,
         retention: int | None = None,
+        keep_until_fetched: bool = False,
     ) -> Callable[[Callable[[JobContext, In], Awaitable[Out]]], Task[In, Out]]:
         """Register ``async def fn(ctx: JobContext, data: In) -> Out`` as task ``name``; the
-        decorator returns a :class:`Task` (callable as ``fn``, plus ``submit`` and ``kiq``)."""
+        decorator returns a :class:`Task` (callable as ``fn``, plus ``submit`` and ``kiq``).
+
+        ``keep_until_fetched``: a finished job's record goes once its result has been read
+        (see :attr:`TaskOptions.keep_until_fetched`).
+        """
         if retention is not None and retention < 0:
             raise ValueError(f"task {name}: retention must be 0 (not kept) or more seconds")
-        options = TaskOptions(queue, timeout, retries, backoff, backoff_max, retention)
+        options = TaskOptions(queue, timeout, retries, backoff, backoff_max, retention, keep_until_fetched)
 
         def register(fn: Callable[[JobContext, In], Awaitable[Out]]) -> Task[In, Out]:
             if not inspect.iscoroutinefunction(fn):

@@ -79,6 +79,10 @@ class CreateOpts(msgspec.Struct, omit_defaults=True):
     run_at: int = 0
     delay_ms: int = 0
     replace_idempotency: bool = False
+    timeout: str | None = None
+    labels: str | None = None
+    created_by: str | None = None
+    keep_until_fetched: bool = False
 
 
 class ProgressOpts(msgspec.Struct, omit_defaults=True):
@@ -282,6 +286,12 @@ class Scripts:
         return _reply(
             await self._call("reap_job", keys, (*args, error_json, pending_action, message, dispatch))
         )
+
+    async def mark_fetched(self, *, job_id: str, grace_seconds: int) -> int | None:
+        """The first fetch of a finished keep-until-fetched job: its new ``expires_at`` (ms), or
+        None when there was nothing to do (not such a job, not ended, fetched before)."""
+        raw = await self._call("mark_fetched", (self.keys.job(job_id),), (grace_seconds,))
+        return int(raw[1]) if int(raw[0]) == ScriptCode.OK else None
 
     # -- queues, leases and maintenance --------------------------------------------------
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -47,6 +48,7 @@ class StartedJob:
     queue: str
     input: bytes
     cancel_requested: bool
+    timeout: float | None = None  # the job's own timeout (the task's applies when None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class Started:
             queue=f[b"queue"].decode(),
             input=f.get(b"input", b"null"),
             cancel_requested=b"cancel_requested" in f,
+            timeout=float(f[b"timeout"]) if f.get(b"timeout") else None,
         )
         return cls(job, int(f[b"attempts"]))
 
@@ -91,10 +94,16 @@ class JobStore:
         idempotency_key: str | None = None,
         run_at_ms: int = 0,
         delay_ms: int = 0,
+        timeout: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_by: str | None = None,
+        keep_until_fetched: bool = False,
     ) -> tuple[Job, bool]:
         """Create and queue a job; returns it and whether it is new (False: idempotent replay).
 
         ``run_at_ms`` (epoch ms) or ``delay_ms`` (from now, by the Redis clock) delays it.
+        ``timeout``, ``labels``, ``created_by`` and ``keep_until_fetched`` are stored on the
+        record as given (checked by :mod:`broker.validation` before).
         A replayed ``idempotency_key`` returns the job it first created, and raises
         :class:`IdempotencyConflict` when that job's type or input differ from this one's.
         Safe to re-send after a lost reply: a create that finds its own id took effect.
@@ -108,6 +117,10 @@ class JobStore:
                 run_at=run_at_ms,
                 delay_ms=delay_ms,
                 replace_idempotency=replace_dangling,
+                timeout=None if timeout is None else repr(float(timeout)),
+                labels=_encode(dict(labels)).decode() if labels else None,
+                created_by=created_by,
+                keep_until_fetched=keep_until_fetched,
             )
             reply = await self._create(job_id, task, input_json, owner, queue, idempotency_key, opts)
             if reply.code == ScriptCode.OK and reply.record is not None:
@@ -170,6 +183,20 @@ class JobStore:
         """The job, if it exists and ``owner`` (None: any, for admins) may see it."""
         return (await self._read(job_id, owner))[0]
 
+    async def mark_fetched(self, job: Job) -> Job:
+        """``job`` (just read) after its result's first fetch: a finished job of a
+        ``keep_until_fetched`` task then expires ``fetched_grace_seconds`` from now (never
+        later than its retention said). Any other job is returned as it is, with no round trip.
+        """
+        if not (job.keep_until_fetched and job.terminal):
+            return job
+        expires_ms = await self.scripts.mark_fetched(
+            job_id=job.id, grace_seconds=self.settings.fetched_grace_seconds
+        )
+        if expires_ms is None:
+            return job
+        return msgspec.structs.replace(job, expires_at=datetime.fromtimestamp(expires_ms / 1000, tz=UTC))
+
     async def _read(self, job_id: str, owner: str | None) -> tuple[Job, dict[bytes, bytes]]:
         """The job and its raw hash fields; raises :class:`JobNotFound` as :meth:`get` does."""
         fields: Any = await self.redis.hgetall(self.keys.job(job_id))
@@ -186,13 +213,14 @@ class JobStore:
         *,
         status: JobStatus | None = None,
         task: str | None = None,
+        labels: Mapping[str, str] | None = None,
         limit: int = 20,
         cursor: str | None = None,
     ) -> Page:
         """The owner's jobs, newest first, optionally filtered; resumable with ``cursor``
         (see :func:`broker.listing.list_jobs`)."""
         return await list_jobs(
-            self.redis, self.keys, owner, status=status, task=task, limit=limit, cursor=cursor
+            self.redis, self.keys, owner, status=status, task=task, labels=labels, limit=limit, cursor=cursor
         )
 
     # -- the worker's side -------------------------------------------------------------

@@ -7,7 +7,10 @@ Errors are :class:`InvalidInput` and :class:`InvalidSchedule`; the web app turns
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
@@ -104,3 +107,51 @@ def check_run_at(run_at: datetime, now_ms: int, settings: Settings, field: str =
 def both_given() -> InvalidSchedule:
     """The error for a job given both a delay and a start time."""
     return InvalidSchedule("give delay_seconds or run_at, not both")
+
+
+MAX_LABELS = 16
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+LABEL_VALUE_MAX = 128
+LABEL_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
+LABEL_FILTER_PATTERN = r"^[A-Za-z0-9_.-]{1,64}:[^\x00-\x1f\x7f]{1,128}$"
+"""A label filter, ``key:value`` (``GET /jobs?label=case:42``)."""
+LabelKey = Annotated[str, msgspec.Meta(pattern=LABEL_KEY_PATTERN, max_length=64)]
+LabelValue = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=LABEL_VALUE_MAX, pattern=LABEL_VALUE_PATTERN)
+]
+Labels = Annotated[dict[LabelKey, LabelValue], msgspec.Meta(max_length=MAX_LABELS)]
+"""A job's labels: at most 16, keys ``[A-Za-z0-9_.-]{1,64}`` (no ``:``, so ``GET /jobs?label=k:v``
+splits at the first colon), values of 1 to 128 characters, none a control character. The one
+definition: the create body, ``Jobstream.submit`` and the OpenAPI document all use it."""
+
+
+class InvalidOption(JobstreamError):
+    """A per-job option (``timeout``, ``labels``, ``owner``) is not allowed; ``field`` is its JSON path."""
+
+    def __init__(self, message: str, field: str = "$") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_timeout(spec: TaskSpec, timeout: float | None) -> float | None:
+    """A job's own timeout: more than 0 seconds and at most its task's ``timeout`` option."""
+    if timeout is None:
+        return None
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise InvalidOption("timeout must be more than 0 seconds", "$.timeout")
+    limit = spec.options.timeout
+    if limit is not None and timeout > limit:
+        raise InvalidOption(
+            f"timeout may be at most {limit} seconds, the timeout of {spec.name}", "$.timeout"
+        )
+    return float(timeout)
+
+
+def check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """``labels`` checked against :data:`Labels` (limits in its docstring)."""
+    if not labels:
+        return {}
+    try:
+        return msgspec.convert(dict(labels), Labels)
+    except msgspec.ValidationError as err:
+        raise InvalidOption(f"labels: {err} (at most {MAX_LABELS}, see the docs)", "$.labels") from None

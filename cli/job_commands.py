@@ -64,7 +64,13 @@ async def watch_job(client: JobstreamClient, job_id: str) -> Job:
 async def _submit(args: argparse.Namespace) -> int:
     data: Any = msgspec.json.decode(args.input) if args.input else {}
     async with _client(args) as client:
-        job = await client.submit(args.type, data, idempotency_key=args.idempotency_key)
+        job = await client.submit(
+            args.type,
+            data,
+            idempotency_key=args.idempotency_key,
+            timeout=args.timeout,
+            labels=dict(args.label) if args.label else None,
+        )
         if not args.watch:
             _print_job(job)
             return 0
@@ -93,6 +99,14 @@ def _report(job: Job) -> int:
     return 0 if job.status == JobStatus.SUCCESS else 1
 
 
+def _label(text: str) -> tuple[str, str]:
+    """``--label case=42`` as ``("case", "42")``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"a label is KEY=VALUE, not {text!r}")
+    return key, value
+
+
 def register(subparsers: Any) -> None:
     """Add the client subcommands to the ``jobstream`` parser."""
     common = argparse.ArgumentParser(add_help=False)
@@ -107,6 +121,10 @@ def register(subparsers: Any) -> None:
     submit.add_argument("input", nargs="?", help="JSON input, e.g. '{\"seconds\": 5}'")
     submit.add_argument("--watch", "-w", action="store_true", help="show progress until it ends")
     submit.add_argument("--idempotency-key")
+    submit.add_argument("--timeout", type=float, help="seconds this job may run (at most its task's timeout)")
+    submit.add_argument(
+        "--label", action="append", type=_label, metavar="KEY=VALUE", help="a label on the job (repeatable)"
+    )
     submit.set_defaults(handler=lambda a: asyncio.run(_submit(a)))
     for name, run, text in (
         ("watch", _watch, "follow a job with a progress bar"),

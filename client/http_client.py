@@ -59,11 +59,18 @@ class JobstreamClient:
         *,
         idempotency_key: str | None = None,
         delay_seconds: float | None = None,
+        timeout: float | None = None,
+        labels: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> Job:
-        """Create a job (``POST /jobs``) and return it as the server recorded it."""
+        """Create a job (``POST /jobs``) and return it as the server recorded it.
+
+        ``timeout`` (seconds, at most the task's) and ``labels`` are per-job options;
+        ``owner`` creates the job for another owner (a token with the service role only).
+        """
         body: dict[str, Any] = {"type": task, "input": {} if data is None else data}
-        if delay_seconds is not None:
-            body["delay_seconds"] = delay_seconds
+        options = {"delay_seconds": delay_seconds, "timeout": timeout, "labels": labels, "owner": owner}
+        body.update({name: value for name, value in options.items() if value is not None})
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         response = await self._http.post(
             "/jobs",

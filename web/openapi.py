@@ -38,9 +38,9 @@ from litestar.plugins import OpenAPISchemaPlugin
 from litestar.routes import HTTPRoute
 from litestar.typing import FieldDefinition
 
-from broker.registry import registry
+from broker.registry import TaskSpec, registry
 from broker.settings import Settings
-from broker.validation import max_delay_seconds
+from broker.validation import Labels, max_delay_seconds
 from web.auth import EXCLUDE_KEY, METRICS_OPT
 from web.live.stream_tokens import STREAM_COOKIE, STREAM_OPT
 from web.problems import PROBLEM_JSON, Problem
@@ -89,7 +89,7 @@ def create_job_body(settings: Settings) -> tuple[dict[str, Any], dict[str, dict[
     )
     schedule = _schedule_properties(settings)
     one_of = [
-        _task_alternative(spec.name, input_schema, components, schedule)
+        _task_alternative(spec.name, input_schema, components, {**schedule, **_option_properties(spec)})
         for spec, input_schema in zip(specs, inputs, strict=True)
     ]
     body = {
@@ -114,6 +114,31 @@ def _schedule_properties(settings: Settings) -> dict[str, Any]:
             "format": "date-time",
             "description": "start no earlier than this (with its UTC offset); a past time means now, "
             "and it may be no further ahead than delay_seconds may (422)",
+        },
+    }
+
+
+def _option_properties(spec: TaskSpec) -> dict[str, Any]:
+    """The body's per-job options: ``owner`` (services), ``timeout`` (at most the task's), ``labels``."""
+    timeout: dict[str, Any] = {
+        "type": ["number", "null"],
+        "exclusiveMinimum": 0,
+        "description": "seconds this job may run, instead of its task's timeout (at most that)",
+    }
+    if spec.options.timeout is not None:
+        timeout["maximum"] = spec.options.timeout
+    return {
+        "owner": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": 256,
+            "description": "create the job for this owner (callers with the service role only; 403 "
+            "otherwise); the job records the service in created_by",
+        },
+        "timeout": timeout,
+        "labels": {
+            "anyOf": [msgspec.json.schema(Labels), {"type": "null"}],
+            "description": "short key/value strings stored on the job (GET /jobs?label=key:value)",
         },
     }
 

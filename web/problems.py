@@ -30,7 +30,7 @@ from broker.errors import (
     UnknownTask,
 )
 from broker.models import Job, JobError, JobStatus
-from broker.validation import InvalidInput, InvalidSchedule
+from broker.validation import InvalidInput, InvalidOption, InvalidSchedule
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:jobstream:problem:"
@@ -107,7 +107,7 @@ _BODY_FIELDS = {"delay": "$.delay_seconds", "run_at": "$.run_at"}
 """``Jobstream.submit``'s parameter names, as the ``POST /jobs`` body's JSON paths."""
 
 
-def creation_refused(exc: InvalidInput | InvalidSchedule | MalformedInput) -> ProblemError:
+def creation_refused(exc: InvalidInput | InvalidSchedule | InvalidOption | MalformedInput) -> ProblemError:
     """The answer of ``POST /jobs`` when ``Jobstream`` refuses the job before writing it.
 
     The input is validated alone, so msgspec's path is re-rooted under ``$.input``.
@@ -116,6 +116,9 @@ def creation_refused(exc: InvalidInput | InvalidSchedule | MalformedInput) -> Pr
         return invalid_input(exc.error, under=".input")
     if isinstance(exc, InvalidSchedule):
         return invalid_schedule(str(exc), _BODY_FIELDS.get(exc.field, exc.field))
+    if isinstance(exc, InvalidOption):
+        errors = [FieldProblem(message=str(exc), field=exc.field, source="body")]
+        return ProblemError(problem(422, "invalid-option", str(exc), errors=errors))
     return malformed_json(exc)
 
 
@@ -171,7 +174,7 @@ _DOMAIN: dict[type[JobstreamError], tuple[int, str]] = {
 
 
 def _creation_problem(
-    request: Request[Any, Any, Any], exc: InvalidInput | InvalidSchedule | MalformedInput
+    request: Request[Any, Any, Any], exc: InvalidInput | InvalidSchedule | InvalidOption | MalformedInput
 ) -> Response[Problem]:
     return _http_problem(request, creation_refused(exc))
 
@@ -245,7 +248,7 @@ def job_ended(job: Job) -> ProblemError:
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_problem,
     JobstreamError: _domain_problem,
-    **dict.fromkeys((InvalidInput, InvalidSchedule, MalformedInput), _creation_problem),
+    **dict.fromkeys((InvalidInput, InvalidSchedule, InvalidOption, MalformedInput), _creation_problem),
     **dict.fromkeys(REDIS_UNAVAILABLE, _redis_unavailable),
     Exception: _internal_problem,
 }

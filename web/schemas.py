@@ -8,8 +8,10 @@ from typing import Annotated, Any
 import msgspec
 
 from broker.models import Job, JobStatus
+from broker.validation import Labels
 
 TaskName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+OwnerName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 class CreateJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -19,6 +21,9 @@ class CreateJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     input: msgspec.Raw = msgspec.Raw(b"{}")
     delay_seconds: Annotated[float, msgspec.Meta(ge=0)] | None = None
     run_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    owner: OwnerName | None = None  # a service creating the job for this owner (403 for others)
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None  # seconds, at most the task's
+    labels: Labels | None = None
 
 
 class JobPage(msgspec.Struct):

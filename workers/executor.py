@@ -234,7 +234,7 @@ class JobExecutor:
         if self.early_cancels.pop(started.job.id, None) is not None:
             ctx.request_cancel()
         try:
-            outcome = await self._call(spec, ctx, data, running)
+            outcome = await self._call(spec, ctx, data, running, spec.timeout_for(started.job.timeout))
         finally:
             del self.running[started.job.id]
             running.ctx = None  # ctx holds running's methods: unlinked, both go by refcount, not GC
@@ -242,15 +242,16 @@ class JobExecutor:
             outcome = ("cancelled", None)  # it saw ctx.cancelled and returned (or gave up) early
         return outcome
 
-    async def _call(self, spec: TaskSpec, ctx: JobContext, data: Any, running: Running) -> Outcome:
-        """Run the task's function under its timeout; say how it ended.
+    async def _call(
+        self, spec: TaskSpec, ctx: JobContext, data: Any, running: Running, timeout: float | None
+    ) -> Outcome:
+        """Run the task's function under ``timeout`` (the job's own, else its task's); say how it ended.
 
         The timeout interrupts the code as a cancel does (insisting, see ``Running``),
         rather than by ``asyncio.timeout``, whose one cancel a library may swallow.
         """
         if ctx.cancelled:
             return ("cancelled", None)
-        timeout = spec.options.timeout
         deadline = (
             None if timeout is None else asyncio.get_running_loop().call_later(timeout, running.time_out)
         )
@@ -293,7 +294,7 @@ class JobExecutor:
             if kind == "invalid" or spec is None:
                 await self._fail(started, delivery, spec, received, value)
             elif kind == "timeout":
-                error = JobError("Timeout", f"ran longer than {spec.options.timeout} s")
+                error = JobError("Timeout", f"ran longer than {spec.timeout_for(started.job.timeout)} s")
                 await self._fail_or_retry(spec, started, delivery, received, error)
             elif kind == "cancelled":
                 await self._end_cancelled(started, delivery, spec, received)

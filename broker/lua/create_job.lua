@@ -9,7 +9,9 @@
 --       max_active (active-job quota; none when absent), idempotency_ttl (s; no key when
 --       absent), run_at (epoch ms; now when absent), delay_ms (from now by the server
 --       clock; used instead of run_at when given), replace_idempotency (true: replace a
---       dangling idempotency key)
+--       dangling idempotency key), timeout (the job's own, seconds as text), labels (JSON
+--       object text), created_by (the service that created it for its owner),
+--       keep_until_fetched (true: its record goes once its result is fetched)
 -- Returns: {OK, flat record} | {DUPLICATE, existing id} | {QUOTA}
 --   A job that already exists under ARGV[2] answers {DUPLICATE, ARGV[2]}: a create re-sent
 --   after a lost reply finds its own job, and the caller takes it as created.
@@ -44,6 +46,12 @@ local changes = {
 }
 if run_at > now then
   changes.run_at = tostring(run_at)
+end
+changes.timeout = opts.timeout
+changes.labels = opts.labels
+changes.created_by = opts.created_by
+if opts.keep_until_fetched then
+  changes.keep_until_fetched = '1'
 end
 local flat = js_commit(job, changes, ttl, now, ARGV[1])
 local seq = now_us

@@ -8,6 +8,7 @@ every route (the caller's scope is the ``owner``); an admin's scope is everyone'
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import msgspec
@@ -18,6 +19,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 
 from broker.models import Job, JobStatus
 from broker.settings import Settings
+from broker.validation import LABEL_FILTER_PATTERN
 from web.answers import JsonAnswer, json_answers
 from web.auth import User
 from web.live.stream_tokens import CreatedJob, StreamTokens, job_scope
@@ -46,8 +48,16 @@ WaitSeconds = Annotated[
         "seconds (capped by the server)",
     ),
 ]
+LabelFilter = Annotated[
+    list[Annotated[str, msgspec.Meta(pattern=LABEL_FILTER_PATTERN)]] | None,
+    QueryParameter(
+        description="key:value; only jobs with this label (repeat it: jobs with every one of them)",
+        schema_extra={"items": {"type": "string", "pattern": LABEL_FILTER_PATTERN}},
+    ),
+]
 Jobs = NamedDependency[JobRoutesContext]
 UserRequest = Request[User, Any, Any]
+log = logging.getLogger("jobstream.web")
 
 
 def job_headers(job: Job, settings: Settings) -> dict[str, str]:
@@ -69,18 +79,54 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 def creation_body(job: Job, tokens: StreamTokens | None, caller: User) -> CreatedJob:
     """What ``POST /jobs`` answers: the job, and a ``stream_token`` that opens its event stream
-    (none without ``tokens``: in no-auth mode a stream needs no token)."""
-    token = tokens.mint(caller.id, admin=caller.admin, scope=job_scope(job.id))[0] if tokens else None
+    (none without ``tokens``: in no-auth mode a stream needs no token).
+
+    The token is the job owner's: a service that created the job for a user hands it to
+    that user's browser, and it opens that job's stream and nothing of the service's.
+    """
+    if tokens is None:
+        token = None
+    elif job.owner == caller.id:
+        token = tokens.mint(caller.id, admin=caller.admin, scope=job_scope(job.id))[0]
+    else:
+        token = tokens.mint(job.owner, admin=False, scope=job_scope(job.id))[0]
     return CreatedJob(**msgspec.structs.asdict(job), stream_token=token)
 
 
-def listing_owner(caller: User, owner: str | None) -> str:
-    """Whose jobs ``GET /jobs`` lists: the caller's, or (admins only) the one asked for."""
+def creation_owner(caller: User, owner: str | None) -> str:
+    """Whose job ``POST /jobs`` creates: the caller's, or (services only) the ``owner`` asked for."""
     if owner is None or owner == caller.id:
         return caller.id
-    if caller.admin:
+    if caller.service:
         return owner
-    raise ProblemError(problem(403, "forbidden", "only an admin may list another owner's jobs"))
+    raise ProblemError(problem(403, "forbidden", "only a service may create a job for another owner"))
+
+
+def listing_owner(caller: User, owner: str | None) -> str:
+    """Whose jobs ``GET /jobs`` lists: the caller's, or (admins and services) the one asked for."""
+    if owner is None or owner == caller.id:
+        return caller.id
+    if caller.admin or caller.service:
+        return owner
+    raise ProblemError(problem(403, "forbidden", "only an admin or a service may list another owner's jobs"))
+
+
+def fetches(caller: User, job: Job) -> bool:
+    """Whether ``caller`` reading ``job`` counts as the fetch of its result (a keep-until-fetched
+    task's record then goes after a grace): the owner's read or a service's, never an
+    operator's look at someone else's job."""
+    return caller.service or job.owner == caller.id
+
+
+def label_filter(filters: list[str] | None) -> dict[str, str] | None:
+    """``?label=case:42&label=team:a`` as ``{"case": "42", "team": "a"}`` (every one must match);
+    None when one key is asked with two values, which no job can match."""
+    wanted: dict[str, str] = {}
+    for item in filters or ():
+        key, _, value = item.partition(":")
+        if wanted.setdefault(key, value) != value:
+            return None
+    return wanted
 
 
 class JobController(Controller):
@@ -97,7 +143,7 @@ class JobController(Controller):
             **json_answers(
                 CreatedJob, {202: "Accepted: the job, queued", 200: "the job this Idempotency-Key created"}
             ),
-            **problem_responses(400, 401, 404, 413, 422, 429, 503),
+            **problem_responses(400, 401, 403, 404, 413, 422, 429, 503),
         },
         summary="Create a job",
     )
@@ -107,19 +153,26 @@ class JobController(Controller):
         """Validate, then queue the job: 202 and ``Location``.
 
         A replayed ``Idempotency-Key`` (same owner) answers 200 with the job the key first
-        created; 422 when the new body asks for another type or input.
+        created; 422 when the new body asks for another type or input. A service may pass
+        ``owner``: the job is that owner's, and records the service in ``created_by``.
         """
         caller = request.user
         body = decode_body(await request.body())
+        owner = creation_owner(caller, body.owner)
         submitted = await jobs.jobstream.submit_json(
             body.type,
             bytes(body.input),
-            owner=caller.id,
+            owner=owner,
             idempotency_key=idempotency_key,
             delay=body.delay_seconds,
             run_at=body.run_at,
+            timeout=body.timeout,
+            labels=body.labels,
+            created_by=caller.id,
         )
         job = submitted.job
+        if submitted.created and owner != caller.id:
+            log.info("job %s created for owner %s by service %s", job.id, owner, caller.id)
         headers = job_headers(job, jobs.settings)
         headers["Location"] = jobs.job_path + job.id
         answer = creation_body(job, jobs.creation_tokens, caller)
@@ -149,11 +202,13 @@ class JobController(Controller):
         for the next change and answers it at once; 304 if none came; 429 if the caller
         already holds ``max_streams_per_owner`` streams and long polls.
         """
-        settings, scope = jobs.settings, request.user.scope
-        job = await jobs.jobstream.get(job_id, scope)
+        settings, caller = jobs.settings, request.user
+        job = await jobs.jobstream.get(job_id, caller.scope, fetch=False)
         if wait and not job.terminal and etag_matches(if_none_match, job.etag):
             seconds = min(wait, settings.long_poll_max_seconds)
-            job = await jobs.streams.wait_for_newer(job, seconds, request.user)
+            job = await jobs.streams.wait_for_newer(job, seconds, caller)
+        if fetches(caller, job):
+            job = await jobs.jobstream.mark_fetched(job)
         headers = job_headers(job, settings)
         if etag_matches(if_none_match, job.etag):
             return JsonAnswer.not_modified(headers)
@@ -168,11 +223,18 @@ class JobController(Controller):
         task_type: Annotated[str | None, QueryParameter(name="type", max_length=200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,17}\.[0-9a-f-]{36}$")] = None,
-        owner: Annotated[str | None, QueryParameter(description="another owner's jobs (admins only)")] = None,
+        owner: Annotated[
+            str | None, QueryParameter(description="another owner's jobs (admins and services only)")
+        ] = None,
+        label: LabelFilter = None,
     ) -> Response[JobPage]:
-        """The owner's jobs, newest first, filtered by ``status`` and ``type``."""
+        """The owner's jobs, newest first, filtered by ``status``, ``type`` and ``label``."""
+        whose = listing_owner(request.user, owner)
+        labels = label_filter(label)
+        if labels is None:
+            return Response(JobPage([], None), headers={"Cache-Control": "no-cache"})
         page = await jobs.jobstream.list(
-            listing_owner(request.user, owner), status=status, task=task_type, limit=limit, cursor=cursor
+            whose, status=status, task=task_type, labels=labels, limit=limit, cursor=cursor
         )
         return Response(JobPage(page.jobs, page.cursor), headers={"Cache-Control": "no-cache"})
 
@@ -188,8 +250,10 @@ class JobController(Controller):
         self, request: UserRequest, job_id: FromPath[str], jobs: Jobs
     ) -> Response[JobResult]:
         """200 with the result on SUCCESS; 202 while active; 409 with the error on FAILURE or CANCELLED."""
-        settings = jobs.settings
-        job = await jobs.jobstream.get(job_id, request.user.scope)
+        settings, caller = jobs.settings, request.user
+        job = await jobs.jobstream.get(job_id, caller.scope, fetch=False)
+        if fetches(caller, job):
+            job = await jobs.jobstream.mark_fetched(job)
         if job.status is JobStatus.SUCCESS:
             return Response(JobResult(job.id, job.status, job.result), headers={"Cache-Control": "no-cache"})
         if job.terminal:
