@@ -8,6 +8,7 @@ from broker.errors import (
     JobNotFound,
     JobstreamError,
     QuotaExceeded,
+    TaskError,
     UnknownTask,
 )
 from broker.models import Job, JobError, JobStatus
@@ -31,6 +32,7 @@ __all__ = [
     "MalformedInput",
     "QuotaExceeded",
     "Submitted",
+    "TaskError",
     "UnknownTask",
     "task",
 ]
