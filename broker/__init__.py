@@ -9,6 +9,7 @@ from broker.errors import (
     JobNotFound,
     JobstreamError,
     QuotaExceeded,
+    TaskError,
     UnknownTask,
 )
 from broker.models import Job, JobError, JobStatus
@@ -38,6 +39,7 @@ __all__ = [
     "QuotaExceeded",
     "Submitted",
     "Task",
+    "TaskError",
     "UnknownTask",
     "close_default_jobstream",
     "default_jobstream",

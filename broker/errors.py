@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
+from typing import Any
 
 
 class ScriptCode(IntEnum):
@@ -49,6 +51,25 @@ class IdempotencyConflict(JobstreamError):
 
 class UnknownTask(JobstreamError):
     """No task is registered under that name."""
+
+
+class TaskError(JobstreamError):
+    """Raised by a task's code to fail the attempt with a message and details of its own.
+
+    ``raise TaskError("PDF is encrypted", details={"page": 3})`` records ``error.type``
+    ``"TaskError"`` (a subclass's name instead, so ``class PdfEncrypted(TaskError)`` names
+    the failure), ``error.message``, and ``error.details``: the task's keys beside the
+    ``traceback`` the worker adds (a task's own ``traceback`` key is replaced). Values that
+    JSON cannot hold are stored as their ``repr``. ``retry=False`` fails the job at once,
+    for a failure that another attempt cannot fix; otherwise the task's retries apply as
+    to any other exception.
+    """
+
+    def __init__(self, message: str, *, details: Mapping[str, Any] | None = None, retry: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.retry = retry
 
 
 def raise_for_code(code: int, job_id: str, wanted: str, detail: bytes | str | None = None) -> None:

@@ -169,6 +169,20 @@ def _webhook(f: Mapping[str, Any]) -> WebhookState | None:
     )
 
 
+def without_traceback(job: Job) -> Job:
+    """``job`` without ``error.details.traceback``, for a caller who may not see tracebacks.
+
+    The same object when there is none to take out (no copy, so the encoded state of the
+    common job can be shared); otherwise a copy whose details keep the task's own keys
+    (``None`` if the traceback was all there was).
+    """
+    error = job.error
+    if error is None or not isinstance(error.details, dict) or "traceback" not in error.details:
+        return job
+    details = {key: value for key, value in error.details.items() if key != "traceback"}
+    return msgspec.structs.replace(job, error=msgspec.structs.replace(error, details=details or None))
+
+
 def pairs_to_fields(flat: list[bytes]) -> dict[bytes, bytes]:
     """Turn a flat ``[field, value, ...]`` reply (HGETALL in Lua) into a dict."""
     it = iter(flat)

@@ -26,9 +26,11 @@ SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 REDIS_URL_ENV = "JOBSTREAM_REDIS_URL"
 JWT_SECRET_ENV = "JOBSTREAM_JWT_SECRET"
 AUTH_ENV = "JOBSTREAM_AUTH"
+EXPOSE_TRACEBACKS_ENV = "JOBSTREAM_EXPOSE_TRACEBACKS"
 DEV_REDIS_PORT = 6390
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _POLL_SECONDS = 0.1
+
 
 def say(message: str) -> None:
     print(f"jobstream: {message}", file=sys.stderr, flush=True)
@@ -174,8 +176,10 @@ def dev_children(args: argparse.Namespace) -> list[ChildSpec]:
 
 
 def dev_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The children's environment: without a JWT secret, the no-auth single-user mode."""
+    """The children's environment: without a JWT secret, the no-auth single-user mode; failed
+    jobs show their tracebacks to their owners (unless ``JOBSTREAM_EXPOSE_TRACEBACKS`` says no)."""
     env = dict(environ)
+    env.setdefault(EXPOSE_TRACEBACKS_ENV, "true")
     if not env.get(JWT_SECRET_ENV):
         env.setdefault(AUTH_ENV, "none")
     return env
@@ -235,5 +239,3 @@ def run_redis(args: argparse.Namespace) -> int:
         print(server.url, flush=True)
         say(f"redis-server pid {server.pid}, data in {server.data_dir}, log {server.log_path}")
         return supervise([Watched("redis", server.pid, server.poll)], stop)
-
-

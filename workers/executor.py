@@ -25,6 +25,7 @@ from broker.errors import IllegalTransition, JobNotFound, JobstreamError, StaleA
 from broker.models import JobError, JobStatus
 from broker.registry import JobContext, TaskOptions, TaskRegistry, TaskSpec
 from broker.store import Delivery, JobStore, Started
+from workers.failures import failure_of, log_failed_attempt, retryable
 
 log = logging.getLogger("jobstream.worker")
 _encode = msgspec.json.Encoder().encode
@@ -299,7 +300,7 @@ class JobExecutor:
             elif kind == "cancelled":
                 await self._end_cancelled(started, delivery, spec, received)
             elif kind == "error":
-                await self._fail_or_retry(spec, started, delivery, received, _error_of(value))
+                await self._fail_or_retry(spec, started, delivery, received, failure_of(value), value)
             else:
                 await self._succeed(spec, started, delivery, received, value)
         except StaleAttempt:
@@ -347,10 +348,17 @@ class JobExecutor:
         )
 
     async def _fail_or_retry(
-        self, spec: TaskSpec, started: Started, delivery: Delivery, received: float, error: JobError
+        self,
+        spec: TaskSpec,
+        started: Started,
+        delivery: Delivery,
+        received: float,
+        error: JobError,
+        exc: BaseException | None = None,
     ) -> None:
-        if started.attempt <= spec.options.retries:
+        if started.attempt <= spec.options.retries and retryable(exc):
             delay = retry_delay(spec.options, started.attempt)  # run_at: Redis TIME + delay, in the script
+            log_failed_attempt(started, spec, error, exc, delay)
             await self._persist(
                 started.job.id,
                 "schedule its retry",
@@ -359,11 +367,18 @@ class JobExecutor:
             )
             self.counters.retried += 1
             return
-        await self._fail(started, delivery, spec, received, error)
+        await self._fail(started, delivery, spec, received, error, exc)
 
     async def _fail(
-        self, started: Started, delivery: Delivery, spec: TaskSpec | None, received: float, error: JobError
+        self,
+        started: Started,
+        delivery: Delivery,
+        spec: TaskSpec | None,
+        received: float,
+        error: JobError,
+        exc: BaseException | None = None,
     ) -> None:
+        log_failed_attempt(started, spec, error, exc)
         await self._end(
             started, spec, received, JobStatus.FAILURE, lambda r: self.store.fail(started, delivery, error, r)
         )
@@ -382,9 +397,3 @@ def retry_delay(options: TaskOptions, attempt: int, jitter: float | None = None)
     exponent = min(max(attempt - 1, 0), _MAX_BACKOFF_EXPONENT)
     delay = min(options.backoff_max, options.backoff * 2.0**exponent)
     return delay * (random.uniform(0.5, 1.0) if jitter is None else jitter)  # noqa: S311 - jitter, not crypto
-
-
-def _error_of(exc: BaseException) -> JobError:
-    if isinstance(exc, JobstreamError):
-        return JobError(type(exc).__name__, str(exc))
-    return JobError(type(exc).__name__, str(exc) or repr(exc))

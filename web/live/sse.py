@@ -27,7 +27,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 
 from broker.errors import JobNotFound
-from broker.models import Job
+from broker.models import Job, job_encoder, without_traceback
 from broker.settings import Settings
 from broker.store import JobStore
 from hub.event_hub import EventHub, EventsUnavailable, FeedClosed, HubStats, JobFeed, OwnerFeed
@@ -52,6 +52,7 @@ from web.live.streams import (
 )
 from web.openapi import problem_responses
 from web.problems import REDIS_RETRY_AFTER_SECONDS, ProblemError, problem
+from web.tracebacks import sees_tracebacks
 
 F = TypeVar("F", JobFeed, OwnerFeed)
 
@@ -91,6 +92,7 @@ class EventStreams:
 
     def __init__(self, hub: EventHub, settings: Settings) -> None:
         self.hub = hub
+        self.settings = settings
         self._keepalive = settings.sse_keepalive_seconds
         self.retry = f"retry: {settings.sse_retry_ms}\n\n".encode()
         self.slots = OwnerSlots(settings.max_streams_per_owner)
@@ -176,12 +178,12 @@ class EventStreams:
                 self.slots.give_back(holder)
                 return Response(None, status_code=204, headers={"Cache-Control": "no-cache"})
             first = None
-        return EventStream(JobStream(self, feed, first, holder))
+        return EventStream(JobStream(self, feed, first, holder, not sees_tracebacks(caller, self.settings)))
 
-    async def owner_stream(self, owner: str) -> Response[Any]:
-        """Subscribe to the owner's channel, read the newest jobs, then stream their changes
-        (429 if the owner holds too many streams already)."""
-        holder = owner
+    async def owner_stream(self, caller: User) -> Response[Any]:
+        """Subscribe to the caller's channel, read the newest jobs, then stream their changes
+        (429 if the caller holds too many streams already)."""
+        holder = owner = caller.id
         self.slots.take(holder)
         try:
             feed = await _opened(self.hub.open_owner(owner))
@@ -194,7 +196,7 @@ class EventStreams:
             feed.close()
             self.slots.give_back(holder)
             raise
-        return EventStream(OwnerStream(self, feed, jobs, holder))
+        return EventStream(OwnerStream(self, feed, jobs, holder, not sees_tracebacks(caller, self.settings)))
 
     async def wait_for_newer(self, job: Job, seconds: float, caller: User) -> Job:
         """Long polling: the job once it moves past ``job.version``, else ``job`` after ``seconds``.
@@ -214,14 +216,22 @@ class EventStreams:
 
     # -- frames ----------------------------------------------------------------------------
 
-    def frame(self, job: Job, *, with_id: bool = True) -> bytes:
-        """One ``event: job`` (the JSON is encoded once per state, whoever receives it)."""
-        head = b"id: %d\nevent: job\ndata: " % job.version if with_id else b"event: job\ndata: "
-        return head + self.hub.json(job) + b"\n\n"
+    def frame(self, job: Job, *, with_id: bool = True, hide_tracebacks: bool = False) -> bytes:
+        """One ``event: job`` (the JSON is encoded once per state, whoever receives it).
 
-    def snapshot_frames(self, jobs: list[Job]) -> bytes:
+        With ``hide_tracebacks``, a state carrying a traceback is encoded without it for this
+        client alone: the hub's cache holds whole states only (keyed by id and version).
+        """
+        head = b"id: %d\nevent: job\ndata: " % job.version if with_id else b"event: job\ndata: "
+        shown = without_traceback(job) if hide_tracebacks and job.error is not None else job
+        body = self.hub.json(job) if shown is job else job_encoder.encode(shown)
+        return head + body + b"\n\n"
+
+    def snapshot_frames(self, jobs: list[Job], *, hide_tracebacks: bool = False) -> bytes:
         """Oldest first, so a client that appends shows the newest last."""
-        return b"".join(self.frame(job, with_id=False) for job in reversed(jobs))
+        return b"".join(
+            self.frame(job, with_id=False, hide_tracebacks=hide_tracebacks) for job in reversed(jobs)
+        )
 
 
 async def _opened(opening: Awaitable[F]) -> F:
@@ -287,7 +297,7 @@ async def job_events(
 async def owner_events(streams: Streams, caller: Caller, token: QueryToken = None) -> Response[Any]:
     """The caller's newest jobs, then every change of any of the caller's jobs (no ``id:``
     lines: a reconnect gets a fresh snapshot); the snapshot is sent again after a resync."""
-    return await streams.owner_stream(caller.id)
+    return await streams.owner_stream(caller)
 
 
 @post(

@@ -50,10 +50,10 @@ class Frames(Protocol):
 
     retry: bytes
 
-    def frame(self, job: Job, *, with_id: bool = True) -> bytes:
+    def frame(self, job: Job, *, with_id: bool = True, hide_tracebacks: bool = False) -> bytes:
         """One ``event: job``."""
 
-    def snapshot_frames(self, jobs: list[Job]) -> bytes:
+    def snapshot_frames(self, jobs: list[Job], *, hide_tracebacks: bool = False) -> bytes:
         """Several jobs' events, oldest first."""
 
     def opened(self, stream: Stream) -> None:
@@ -121,12 +121,21 @@ class Stream(ABC):
 
     ``sent`` tells the keepalive tick whether it wrote since the last tick; the tick calls
     :meth:`nudge` on a quiet one, which then sends ``: keepalive`` from its own task.
+    ``hide_tracebacks``: its caller may not see tracebacks (see :mod:`web.tracebacks`).
     """
 
-    __slots__ = ("feed", "frames", "holder", "keepalive_due", "kind", "sent")
+    __slots__ = ("feed", "frames", "hide_tracebacks", "holder", "keepalive_due", "kind", "sent")
 
-    def __init__(self, frames: Frames, kind: StreamKind, feed: JobFeed | OwnerFeed, holder: str) -> None:
+    def __init__(
+        self,
+        frames: Frames,
+        kind: StreamKind,
+        feed: JobFeed | OwnerFeed,
+        holder: str,
+        hide_tracebacks: bool = False,
+    ) -> None:
         self.frames = frames
+        self.hide_tracebacks = hide_tracebacks
         self.kind = kind
         self.feed = feed
         self.holder: str | None = holder  # whose stream-cap slot this holds; None once given back
@@ -187,18 +196,21 @@ class JobStream(Stream):
 
     __slots__ = ("first",)
 
-    def __init__(self, frames: Frames, feed: JobFeed, first: Job | None, holder: str) -> None:
-        super().__init__(frames, "job", feed, holder)
+    def __init__(
+        self, frames: Frames, feed: JobFeed, first: Job | None, holder: str, hide_tracebacks: bool = False
+    ) -> None:
+        super().__init__(frames, "job", feed, holder, hide_tracebacks)
         self.first = first
 
     async def opening(self, send: Send) -> bool:
         first, self.first = self.first, None
-        await send(_body(self.frames.retry + (self.frames.frame(first) if first is not None else b"")))
+        frame = b"" if first is None else self.frames.frame(first, hide_tracebacks=self.hide_tracebacks)
+        await send(_body(self.frames.retry + frame))
         return first is None or not first.terminal
 
     async def forward(self, send: Send, item: Job | Resync) -> None:
         if isinstance(item, Job):  # a job feed never resyncs
-            await send(_body(self.frames.frame(item)))
+            await send(_body(self.frames.frame(item, hide_tracebacks=self.hide_tracebacks)))
 
 
 class OwnerStream(Stream):
@@ -206,18 +218,22 @@ class OwnerStream(Stream):
 
     __slots__ = ("jobs",)
 
-    def __init__(self, frames: Frames, feed: OwnerFeed, jobs: list[Job], holder: str) -> None:
-        super().__init__(frames, "owner", feed, holder)
+    def __init__(
+        self, frames: Frames, feed: OwnerFeed, jobs: list[Job], holder: str, hide_tracebacks: bool = False
+    ) -> None:
+        super().__init__(frames, "owner", feed, holder, hide_tracebacks)
         self.jobs = jobs
 
     async def opening(self, send: Send) -> bool:
         jobs, self.jobs = self.jobs, []
-        await send(_body(self.frames.retry + self.frames.snapshot_frames(jobs)))
+        await send(
+            _body(self.frames.retry + self.frames.snapshot_frames(jobs, hide_tracebacks=self.hide_tracebacks))
+        )
         return True
 
     async def forward(self, send: Send, item: Job | Resync) -> None:
         if isinstance(item, Job):
-            await send(_body(self.frames.frame(item, with_id=False)))
+            await send(_body(self.frames.frame(item, with_id=False, hide_tracebacks=self.hide_tracebacks)))
             return
         assert isinstance(self.feed, OwnerFeed)
         try:
@@ -226,7 +242,7 @@ class OwnerStream(Stream):
             self.feed.close()  # Redis went away again: the client reconnects and starts afresh
             return
         if jobs:
-            await send(_body(self.frames.snapshot_frames(jobs)))
+            await send(_body(self.frames.snapshot_frames(jobs, hide_tracebacks=self.hide_tracebacks)))
 
 
 def _body(data: bytes) -> HTTPResponseBodyEvent:

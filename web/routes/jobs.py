@@ -28,6 +28,7 @@ from web.problems import ProblemError, job_ended, problem
 from web.resources import JobRoutesContext
 from web.routes.creation import decode_body
 from web.schemas import JobPage, JobResult
+from web.tracebacks import shown_to
 
 IdempotencyKey = Annotated[
     str | None,
@@ -175,7 +176,7 @@ class JobController(Controller):
             log.info("job %s created for owner %s by service %s", job.id, owner, caller.id)
         headers = job_headers(job, jobs.settings)
         headers["Location"] = jobs.job_path + job.id
-        answer = creation_body(job, jobs.creation_tokens, caller)
+        answer = creation_body(shown_to(job, caller, jobs.settings), jobs.creation_tokens, caller)
         return JsonAnswer(answer, headers, 202 if submitted.created else 200)
 
     @get(
@@ -212,7 +213,7 @@ class JobController(Controller):
         headers = job_headers(job, settings)
         if etag_matches(if_none_match, job.etag):
             return JsonAnswer.not_modified(headers)
-        return JsonAnswer(job, headers)
+        return JsonAnswer(shown_to(job, request.user, settings), headers)
 
     @get("/", responses=problem_responses(400, 401, 403, 503), summary="List jobs")
     async def list_jobs(
@@ -236,7 +237,8 @@ class JobController(Controller):
         page = await jobs.jobstream.list(
             whose, status=status, task=task_type, labels=labels, limit=limit, cursor=cursor
         )
-        return Response(JobPage(page.jobs, page.cursor), headers={"Cache-Control": "no-cache"})
+        shown = [shown_to(job, request.user, jobs.settings) for job in page.jobs]
+        return Response(JobPage(shown, page.cursor), headers={"Cache-Control": "no-cache"})
 
     @get(
         "/{job_id:str}/result",
@@ -257,7 +259,7 @@ class JobController(Controller):
         if job.status is JobStatus.SUCCESS:
             return Response(JobResult(job.id, job.status, job.result), headers={"Cache-Control": "no-cache"})
         if job.terminal:
-            raise job_ended(job)
+            raise job_ended(shown_to(job, request.user, settings))
         headers = {"Cache-Control": "no-cache", "Retry-After": str(settings.poll_retry_after_seconds)}
         return Response(JobResult(job.id, job.status, job.result), status_code=202, headers=headers)
 
@@ -270,4 +272,4 @@ class JobController(Controller):
     async def cancel_job(self, request: UserRequest, job_id: FromPath[str], jobs: Jobs) -> Response[Job]:
         """CANCELLED at once if PENDING; if PROCESSING, ``cancel_requested`` and its worker stops it."""
         job = await jobs.jobstream.cancel(job_id, request.user.scope)
-        return Response(job, headers=job_headers(job, jobs.settings))
+        return Response(shown_to(job, request.user, jobs.settings), headers=job_headers(job, jobs.settings))
