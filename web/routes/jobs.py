@@ -121,7 +121,7 @@ class JobController(Controller):
         )
         job = submitted.job
         headers = job_headers(job, jobs.settings)
-        headers["Location"] = jobs.job_path + job.id
+        headers["Location"] = request.scope.get("root_path", "") + jobs.job_path + job.id  # mount prefix
         answer = creation_body(job, jobs.creation_tokens, caller)
         return JsonAnswer(answer, headers, 202 if submitted.created else 200)
 
