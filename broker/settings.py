@@ -44,6 +44,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     stream_token_secret: str | None = None
+    # Where a bearer JWT keeps the caller's roles: a top-level claim, or a dotted path into
+    # nested objects (Keycloak: "realm_access.roles"; Cognito: "cognito:groups").
+    jwt_roles_claim: str = "roles"
     # A caller with this role may create jobs for another owner ("owner" in POST /jobs) and
     # read or cancel any owner's jobs; the job records it as created_by.
     service_role: str = "service"

@@ -3,6 +3,11 @@
 ``app`` is built on first access from the ``JOBSTREAM_*`` environment, so importing this
 module never fails; a misconfiguration (JWT auth without a secret) fails when the server
 loads ``app``, before it serves anything.
+
+Mounted in another ASGI app (``FastAPI().mount("/api", create_app())``, Starlette's
+``Mount``), the app works without its lifespan (see :mod:`web.resources`), and the URLs it
+hands out (``Location``, stream URLs, the stream cookie's path, the dashboard's base) carry
+the mount's prefix, which the host puts in the ASGI ``root_path``.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from litestar.enums import HttpMethod
 
 from broker.registry import load_task_modules
 from broker.settings import Settings, load_settings
-from web.auth import auth_hook
+from web.auth import Authenticate
+from web.auth_middleware import auth_hook
+from web.cors import cors_config
 from web.live.sse import ROUTES as SSE_ROUTES
+from web.live.stream_tokens import StreamTokens
 from web.log_redaction import install_log_redaction
 from web.openapi import RawJsonSchemaPlugin, finalize_openapi, openapi_config
 from web.problems import EXCEPTION_HANDLERS
-from web.resources import Opened, dependencies, lifespan, stream_tokens_for
+from web.resources import Resources, dependencies
 from web.routes.admin import ROUTES as ADMIN_ROUTES
 from web.routes.dashboard import ROUTES as DASHBOARD_ROUTES
 from web.routes.health import healthz, readyz
@@ -46,8 +54,14 @@ def jobs_options(request: Request[Any, Any, Any]) -> Response[None]:
     return Response(None, status_code=204, headers={"Allow": ", ".join(sorted(methods))})
 
 
-def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Litestar:
+def create_app(
+    settings: Settings | None = None, *, path_prefix: str = "", authenticate: Authenticate | None = None
+) -> Litestar:
     """Build the app; every route (docs and health included) lives under ``path_prefix``.
+
+    ``authenticate``: the host app's own way of knowing the caller, a function (sync or
+    async) from the connection to a :class:`web.User` or None (401); it replaces the bearer
+    JWT check (see :class:`web.auth_middleware.HookAuthMiddleware`).
 
     Loads the task modules named by ``settings.task_modules`` so the app can validate
     inputs and list task types; it never runs tasks. Puts the token-redacting filter on the
@@ -58,8 +72,9 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
     prefix = normalize_prefix(path_prefix)
     load_task_modules(settings.task_modules)
     install_log_redaction()
-    tokens = stream_tokens_for(settings)
-    opened = Opened()
+    checks_credentials = authenticate is not None or settings.auth == "jwt"
+    tokens = StreamTokens.for_settings(settings, credentials_checked=checks_credentials)
+    resources = Resources(settings, tokens if checks_credentials else None)
     docs_path = f"{prefix}/schema"
     api = Router(
         path=prefix or "/",
@@ -74,17 +89,21 @@ def create_app(settings: Settings | None = None, *, path_prefix: str = "") -> Li
             *DASHBOARD_ROUTES,
         ],
     )
+    exclude = [f"^{re.escape(docs_path)}(/|$)"]
     app = Litestar(
         route_handlers=[api],
-        dependencies=dependencies(settings, tokens, opened),
-        lifespan=[lifespan(settings, tokens, opened)],
+        dependencies=dependencies(resources, tokens),
+        lifespan=[resources.lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
-        on_app_init=[auth_hook(settings, exclude=[f"^{re.escape(docs_path)}(/|$)"])],
+        on_app_init=[auth_hook(settings, exclude, tokens, authenticate)],
         openapi_config=openapi_config(docs_path),
         plugins=[RawJsonSchemaPlugin()],
+        cors_config=cors_config(settings),
         request_max_body_size=settings.max_body_bytes,
     )
-    finalize_openapi(app, settings)
+    resources.app = app
+    app.state.resources = resources
+    finalize_openapi(app, settings, custom_auth=authenticate is not None)
     return app
 
 

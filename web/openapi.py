@@ -304,13 +304,15 @@ def _document_retry_after(operation: Operation) -> None:
             response.headers = {**(response.headers or {}), "Retry-After": _RETRY_AFTER}
 
 
-def finalize_openapi(app: Litestar, settings: Settings) -> None:
+def finalize_openapi(app: Litestar, settings: Settings, *, custom_auth: bool = False) -> None:
     """Complete the app's OpenAPI document (built here, once, before anyone reads it).
 
     In JWT mode each operation names what opens it: ``security: []`` for the public
     routes, the bearer JWT, or also a stream token or cookie (SSE), or the metrics token.
-    In no-auth mode no operation needs a credential, and none is named.
+    In no-auth mode, and with ``create_app(authenticate=...)`` (``custom_auth``: the host's
+    credentials, which this document cannot name), no operation names a credential.
     """
+    bearer = settings.auth == "jwt" and not custom_auth
     document = app.openapi_schema
     body, inputs = create_job_body(settings)
     document.components.schemas.update({name: JsonSchema(raw=schema) for name, schema in inputs.items()})
@@ -320,8 +322,8 @@ def finalize_openapi(app: Litestar, settings: Settings) -> None:
         if isinstance(operation, CreateJobOperation):
             content = {"application/json": OpenAPIMediaType(schema=JsonSchema(raw=body))}
             operation.request_body = RequestBody(content=content, required=True)
-        operation.security = route_security(handler, settings) if settings.auth == "jwt" else None
-    if settings.auth == "jwt":
+        operation.security = route_security(handler, settings) if bearer else None
+    if bearer:
         schemes = document.components.security_schemes or {}
         schemes.update(_STREAM_SCHEMES)
         if settings.metrics_token:

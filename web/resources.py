@@ -1,5 +1,12 @@
 """The app's resources (one Redis client, one ``Jobstream`` on its ``JobStore``, one ``EventHub``),
-opened in the lifespan.
+opened in the lifespan, or by the first request that needs them when no lifespan ran.
+
+Starlette and FastAPI never run a mounted app's lifespan, so ``FastAPI().mount("/api",
+create_app())`` reaches the routes with nothing open: the first request that needs Redis
+then opens everything, once, under a lock (:meth:`Resources.on_first_use`), and
+:func:`close_resources` closes it at the host's shutdown. A host can instead run the app's
+lifespan inside its own (``async with api.lifespan(): yield``: Litestar's public context
+manager), which opens everything at start-up, as a standalone server does.
 
 Routes receive them as dependencies (``redis``, ``store``, ``hub``, ``streams``,
 ``stream_tokens``, ``settings``, ``caller``), never from globals, so a test can build as
@@ -8,9 +15,10 @@ many apps as it likes.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,23 +79,6 @@ class JobRoutesContext:
     """``GET /jobs/{id}``'s path up to the id (the ``Location`` of a created job)."""
 
 
-class Opened:
-    """What the lifespan opened that a parameterless provider hands out (one per app).
-
-    A provider with parameters (``state``) costs a signature-model pass on every request;
-    ``jobs`` is on the hot routes, so its provider reads it from here instead.
-    """
-
-    jobs: JobRoutesContext | None = None
-
-
-def stream_tokens_for(settings: Settings) -> StreamTokens:
-    """The stream-token minter of an app built from ``settings`` (one per app)."""
-    return StreamTokens.for_settings(
-        settings.jwt_secret, settings.jwt_algorithm, settings.stream_token_ttl_seconds
-    )
-
-
 SUBSCRIBE_TIMEOUT_SECONDS = REDIS_COMMAND_TIMEOUT_SECONDS
 """How long a new stream waits for Redis to confirm its SUBSCRIBE while the hub is connected
 (a hung Redis); while the hub is disconnected it answers 503 within half a second."""
@@ -115,18 +106,33 @@ def redis_pool(url: str) -> BlockingConnectionPool:
     )
 
 
-def lifespan(
-    settings: Settings, tokens: StreamTokens, opened: Opened
-) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Open Redis, the ``Jobstream`` (creating every queue's group) and the event hub; close at shutdown.
+class Resources:
+    """What the lifespan (or the first request) opened, for the providers to hand out (one per app).
 
-    The hub is stopped as soon as the server gets SIGTERM/SIGINT, not only at the lifespan's
-    end: that ends the open SSE streams and long polls, which the server waits for before
-    it runs the lifespan shutdown at all.
+    A provider with parameters (``state``) costs a signature-model pass on every request;
+    ``jobs`` is on the hot routes, so its provider reads it from here instead: once open,
+    the lazy path costs it an ``is None`` test.
     """
 
+    def __init__(self, settings: Settings, creation_tokens: StreamTokens | None) -> None:
+        self.settings = settings
+        self.creation_tokens = creation_tokens
+        """Mints the stream token of each created job; None where streams need none (no auth)."""
+        self.jobs: JobRoutesContext | None = None
+        self.app: Litestar | None = None
+        """The app, for :meth:`on_first_use` (set by ``create_app``)."""
+        self._lock = asyncio.Lock()
+        self._opened_on_first_use: AsyncExitStack | None = None
+
     @asynccontextmanager
-    async def open_resources(app: Litestar) -> AsyncIterator[None]:
+    async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
+        """Open Redis, the ``Jobstream`` (creating every queue's group) and the event hub; close at the end.
+
+        The hub is stopped as soon as the server gets SIGTERM/SIGINT, not only at the lifespan's
+        end: that ends the open SSE streams and long polls, which the server waits for before
+        it runs the lifespan shutdown at all.
+        """
+        settings = self.settings
         redis = Redis.from_pool(redis_pool(settings.redis_url))
         try:
             store = JobStore(redis, settings)
@@ -145,43 +151,45 @@ def lifespan(
             app.state.store = store
             app.state.hub = hub
             app.state.streams = streams
-            creation_tokens = tokens if settings.auth == "jwt" else None
             job_path = app.route_reverse("get_job", job_id="_").removesuffix("_")
-            opened.jobs = JobRoutesContext(jobstream, streams, settings, creation_tokens, job_path)
+            self.jobs = JobRoutesContext(jobstream, streams, settings, self.creation_tokens, job_path)
             try:
                 with on_exit_signal(streams.drain):
                     yield
             finally:
-                opened.jobs = None
+                self.jobs = None
                 await streams.close()
         finally:
             await redis.aclose()
 
-    return open_resources
+    async def on_first_use(self) -> JobRoutesContext:
+        """Open the resources when no lifespan did (a mounted app): once, however many requests ask.
+
+        A failure (Redis unreachable) is the asking request's error (a 503); the next request
+        tries again.
+        """
+        async with self._lock:
+            if self.jobs is None:
+                assert self.app is not None, "create_app sets the app"
+                stack = AsyncExitStack()
+                await stack.enter_async_context(self.lifespan(self.app))
+                self._opened_on_first_use = stack
+        assert self.jobs is not None
+        return self.jobs
+
+    async def close(self) -> None:
+        """Close what :meth:`on_first_use` opened (what a lifespan opened, it closes itself)."""
+        async with self._lock:
+            stack, self._opened_on_first_use = self._opened_on_first_use, None
+            if stack is not None:
+                await stack.aclose()
 
 
-def provide_redis(state: State) -> Redis:
-    """The app's Redis client."""
-    redis: Redis = state.redis
-    return redis
-
-
-def provide_store(state: State) -> JobStore:
-    """The app's job store."""
-    store: JobStore = state.store
-    return store
-
-
-def provide_hub(state: State) -> EventHub:
-    """The app's event hub (its one pub/sub connection)."""
-    hub: EventHub = state.hub
-    return hub
-
-
-def provide_streams(state: State) -> EventStreams:
-    """The app's SSE streams."""
-    streams: EventStreams = state.streams
-    return streams
+async def close_resources(app: Litestar) -> None:
+    """Close what an app opened on first use (mounted without its lifespan): call it at the
+    host's shutdown. Harmless when the lifespan ran, or nothing was opened."""
+    resources: Resources = app.state.resources
+    await resources.close()
 
 
 def provide_caller(request: Request[User, Any, Any]) -> User:
@@ -189,27 +197,37 @@ def provide_caller(request: Request[User, Any, Any]) -> User:
     return request.user
 
 
-def dependencies(settings: Settings, tokens: StreamTokens, opened: Opened) -> dict[str, Provide]:
-    """The app-level dependencies every route may ask for by name."""
+def dependencies(resources: Resources, tokens: StreamTokens) -> dict[str, Provide]:
+    """The app-level dependencies every route may ask for by name.
+
+    Each one that needs Redis opens the resources on first use when no lifespan has.
+    """
+    settings = resources.settings
 
     def provide_settings() -> Settings:
         return settings
 
-    def provide_jobs() -> JobRoutesContext:
-        if opened.jobs is None:
-            raise RuntimeError("the app's resources are not open (outside its lifespan)")
-        return opened.jobs
+    async def provide_jobs() -> JobRoutesContext:
+        jobs = resources.jobs
+        return jobs if jobs is not None else await resources.on_first_use()
 
     def provide_stream_tokens() -> StreamTokens:
         return tokens
 
+    def from_state(name: str) -> Provide:
+        """``app.state.<name>`` (``redis``, ``store``, ``hub``, ``streams``), opened on first use."""
+
+        async def provide(state: State) -> Any:
+            if resources.jobs is None:
+                await resources.on_first_use()
+            return getattr(state, name)
+
+        return Provide(provide)
+
     return {
         "settings": Provide(provide_settings, use_cache=True, sync_to_thread=False),
-        "redis": Provide(provide_redis, sync_to_thread=False),
-        "store": Provide(provide_store, sync_to_thread=False),
-        "hub": Provide(provide_hub, sync_to_thread=False),
-        "streams": Provide(provide_streams, sync_to_thread=False),
+        **{name: from_state(name) for name in ("redis", "store", "hub", "streams")},
         "stream_tokens": Provide(provide_stream_tokens, use_cache=True, sync_to_thread=False),
         "caller": Provide(provide_caller, sync_to_thread=False),
-        "jobs": Provide(provide_jobs, sync_to_thread=False),
+        "jobs": Provide(provide_jobs),
     }

@@ -90,9 +90,14 @@ class WebServer:
         log: Path | None = None,
         log_level: str = "warning",
         restartable: bool = False,
+        app: tuple[str, ...] = ("web.app:app",),
+        health_path: str = "/healthz",
     ) -> None:
         self.redis_url, self.prefix, self.env, self.log = redis_url, prefix, dict(env or {}), log
         self.log_level, self.restartable = log_level, restartable
+        self.app, self.health_path = app, health_path
+        """``app``: uvicorn's app arguments (``("--factory", "pkg.mod:make")`` for a factory);
+        ``health_path``: what answers 200 once the app is up (under a mount's prefix)."""
         self.listener = listening_socket()
         self.port = int(self.listener.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -103,7 +108,7 @@ class WebServer:
         assert fd >= 0, "the socket was let go after the first start: pass restartable=True"
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "web.app:app", "--fd", str(fd), "--log-level", self.log_level],
+            [sys.executable, "-m", "uvicorn", *self.app, "--fd", str(fd), "--log-level", self.log_level],
             cwd=ROOT,
             env=env_for(self.redis_url, self.prefix, self.env),
             stdout=out,
@@ -136,7 +141,7 @@ class WebServer:
         if self.proc.poll() is not None:
             raise AssertionError(f"the web process exited with {self.proc.returncode}: {self.tail()}")
         try:
-            answered = httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
+            answered = httpx.get(f"{self.url}{self.health_path}", timeout=1.0).status_code == 200
         except httpx.HTTPError:
             return False
         return answered and holds_socket(self.proc.pid, self.listener)

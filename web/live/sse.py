@@ -317,7 +317,8 @@ async def job_stream_token(
     """A short-lived token for ``GET /jobs/{id}/events?token=`` and the URL that uses it."""
     await store.get(job_id, caller.scope)  # 404 unless the caller may see the job
     token, expires = stream_tokens.mint(caller.id, admin=caller.admin, scope=job_scope(job_id))
-    url = request.app.route_reverse("job_events", job_id=job_id) + "?token=" + token
+    root = request.scope.get("root_path", "")  # the prefix of a mount (FastAPI, Starlette)
+    url = root + request.app.route_reverse("job_events", job_id=job_id) + "?token=" + token
     return Response(StreamGrant(token, expires, url), headers={"Cache-Control": "no-store"})
 
 
@@ -335,7 +336,7 @@ async def owner_stream_token(
     streams. Also set as an HttpOnly, SameSite=Strict cookie, so a same-origin EventSource
     needs no token in its URL; call again before ``expires_at`` to keep the cookie fresh."""
     token, expires = stream_tokens.mint(caller.id, admin=caller.admin, scope=OWNER_SCOPE)
-    feed = request.app.route_reverse("owner_events")
+    feed = request.scope.get("root_path", "") + request.app.route_reverse("owner_events")
     cookie = Cookie(
         key=STREAM_COOKIE,
         value=token,

@@ -2,7 +2,8 @@
 
 ``EventSource`` cannot set headers, and a long-lived bearer token in a URL leaks into proxy
 logs and browser history (RFC 9700). So the API mints, for a caller who already holds full
-credentials, a JWT signed with the same secret but with its own audience
+credentials, a JWT signed with the stream-token key (``JOBSTREAM_STREAM_TOKEN_SECRET``, else
+the bearer tokens' shared secret, see :meth:`StreamTokens.for_settings`) with its own audience
 (``aud = "jobstream:stream"``), a lifetime of ``stream_token_ttl_seconds`` and a scope:
 ``job:<id>`` opens that job's stream only, ``owner`` opens the caller's feed and any of the
 caller's job streams (the feed carries every one of those jobs anyway).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -29,6 +31,9 @@ import jwt
 import msgspec
 
 from broker.models import Job
+from broker.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 STREAM_AUDIENCE = "jobstream:stream"
 OWNER_SCOPE = "owner"
@@ -101,17 +106,18 @@ class StreamTokenError(Exception):
     """The stream token is malformed, expired, not a stream token, or signed with another key."""
 
 
-def check_signing_key(secret: str, algorithm: str) -> None:
-    """Raise ``ValueError`` unless ``secret`` is long enough to sign with ``algorithm`` (HMAC only)."""
+def check_signing_key(secret: str, algorithm: str, name: str = "JOBSTREAM_JWT_SECRET") -> None:
+    """Raise ``ValueError`` unless ``secret`` (the setting ``name``) is long enough to sign with
+    ``algorithm`` (HMAC only)."""
     need = HMAC_KEY_BYTES.get(algorithm)
     if need is None:
         raise ValueError(
-            f"JOBSTREAM_JWT_ALGORITHM={algorithm!r} is not supported: stream tokens are signed with the "
-            f"same shared secret, so it must be one of {', '.join(HMAC_KEY_BYTES)}"
+            f"JOBSTREAM_JWT_ALGORITHM={algorithm!r} is not supported: stream tokens are signed with a "
+            f"shared secret, so it must be one of {', '.join(HMAC_KEY_BYTES)}"
         )
     if len(secret.encode()) < need:
         raise ValueError(
-            f"JOBSTREAM_JWT_SECRET is {len(secret.encode())} bytes; {algorithm} needs at least {need} "
+            f"{name} is {len(secret.encode())} bytes; {algorithm} needs at least {need} "
             "(use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(64))'`)"
         )
 
@@ -162,9 +168,9 @@ def is_stream_token(audience: str | Sequence[str] | None) -> bool:
 class StreamTokens:
     """Mints and verifies stream tokens with one key.
 
-    ``secret`` is the bearer tokens' secret; in no-auth mode, which has none and checks no
-    credentials anyway, :meth:`for_settings` uses a random per-process key so that the
-    stream-token routes still answer in the usual shape (``POST /jobs`` mints none there).
+    The key is a shared secret of the web processes (see :meth:`for_settings`); in no-auth
+    mode, which checks no credentials, a random key keeps the stream-token routes answering
+    in the usual shape (``POST /jobs`` mints none there).
     """
 
     def __init__(self, secret: str, algorithm: str, ttl_seconds: int) -> None:
@@ -178,9 +184,28 @@ class StreamTokens:
         self._header = _b64url(header) + b"."
 
     @classmethod
-    def for_settings(cls, secret: str | None, algorithm: str, ttl_seconds: int) -> StreamTokens:
-        """The minter for an app: its JWT secret, or a random key when it has none (no-auth mode)."""
-        return cls(secret or secrets.token_urlsafe(64), algorithm, ttl_seconds)
+    def for_settings(cls, settings: Settings, *, credentials_checked: bool) -> StreamTokens:
+        """The minter of an app: its key is ``JOBSTREAM_STREAM_TOKEN_SECRET``, else the JWT secret,
+        else a random per-process key.
+
+        The random key is right for one process; behind a load balancer a token minted by one
+        web process would be refused by the next, so it is logged as a warning whenever the
+        app checks credentials (JWKS or ``authenticate=`` without a stream-token secret). In
+        no-auth mode no stream needs a token, and nothing is logged.
+        """
+        algorithm, ttl = settings.jwt_algorithm, settings.stream_token_ttl_seconds
+        if settings.stream_token_secret:
+            check_signing_key(settings.stream_token_secret, algorithm, "JOBSTREAM_STREAM_TOKEN_SECRET")
+            return cls(settings.stream_token_secret, algorithm, ttl)
+        if settings.jwt_secret:
+            return cls(settings.jwt_secret, algorithm, ttl)
+        if credentials_checked:
+            logger.warning(
+                "stream tokens are signed with a random key of this process: set "
+                "JOBSTREAM_STREAM_TOKEN_SECRET (32+ bytes, the same in every web process) when "
+                "more than one web process serves the API"
+            )
+        return cls(secrets.token_urlsafe(64), algorithm, ttl)
 
     def mint(self, sub: str, *, admin: bool, scope: str) -> tuple[str, datetime]:
         """A token for ``sub`` limited to ``scope``, and when it expires."""

@@ -42,7 +42,8 @@ def _page() -> str:
 @get("/", opt={EXCLUDE_KEY: True}, media_type=MediaType.HTML, include_in_schema=False, name="dashboard")
 async def dashboard(request: Request[Any, Any, Any]) -> Response[str]:
     """The live jobs dashboard (HTML; its data comes from the API, fetched by the browser)."""
-    root = request.app.route_reverse("dashboard").rstrip("/") + "/"
+    mount = request.scope.get("root_path", "")  # the prefix of a mount (FastAPI, Starlette)
+    root = mount + request.app.route_reverse("dashboard").rstrip("/") + "/"
     page = _page().replace("<head>", f'<head>\n<base href="{escape(root)}">', 1)
     return Response(page, media_type=MediaType.HTML, headers=_SECURITY_HEADERS)
 

@@ -175,7 +175,7 @@ class JobController(Controller):
         if submitted.created and owner != caller.id:
             log.info("job %s created for owner %s by service %s", job.id, owner, caller.id)
         headers = job_headers(job, jobs.settings)
-        headers["Location"] = jobs.job_path + job.id
+        headers["Location"] = request.scope.get("root_path", "") + jobs.job_path + job.id  # mount prefix
         answer = creation_body(shown_to(job, caller, jobs.settings), jobs.creation_tokens, caller)
         return JsonAnswer(answer, headers, 202 if submitted.created else 200)
 
