@@ -12,11 +12,12 @@ from broker.errors import (
 )
 from broker.models import Job, JobError, JobStatus
 from broker.registry import JobContext, task
-from broker.validation import InvalidInput, InvalidSchedule
+from broker.validation import InvalidCallback, InvalidInput, InvalidSchedule
 
 __all__ = [
     "IdempotencyConflict",
     "IllegalTransition",
+    "InvalidCallback",
     "InvalidInput",
     "InvalidSchedule",
     "Job",

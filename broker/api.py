@@ -36,7 +36,7 @@ from broker.queues import ensure_groups
 from broker.registry import JobContext, TaskRegistry, TaskSpec, load_task_modules, registry
 from broker.settings import Settings, load_settings
 from broker.store import JobStore
-from broker.validation import both_given, check_delay, check_run_at, validated_input
+from broker.validation import both_given, check_callback_url, check_delay, check_run_at, validated_input
 from hub.event_hub import EventHub
 
 In = TypeVar("In")
@@ -146,6 +146,7 @@ class Jobstream:
         idempotency_key: str | None = None,
         delay: float | None = None,
         run_at: datetime | None = None,
+        callback_url: str | None = None,
     ) -> Job: ...
 
     @overload
@@ -158,6 +159,7 @@ class Jobstream:
         idempotency_key: str | None = None,
         delay: float | None = None,
         run_at: datetime | None = None,
+        callback_url: str | None = None,
     ) -> Job: ...
 
     async def submit(
@@ -169,16 +171,19 @@ class Jobstream:
         idempotency_key: str | None = None,
         delay: float | None = None,
         run_at: datetime | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Create and queue a job for ``owner``: a task name with JSON-able input (a dict), or the
         task function with its typed input. ``delay`` (seconds) or ``run_at`` delays it.
+        ``callback_url`` (a host on ``JOBSTREAM_WEBHOOK_ALLOWED_HOSTS``, else ``InvalidCallback``)
+        is sent a signed completion webhook once the job ends.
 
         Raises ``UnknownTask``, ``InvalidInput``, ``InvalidSchedule``, ``QuotaExceeded`` or
         ``IdempotencyConflict``; a replayed ``idempotency_key`` returns the first job.
         """
         spec = self._spec(task)
         raw = msgspec.json.encode({} if input is None else input)
-        submitted = await self._create(spec, raw, owner, idempotency_key, delay, run_at)
+        submitted = await self._create(spec, raw, owner, idempotency_key, delay, run_at, callback_url)
         return submitted.job
 
     async def submit_json(
@@ -190,13 +195,15 @@ class Jobstream:
         idempotency_key: str | None = None,
         delay: float | None = None,
         run_at: datetime | None = None,
+        callback_url: str | None = None,
     ) -> Submitted:
         """:meth:`submit` for input that is already JSON text (``POST /jobs`` passes its
         body's ``input`` as received), telling a new job from an idempotent replay.
 
         Raises what :meth:`submit` raises, and ``MalformedInput`` for text that is not JSON.
         """
-        return await self._create(self.tasks.get(task), input_json, owner, idempotency_key, delay, run_at)
+        spec = self.tasks.get(task)
+        return await self._create(spec, input_json, owner, idempotency_key, delay, run_at, callback_url)
 
     async def _create(
         self,
@@ -206,7 +213,10 @@ class Jobstream:
         idempotency_key: str | None,
         delay: float | None,
         run_at: datetime | None,
+        callback_url: str | None = None,
     ) -> Submitted:
+        if callback_url is not None:
+            check_callback_url(callback_url, self.settings)
         try:
             input_json = validated_input(spec, raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as err:
@@ -220,6 +230,7 @@ class Jobstream:
             idempotency_key=idempotency_key,
             run_at_ms=run_at_ms,
             delay_ms=delay_ms,
+            callback_url=callback_url,
         )
         return Submitted(job, created)
 

@@ -29,6 +29,8 @@ SCRIPT_NAMES = (
     "reap_job",
     "drop_idempotency",
     "expire_heartbeat",
+    "claim_webhooks",
+    "webhook_outcome",
 )
 
 

@@ -16,7 +16,7 @@ from broker.keys import Keys
 from broker.listing import Page, list_jobs
 from broker.message import encode_message
 from broker.models import Job, JobError, JobStatus, job_from_fields
-from broker.scripts import CancelOpts, CreateOpts, ProgressOpts, Reply, Scripts
+from broker.scripts import CancelOpts, CreateOpts, ProgressOpts, Reply, Scripts, TerminalOpts
 from broker.settings import Settings
 
 GROUP = "workers"
@@ -78,6 +78,7 @@ class JobStore:
         self.settings = settings
         self.keys = Keys(settings.prefix)
         self.scripts = Scripts.register(redis, self.keys)
+        self.terminal_opts = TerminalOpts(webhook_window=settings.webhook_max_seconds)
 
     # -- creating and reading -------------------------------------------------------
 
@@ -91,10 +92,12 @@ class JobStore:
         idempotency_key: str | None = None,
         run_at_ms: int = 0,
         delay_ms: int = 0,
+        callback_url: str | None = None,
     ) -> tuple[Job, bool]:
         """Create and queue a job; returns it and whether it is new (False: idempotent replay).
 
         ``run_at_ms`` (epoch ms) or ``delay_ms`` (from now, by the Redis clock) delays it.
+        ``callback_url`` (checked by the caller) receives its completion webhook.
         A replayed ``idempotency_key`` returns the job it first created, and raises
         :class:`IdempotencyConflict` when that job's type or input differ from this one's.
         Safe to re-send after a lost reply: a create that finds its own id took effect.
@@ -108,6 +111,7 @@ class JobStore:
                 run_at=run_at_ms,
                 delay_ms=delay_ms,
                 replace_idempotency=replace_dangling,
+                callback_url=callback_url,
             )
             reply = await self._create(job_id, task, input_json, owner, queue, idempotency_key, opts)
             if reply.code == ScriptCode.OK and reply.record is not None:
@@ -270,6 +274,7 @@ class JobStore:
                 status=status.value,
                 payload=payload,
                 retention=retention,
+                opts=self.terminal_opts,
             )
         )
         raise_for_code(reply.code, job.id, status.value, reply.detail)
@@ -327,6 +332,7 @@ class JobStore:
             error_json=_encode(error),
             retention=retention,
             deliveries=deliveries,
+            opts=self.terminal_opts,
         )
         return reply.code == ScriptCode.OK
 
@@ -347,7 +353,7 @@ class JobStore:
             queued_message=encode_message(job_id, job.type, int(fields.get(b"dispatch", 1))),
             error_json=_CANCELLED,
             retention=retention,
-            opts=CancelOpts(owner=owner),
+            opts=CancelOpts(owner=owner, webhook_window=self.settings.webhook_max_seconds),
         )
         if reply.code == ScriptCode.BAD_TRANSITION:
             raise IllegalTransition(job_id, reply.detail or "", "cancel")

@@ -19,6 +19,7 @@ class CreateJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     input: msgspec.Raw = msgspec.Raw(b"{}")
     delay_seconds: Annotated[float, msgspec.Meta(ge=0)] | None = None
     run_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    callback_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
 
 class JobPage(msgspec.Struct):

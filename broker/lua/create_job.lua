@@ -9,7 +9,8 @@
 --       max_active (active-job quota; none when absent), idempotency_ttl (s; no key when
 --       absent), run_at (epoch ms; now when absent), delay_ms (from now by the server
 --       clock; used instead of run_at when given), replace_idempotency (true: replace a
---       dangling idempotency key)
+--       dangling idempotency key), callback_url (the completion webhook's URL, checked by
+--       the caller against the allowed hosts)
 -- Returns: {OK, flat record} | {DUPLICATE, existing id} | {QUOTA}
 --   A job that already exists under ARGV[2] answers {DUPLICATE, ARGV[2]}: a create re-sent
 --   after a lost reply finds its own job, and the caller takes it as created.
@@ -44,6 +45,9 @@ local changes = {
 }
 if run_at > now then
   changes.run_at = tostring(run_at)
+end
+if opts.callback_url then
+  changes.callback_url = opts.callback_url
 end
 local flat = js_commit(job, changes, ttl, now, ARGV[1])
 local seq = now_us

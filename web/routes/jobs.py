@@ -118,6 +118,7 @@ class JobController(Controller):
             idempotency_key=idempotency_key,
             delay=body.delay_seconds,
             run_at=body.run_at,
+            callback_url=body.callback_url,
         )
         job = submitted.job
         headers = job_headers(job, jobs.settings)
