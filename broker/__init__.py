@@ -15,11 +15,12 @@ from broker.errors import (
 from broker.models import Job, JobError, JobStatus
 from broker.registry import JobContext, task
 from broker.task_object import JobHandle, NotAJobstreamTask, OwnerRequired, Task
-from broker.validation import InvalidInput, InvalidOption, InvalidSchedule
+from broker.validation import InvalidCallback, InvalidInput, InvalidOption, InvalidSchedule
 
 __all__ = [
     "IdempotencyConflict",
     "IllegalTransition",
+    "InvalidCallback",
     "InvalidInput",
     "InvalidOption",
     "InvalidSchedule",

@@ -38,6 +38,7 @@ from broker.settings import Settings, load_settings
 from broker.store import JobStore
 from broker.validation import (
     both_given,
+    check_callback_url,
     check_delay,
     check_labels,
     check_run_at,
@@ -156,6 +157,7 @@ class Jobstream:
         timeout: float | None = None,
         labels: Mapping[str, str] | None = None,
         created_by: str | None = None,
+        callback_url: str | None = None,
     ) -> Job: ...
 
     @overload
@@ -171,6 +173,7 @@ class Jobstream:
         timeout: float | None = None,
         labels: Mapping[str, str] | None = None,
         created_by: str | None = None,
+        callback_url: str | None = None,
     ) -> Job: ...
 
     async def submit(
@@ -185,9 +188,12 @@ class Jobstream:
         timeout: float | None = None,
         labels: Mapping[str, str] | None = None,
         created_by: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Create and queue a job for ``owner``: a task name with JSON-able input (a dict), or the
         task function with its typed input. ``delay`` (seconds) or ``run_at`` delays it.
+        ``callback_url`` (a host on ``JOBSTREAM_WEBHOOK_ALLOWED_HOSTS``, else ``InvalidCallback``)
+        is sent a signed completion webhook once the job ends.
 
         ``timeout`` (seconds, at most the task's own) limits this job's run instead of the
         task's ``timeout``; ``labels`` (:data:`broker.validation.Labels`) are stored on it and
@@ -209,6 +215,7 @@ class Jobstream:
             timeout=timeout,
             labels=labels,
             created_by=created_by,
+            callback_url=callback_url,
         )
         return submitted.job
 
@@ -224,6 +231,7 @@ class Jobstream:
         timeout: float | None = None,
         labels: Mapping[str, str] | None = None,
         created_by: str | None = None,
+        callback_url: str | None = None,
     ) -> Submitted:
         """:meth:`submit` for input that is already JSON text (``POST /jobs`` passes its
         body's ``input`` as received), telling a new job from an idempotent replay.
@@ -240,6 +248,7 @@ class Jobstream:
             timeout=timeout,
             labels=labels,
             created_by=created_by,
+            callback_url=callback_url,
         )
 
     async def _create(
@@ -254,7 +263,10 @@ class Jobstream:
         timeout: float | None = None,
         labels: Mapping[str, str] | None = None,
         created_by: str | None = None,
+        callback_url: str | None = None,
     ) -> Submitted:
+        if callback_url is not None:
+            check_callback_url(callback_url, self.settings)
         try:
             input_json = validated_input(spec, raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as err:
@@ -274,6 +286,7 @@ class Jobstream:
             labels=labels,
             created_by=created_by if created_by != owner else None,
             keep_until_fetched=spec.options.keep_until_fetched,
+            callback_url=callback_url,
         )
         return Submitted(job, created)
 

@@ -24,6 +24,15 @@ class Keys:
         """Pub/sub channel with one event per change of the job (the job key + ``:events``)."""
         return f"{self.prefix}job:{{{job_id}}}:events"
 
+    def webhook(self, job_id: str) -> str:
+        """The completion webhook of an ended job: its terminal record, URL, attempts, deadline."""
+        return f"{self.prefix}webhook:{{{job_id}}}"
+
+    @property
+    def webhooks_due(self) -> str:
+        """Sorted set of job ids whose webhook is due, by due ms (a claimed one: by lease end)."""
+        return f"{self.prefix}webhooks:due"
+
     def owner_jobs(self, owner: str) -> str:
         """Sorted set of the owner's job ids by creation time (ms)."""
         return f"{self.prefix}owner:{owner}:jobs"

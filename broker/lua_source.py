@@ -30,6 +30,8 @@ SCRIPT_NAMES = (
     "drop_idempotency",
     "expire_heartbeat",
     "mark_fetched",
+    "claim_webhooks",
+    "webhook_outcome",
 )
 
 

@@ -37,8 +37,9 @@ class JobError(msgspec.Struct, omit_defaults=True):
     details: Any = None
 
 
-class WebhookState(msgspec.Struct, omit_defaults=True):
-    """Where the completion webhook of a job with a ``callback_url`` stands."""
+class WebhookState(msgspec.Struct):
+    """Where the completion webhook of a job with a ``callback_url`` stands (every field always
+    present, so a client reads ``state`` without knowing the defaults)."""
 
     url: str
     state: str = "waiting"  # waiting (the job is active) | pending | delivered | failed

@@ -63,6 +63,15 @@ class Promoted(NamedTuple):
     next_due_ms: int | None
 
 
+class WebhookClaim(NamedTuple):
+    """Webhooks a sender claimed, the end of their lease (the claim's token), and ms until the
+    next due one (None: none)."""
+
+    lease_end_ms: int
+    job_ids: list[str]
+    next_due_ms: int | None
+
+
 class TickClaim(NamedTuple):
     """Whether this replica won the current slot, the slot's start and ms to the next slot."""
 
@@ -83,6 +92,7 @@ class CreateOpts(msgspec.Struct, omit_defaults=True):
     labels: str | None = None
     created_by: str | None = None
     keep_until_fetched: bool = False
+    callback_url: str | None = None
 
 
 class ProgressOpts(msgspec.Struct, omit_defaults=True):
@@ -93,9 +103,18 @@ class ProgressOpts(msgspec.Struct, omit_defaults=True):
 
 
 class CancelOpts(msgspec.Struct, omit_defaults=True):
-    """``cancel_job``'s optional argument: the caller, who must own the job (absent: an admin)."""
+    """``cancel_job``'s optional arguments: the caller, who must own the job (absent: an admin),
+    and how long a completion webhook is tried (as :class:`TerminalOpts`)."""
 
     owner: str | None = None
+    webhook_window: int = 0
+
+
+class TerminalOpts(msgspec.Struct):
+    """The optional argument of the scripts that end a job (finish, dead-letter, reap): how
+    many seconds its completion webhook, if it has a ``callback_url``, is tried from now."""
+
+    webhook_window: int
 
 
 def _reply(raw: list[Any]) -> Reply:
@@ -198,12 +217,13 @@ class Scripts:
         status: str,
         payload: bytes,
         retention: int,
+        opts: TerminalOpts,
     ) -> Reply:
         """PROCESSING -> ``status`` with ``payload`` (result or error JSON), acking the entry."""
         k = self.keys
-        keys = (k.job(job_id), k.owner_active(owner), stream)
+        keys = (k.job(job_id), k.owner_active(owner), stream, k.webhook(job_id), k.webhooks_due)
         args = (k.owner_channel_prefix, attempt, status, payload, retention, group, entry_id, job_id)
-        return _reply(await self._call("finish_job", keys, args))
+        return _reply(await self._call("finish_job", keys, (*args, _pack_opts(opts))))
 
     async def retry_job(
         self,
@@ -239,7 +259,7 @@ class Scripts:
     ) -> Reply:
         """Cancel: OK with the record, NOT_FOUND (or not the caller's), BAD_TRANSITION (status)."""
         k = self.keys
-        keys = (k.job(job_id), k.owner_active(owner), k.delayed(queue))
+        keys = (k.job(job_id), k.owner_active(owner), k.delayed(queue), k.webhook(job_id), k.webhooks_due)
         args = (k.owner_channel_prefix, retention, k.cancel_channel, job_id, error_json, queued_message)
         return _reply(await self._call("cancel_job", keys, (*args, _pack_opts(opts))))
 
@@ -257,12 +277,16 @@ class Scripts:
         error_json: bytes,
         retention: int,
         deliveries: int,
+        opts: TerminalOpts,
     ) -> Reply:
         """Move an over-delivered entry to the dead stream: OK (job failed), SKIPPED or STALE."""
         k = self.keys
-        keys = (k.job(job_id), k.owner_active(owner), stream, k.dead(queue))
+        job, webhook = k.job(job_id), k.webhook(job_id)
+        keys = (job, k.owner_active(owner), stream, k.dead(queue), webhook, k.webhooks_due)
         args = (k.owner_channel_prefix, group, consumer, entry_id, message, error_json, retention)
-        return _reply(await self._call("dead_letter_job", keys, (*args, job_id, deliveries)))
+        return _reply(
+            await self._call("dead_letter_job", keys, (*args, job_id, deliveries, _pack_opts(opts)))
+        )
 
     async def reap_job(
         self,
@@ -278,14 +302,38 @@ class Scripts:
         pending_action: str,
         message: bytes,
         dispatch: int,
+        opts: TerminalOpts,
     ) -> Reply:
         """The reaper's verdict: OK (new status), NOT_FOUND, STALE or SKIPPED (status)."""
         k = self.keys
-        keys = (k.job(job_id), k.owner_active(owner), k.queue(queue), k.delayed(queue))
-        args = (k.owner_channel_prefix, job_id, version_seen, min_idle_ms, active_ttl, retention)
-        return _reply(
-            await self._call("reap_job", keys, (*args, error_json, pending_action, message, dispatch))
+        keys = (
+            k.job(job_id),
+            k.owner_active(owner),
+            k.queue(queue),
+            k.delayed(queue),
+            k.webhook(job_id),
+            k.webhooks_due,
         )
+        args = (k.owner_channel_prefix, job_id, version_seen, min_idle_ms, active_ttl, retention)
+        rest = (error_json, pending_action, message, dispatch, _pack_opts(opts))
+        return _reply(await self._call("reap_job", keys, (*args, *rest)))
+
+    # -- completion webhooks ---------------------------------------------------------------
+
+    async def claim_webhooks(self, *, lease_ms: int, limit: int) -> WebhookClaim:
+        """Lease up to ``limit`` due webhooks to this sender for ``lease_ms``."""
+        due = (self.keys.webhooks_due,)
+        lease_end, ids, wait = await self._call("claim_webhooks", due, (lease_ms, limit))
+        return WebhookClaim(int(lease_end), [i.decode() for i in ids], None if int(wait) < 0 else int(wait))
+
+    async def webhook_outcome(
+        self, *, job_id: str, lease_end_ms: int, outcome: str, error: str = "", delay_ms: int = 0
+    ) -> Reply:
+        """Record a delivery attempt: OK (the webhook's state), NOT_FOUND (no webhook) or STALE."""
+        k = self.keys
+        keys = (k.job(job_id), k.webhook(job_id), k.webhooks_due)
+        args = (k.owner_channel_prefix, job_id, lease_end_ms, outcome, error, delay_ms)
+        return _reply(await self._call("webhook_outcome", keys, args))
 
     async def mark_fetched(self, *, job_id: str, grace_seconds: int) -> int | None:
         """The first fetch of a finished keep-until-fetched job: its new ``expires_at`` (ms), or

@@ -8,6 +8,9 @@ from typing import Literal
 
 import msgspec
 
+from broker.webhook_signing import decode_secret
+from broker.webhook_targets import parse_allowed_hosts
+
 AuthMode = Literal["jwt", "none"]
 JwtAlgorithm = Literal["HS256", "HS384", "HS512"]
 """HMAC only: stream tokens are signed with the same shared secret as the bearer tokens."""
@@ -85,10 +88,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     poll_retry_after_seconds: int = 1
     # Completion webhooks (Standard Webhooks): callback_url hosts allowed (comma-separated,
     # exact names; empty: callback_url is refused), the signing key ("whsec_" + base64), and
-    # how long a delivery is retried before it is given up.
+    # how long a delivery is retried before it is given up. Hosts need a secret, or no process
+    # starts. Each attempt waits webhook_timeout_seconds for an answer.
     webhook_allowed_hosts: str = ""
     webhook_secret: str | None = None
     webhook_max_seconds: int = 3_600
+    webhook_timeout_seconds: float = 10.0
     # Scheduler.
     cleanup_interval_seconds: int = 60
     dead_retention_seconds: int = 7 * 86_400
@@ -108,6 +113,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise msgspec.ValidationError("max_streams_per_owner must be 0 (no cap) or more")
         if self.cleanup_interval_seconds < 1 or self.reaper_interval_seconds < 1:
             raise msgspec.ValidationError("scheduler intervals must be at least 1 second")
+        self._check_webhooks()
+
+    def _check_webhooks(self) -> None:
+        """A list of webhook hosts that reads, and a valid signing key whenever hosts are listed."""
+        try:
+            hosts = parse_allowed_hosts(self.webhook_allowed_hosts)
+            if self.webhook_secret is not None:
+                decode_secret(self.webhook_secret)
+        except ValueError as err:  # BadWebhookSecret too
+            raise msgspec.ValidationError(str(err)) from None
+        if hosts and self.webhook_secret is None:
+            raise msgspec.ValidationError(
+                "webhook_allowed_hosts needs webhook_secret (whsec_ + base64 of 24 to 64 random bytes)"
+            )
+        if self.webhook_max_seconds < 1 or self.webhook_timeout_seconds <= 0:
+            raise msgspec.ValidationError("webhook_max_seconds and webhook_timeout_seconds must be positive")
 
     @property
     def queues(self) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from broker.keys import Keys
 from broker.listing import Page, list_jobs
 from broker.message import encode_message
 from broker.models import Job, JobError, JobStatus, job_from_fields
-from broker.scripts import CancelOpts, CreateOpts, ProgressOpts, Reply, Scripts
+from broker.scripts import CancelOpts, CreateOpts, ProgressOpts, Reply, Scripts, TerminalOpts
 from broker.settings import Settings
 
 GROUP = "workers"
@@ -81,6 +81,7 @@ class JobStore:
         self.settings = settings
         self.keys = Keys(settings.prefix)
         self.scripts = Scripts.register(redis, self.keys)
+        self.terminal_opts = TerminalOpts(webhook_window=settings.webhook_max_seconds)
 
     # -- creating and reading -------------------------------------------------------
 
@@ -98,12 +99,14 @@ class JobStore:
         labels: Mapping[str, str] | None = None,
         created_by: str | None = None,
         keep_until_fetched: bool = False,
+        callback_url: str | None = None,
     ) -> tuple[Job, bool]:
         """Create and queue a job; returns it and whether it is new (False: idempotent replay).
 
         ``run_at_ms`` (epoch ms) or ``delay_ms`` (from now, by the Redis clock) delays it.
         ``timeout``, ``labels``, ``created_by`` and ``keep_until_fetched`` are stored on the
         record as given (checked by :mod:`broker.validation` before).
+        ``callback_url`` (checked by the caller) receives its completion webhook.
         A replayed ``idempotency_key`` returns the job it first created, and raises
         :class:`IdempotencyConflict` when that job's type or input differ from this one's.
         Safe to re-send after a lost reply: a create that finds its own id took effect.
@@ -121,6 +124,7 @@ class JobStore:
                 labels=_encode(dict(labels)).decode() if labels else None,
                 created_by=created_by,
                 keep_until_fetched=keep_until_fetched,
+                callback_url=callback_url,
             )
             reply = await self._create(job_id, task, input_json, owner, queue, idempotency_key, opts)
             if reply.code == ScriptCode.OK and reply.record is not None:
@@ -298,6 +302,7 @@ class JobStore:
                 status=status.value,
                 payload=payload,
                 retention=retention,
+                opts=self.terminal_opts,
             )
         )
         raise_for_code(reply.code, job.id, status.value, reply.detail)
@@ -355,6 +360,7 @@ class JobStore:
             error_json=_encode(error),
             retention=retention,
             deliveries=deliveries,
+            opts=self.terminal_opts,
         )
         return reply.code == ScriptCode.OK
 
@@ -375,7 +381,7 @@ class JobStore:
             queued_message=encode_message(job_id, job.type, int(fields.get(b"dispatch", 1))),
             error_json=_CANCELLED,
             retention=retention,
-            opts=CancelOpts(owner=owner),
+            opts=CancelOpts(owner=owner, webhook_window=self.settings.webhook_max_seconds),
         )
         if reply.code == ScriptCode.BAD_TRANSITION:
             raise IllegalTransition(job_id, reply.detail or "", "cancel")

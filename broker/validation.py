@@ -17,6 +17,7 @@ import msgspec
 from broker.errors import JobstreamError
 from broker.registry import TaskSpec
 from broker.settings import Settings
+from broker.webhook_targets import url_refusal
 
 _SAFE_INTEGER = 2**53
 
@@ -35,6 +36,22 @@ class InvalidSchedule(JobstreamError):
     def __init__(self, message: str, field: str = "$") -> None:
         super().__init__(message)
         self.field = field
+
+
+class InvalidCallback(JobstreamError):
+    """A ``callback_url`` this server may not send webhooks to (see :mod:`broker.webhook_targets`)."""
+
+
+def check_callback_url(url: str, settings: Settings) -> str:
+    """``url`` if its host is on ``JOBSTREAM_WEBHOOK_ALLOWED_HOSTS``; else :class:`InvalidCallback`.
+
+    The sender asks the same again at each delivery, so a host taken off the list gets no
+    more webhooks, even for jobs created while it was on it.
+    """
+    refusal = url_refusal(url, settings.webhook_allowed_hosts)
+    if refusal is not None:
+        raise InvalidCallback(refusal)
+    return url
 
 
 def validated_input(spec: TaskSpec, raw: bytes) -> bytes:

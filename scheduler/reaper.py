@@ -31,7 +31,7 @@ from broker.keys import Keys
 from broker.message import TaskMessage, decode_message, encode_message
 from broker.models import JobError, JobStatus
 from broker.registry import TaskRegistry
-from broker.scripts import Scripts
+from broker.scripts import Scripts, TerminalOpts
 from broker.settings import Settings
 from scheduler.scan import scan_keys, set_members, stream_entries, zset_members
 from scheduler.ticks import Counts
@@ -207,6 +207,7 @@ class Reaper:
             pending_action=self.settings.reap_pending,
             message=encode_message(suspect.job_id, suspect.task, dispatch),
             dispatch=dispatch,
+            opts=TerminalOpts(webhook_window=self.settings.webhook_max_seconds),
         )
         if reply.code != ScriptCode.OK:
             counts.spared += 1

@@ -41,6 +41,7 @@ from litestar.typing import FieldDefinition
 from broker.registry import TaskSpec, registry
 from broker.settings import Settings
 from broker.validation import Labels, max_delay_seconds
+from broker.webhook_targets import url_schema
 from web.auth import EXCLUDE_KEY, METRICS_OPT
 from web.live.stream_tokens import STREAM_COOKIE, STREAM_OPT
 from web.problems import PROBLEM_JSON, Problem
@@ -101,8 +102,11 @@ def create_job_body(settings: Settings) -> tuple[dict[str, Any], dict[str, dict[
 
 
 def _schedule_properties(settings: Settings) -> dict[str, Any]:
-    """The body's ``delay_seconds`` and ``run_at``, the same in every task's alternative."""
+    """The body's ``delay_seconds``, ``run_at`` and ``callback_url``, the same in every task's
+    alternative (``callback_url``: exactly the URLs the server accepts, see
+    :mod:`broker.webhook_targets`)."""
     return {
+        "callback_url": url_schema(settings.webhook_allowed_hosts),
         "delay_seconds": {
             "type": ["number", "null"],
             "minimum": 0,

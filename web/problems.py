@@ -30,7 +30,7 @@ from broker.errors import (
     UnknownTask,
 )
 from broker.models import Job, JobError, JobStatus
-from broker.validation import InvalidInput, InvalidOption, InvalidSchedule
+from broker.validation import InvalidCallback, InvalidInput, InvalidOption, InvalidSchedule
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:jobstream:problem:"
@@ -170,6 +170,7 @@ _DOMAIN: dict[type[JobstreamError], tuple[int, str]] = {
     IllegalTransition: (409, "illegal-transition"),
     QuotaExceeded: (429, "quota-exceeded"),
     IdempotencyConflict: (422, "idempotency-key-reused"),
+    InvalidCallback: (422, "invalid-callback-url"),
 }
 
 

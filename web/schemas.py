@@ -24,6 +24,7 @@ class CreateJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     owner: OwnerName | None = None  # a service creating the job for this owner (403 for others)
     timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None  # seconds, at most the task's
     labels: Labels | None = None
+    callback_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
 
 class JobPage(msgspec.Struct):

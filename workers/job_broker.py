@@ -65,6 +65,7 @@ from workers.deliveries import Deliveries
 from workers.executor import JobExecutor
 from workers.frames import JobFormatter, split_batch, split_frame
 from workers.leases import Leases
+from workers.webhook_sender import WebhookSender
 
 log = logging.getLogger("jobstream.broker")
 _SHUTDOWN_WRITES_SECONDS = 5.0
@@ -143,6 +144,9 @@ class JobBroker(BaseRedisBroker):
             asyncio.create_task(self.leases.keep(), name="jobstream-leases"),
             asyncio.create_task(deliveries.promote_due(), name="jobstream-delayed"),
             asyncio.create_task(self._listen_cancels(executor, redis), name="jobstream-cancels"),
+            asyncio.create_task(
+                WebhookSender(store, self.settings, self.watch).run(), name="jobstream-webhooks"
+            ),
         ]
         log.info("worker %s consuming %s", self.consumer_name, ", ".join(self.queues))
 

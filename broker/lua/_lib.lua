@@ -76,3 +76,26 @@ end
 local function js_owns(stream, group, id, consumer)
   return #redis.call('XPENDING', stream, group, id, id, 1, consumer) == 1
 end
+
+-- js_commit for a change into a terminal state. A job created with a callback_url becomes
+-- due for its completion webhook in the same change: webhook_state 'pending' on the record,
+-- and a webhook hash (`hook.key`) holding a snapshot of the terminal record, the URL, the
+-- attempts and the deadline (now + `hook.window` s), kept an hour past the deadline, so a
+-- retention shorter than the delivery window (or 0) loses nothing; its id goes into the due
+-- set (`hook.due`) by Redis time. A job with no callback_url pays one HGET.
+local function js_finish(job, changes, ttl, now, owner_prefix, hook)
+  local url = redis.call('HGET', job, 'callback_url')
+  if url then
+    changes.webhook_state = 'pending'
+    changes.webhook_next_at = tostring(now)
+  end
+  local flat = js_commit(job, changes, ttl, now, owner_prefix)
+  if url then
+    local window = tonumber(hook.window or 0)  -- 0: one attempt
+    redis.call('HSET', hook.key, 'record', cjson.encode(flat), 'url', url, 'attempts', '0',
+      'deadline', tostring(now + window * 1000))
+    redis.call('EXPIRE', hook.key, window + 3600)
+    redis.call('ZADD', hook.due, now, hook.id)
+  end
+  return flat
+end

@@ -11,7 +11,9 @@
 --       clock; used instead of run_at when given), replace_idempotency (true: replace a
 --       dangling idempotency key), timeout (the job's own, seconds as text), labels (JSON
 --       object text), created_by (the service that created it for its owner),
---       keep_until_fetched (true: its record goes once its result is fetched)
+--       keep_until_fetched (true: its record goes once its result is fetched),
+--       callback_url (the completion webhook's URL, checked by the caller against the
+--       allowed hosts)
 -- Returns: {OK, flat record} | {DUPLICATE, existing id} | {QUOTA}
 --   A job that already exists under ARGV[2] answers {DUPLICATE, ARGV[2]}: a create re-sent
 --   after a lost reply finds its own job, and the caller takes it as created.
@@ -50,6 +52,7 @@ end
 changes.timeout = opts.timeout
 changes.labels = opts.labels
 changes.created_by = opts.created_by
+changes.callback_url = opts.callback_url
 if opts.keep_until_fetched then
   changes.keep_until_fetched = '1'
 end

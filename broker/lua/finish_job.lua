@@ -3,13 +3,15 @@
 -- Idempotent: the same end re-sent (same attempt, status and result or error) finds
 -- itself already applied and answers OK, so a worker may resend it after a dropped
 -- connection without turning its own success into a refusal.
--- KEYS: 1 job hash, 2 owner active set, 3 queue stream
+-- A job with a callback_url becomes due for its webhook (js_finish).
+-- KEYS: 1 job hash, 2 owner active set, 3 queue stream, 4 webhook hash, 5 webhooks due zset
 -- ARGV: 1 owner channel prefix, 2 attempt, 3 final status, 4 the result JSON (SUCCESS) or
 --       the error JSON (FAILURE, CANCELLED), 5 retention s (0: deleted once published),
---       6 group, 7 entry id, 8 job id
+--       6 group, 7 entry id, 8 job id, 9 opts (MessagePack map): webhook_window (s)
 -- Returns: {OK} | {NOT_FOUND} | {BAD_TRANSITION, status} | {STALE}
 -- Publishes: the terminal job (not again for a re-sent end).
 local job, active, stream = KEYS[1], KEYS[2], KEYS[3]
+local hook = {key = KEYS[4], due = KEYS[5], id = ARGV[8], window = js_opts(ARGV[9]).webhook_window}
 local status, payload = ARGV[3], ARGV[4]
 local group, entry = ARGV[6], ARGV[7]
 local cur = redis.call('HMGET', job, 'status', 'attempts', 'result', 'error')
@@ -40,7 +42,7 @@ if status == 'SUCCESS' then
 else
   changes.error = payload
 end
-js_commit(job, changes, tonumber(ARGV[5]), now, ARGV[1])
+js_finish(job, changes, tonumber(ARGV[5]), now, ARGV[1], hook)
 redis.call('SREM', active, ARGV[8])
 js_ack(stream, group, entry)
 return {OK}

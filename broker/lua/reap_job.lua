@@ -5,10 +5,12 @@
 --   PROCESSING, unchanged for at least `min idle` ms: -> FAILURE with the Lost error.
 --   PENDING: resent as the next dispatch (to the stream, or to the delayed set while its
 --   run_at is ahead), or -> FAILURE, as the pending action says.
--- KEYS: 1 job hash, 2 owner active set, 3 queue stream, 4 queue delayed zset
+-- A job it fails with a callback_url becomes due for its webhook (js_finish).
+-- KEYS: 1 job hash, 2 owner active set, 3 queue stream, 4 queue delayed zset, 5 webhook hash,
+--       6 webhooks due zset
 -- ARGV: 1 owner channel prefix, 2 job id, 3 version seen, 4 min idle ms (since updated_at),
 --       5 active TTL s, 6 retention s (0: deleted once published), 7 error JSON, 8 pending action ('resend' | 'fail'),
---       9 message of the next dispatch, 10 next dispatch
+--       9 message of the next dispatch, 10 next dispatch, 11 opts (MessagePack map): webhook_window (s)
 -- Returns: {OK, new status} | {NOT_FOUND} | {STALE} (changed since it was seen)
 --        | {SKIPPED, status} (terminal, or PROCESSING and changed too recently)
 -- Publishes: the FAILURE job, or the PENDING job with its new dispatch.
@@ -24,8 +26,9 @@ local now = js_now()
 local active_ttl = tonumber(ARGV[5])
 
 local function fail()
-  js_commit(job, {status = 'FAILURE', completed_at = tostring(now), error = ARGV[7], eta = false,
-    run_at = false}, tonumber(ARGV[6]), now, ARGV[1])
+  local hook = {key = KEYS[5], due = KEYS[6], id = ARGV[2], window = js_opts(ARGV[11]).webhook_window}
+  js_finish(job, {status = 'FAILURE', completed_at = tostring(now), error = ARGV[7], eta = false,
+    run_at = false}, tonumber(ARGV[6]), now, ARGV[1], hook)
   redis.call('SREM', active, ARGV[2])
   return {OK, 'FAILURE'}
 end

@@ -275,6 +275,7 @@ async def test_reap_is_fenced_on_the_version_the_reaper_saw(store: JobStore, red
         pending_action="fail",
         message=b"",
         dispatch=2,
+        opts=store.terminal_opts,
     )
     assert reply.code == ScriptCode.STALE
     assert (await store.get(job_id)).status == JobStatus.PROCESSING

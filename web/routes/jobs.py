@@ -170,6 +170,7 @@ class JobController(Controller):
             timeout=body.timeout,
             labels=body.labels,
             created_by=caller.id,
+            callback_url=body.callback_url,
         )
         job = submitted.job
         if submitted.created and owner != caller.id:
