@@ -1,7 +1,7 @@
 """jobstream's core: settings, keys, the job model, the Lua scripts, the store, the task
 registry, and the public Python API, :class:`Jobstream`."""
 
-from broker.api import JobFailed, JobNotDone, Jobstream, MalformedInput, Submitted
+from broker.api import JobFailed, JobNotDone, JobOptions, Jobstream, MalformedInput, Submitted
 from broker.default_client import close_default_jobstream, default_jobstream, set_default_jobstream
 from broker.errors import (
     IdempotencyConflict,
@@ -31,6 +31,7 @@ __all__ = [
     "JobHandle",
     "JobNotDone",
     "JobNotFound",
+    "JobOptions",
     "JobStatus",
     "Jobstream",
     "JobstreamError",

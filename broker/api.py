@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar, overload
+from typing import Any, Self, TypedDict, TypeVar, Unpack, overload
 
 import msgspec
 from redis.asyncio import Redis
@@ -34,6 +34,7 @@ from broker.listing import Page
 from broker.models import Job, JobStatus
 from broker.queues import ensure_groups
 from broker.registry import JobContext, TaskRegistry, TaskSpec, load_task_modules, registry
+from broker.scripts import RecordExtras
 from broker.settings import Settings, load_settings
 from broker.store import JobStore
 from broker.validation import (
@@ -48,6 +49,27 @@ from broker.validation import (
 from hub.event_hub import EventHub
 
 In = TypeVar("In")
+
+
+class JobOptions(TypedDict, total=False):
+    """What :meth:`Jobstream.submit` (and a task's ``submit``/``kiq``) take beside the input.
+
+    ``idempotency_key``: a replayed key returns the job it first created. ``delay`` (seconds)
+    or ``run_at`` (an aware datetime) delays the start. ``timeout`` (seconds, at most the
+    task's own) limits this job's run instead of the task's. ``labels``
+    (:data:`broker.validation.Labels`) are stored on the job and filter :meth:`Jobstream.list`.
+    ``created_by`` records the service that creates the job for its owner (the job is the
+    owner's). ``callback_url`` (a host on ``JOBSTREAM_WEBHOOK_ALLOWED_HOSTS``) is sent a
+    signed completion webhook once the job ends.
+    """
+
+    idempotency_key: str | None
+    delay: float | None
+    run_at: datetime | None
+    timeout: float | None
+    labels: Mapping[str, str] | None
+    created_by: str | None
+    callback_url: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,29 +173,12 @@ class Jobstream:
         input: In,
         *,
         owner: str,
-        idempotency_key: str | None = None,
-        delay: float | None = None,
-        run_at: datetime | None = None,
-        timeout: float | None = None,
-        labels: Mapping[str, str] | None = None,
-        created_by: str | None = None,
-        callback_url: str | None = None,
+        **options: Unpack[JobOptions],
     ) -> Job: ...
 
     @overload
     async def submit(
-        self,
-        task: str,
-        input: Any = None,
-        *,
-        owner: str,
-        idempotency_key: str | None = None,
-        delay: float | None = None,
-        run_at: datetime | None = None,
-        timeout: float | None = None,
-        labels: Mapping[str, str] | None = None,
-        created_by: str | None = None,
-        callback_url: str | None = None,
+        self, task: str, input: Any = None, *, owner: str, **options: Unpack[JobOptions]
     ) -> Job: ...
 
     async def submit(
@@ -182,111 +187,48 @@ class Jobstream:
         input: Any = None,
         *,
         owner: str,
-        idempotency_key: str | None = None,
-        delay: float | None = None,
-        run_at: datetime | None = None,
-        timeout: float | None = None,
-        labels: Mapping[str, str] | None = None,
-        created_by: str | None = None,
-        callback_url: str | None = None,
+        **options: Unpack[JobOptions],
     ) -> Job:
         """Create and queue a job for ``owner``: a task name with JSON-able input (a dict), or the
-        task function with its typed input. ``delay`` (seconds) or ``run_at`` delays it.
-        ``callback_url`` (a host on ``JOBSTREAM_WEBHOOK_ALLOWED_HOSTS``, else ``InvalidCallback``)
-        is sent a signed completion webhook once the job ends.
+        task function with its typed input; ``options`` are :class:`JobOptions`.
 
-        ``timeout`` (seconds, at most the task's own) limits this job's run instead of the
-        task's ``timeout``; ``labels`` (:data:`broker.validation.Labels`) are stored on it and
-        filter :meth:`list`; ``created_by`` records the service that creates the job for
-        ``owner`` (the job is the owner's: listed, read and cancelled as theirs).
         Raises ``UnknownTask``, ``InvalidInput``, ``InvalidSchedule``, ``InvalidOption``,
-        ``QuotaExceeded`` or ``IdempotencyConflict``; a replayed ``idempotency_key`` returns
-        the first job.
+        ``InvalidCallback``, ``QuotaExceeded`` or ``IdempotencyConflict``; a replayed
+        ``idempotency_key`` returns the first job.
         """
-        spec = self._spec(task)
         raw = msgspec.json.encode({} if input is None else input)
-        submitted = await self._create(
-            spec,
-            raw,
-            owner,
-            idempotency_key,
-            delay,
-            run_at,
-            timeout=timeout,
-            labels=labels,
-            created_by=created_by,
-            callback_url=callback_url,
-        )
+        submitted = await self._create(self._spec(task), raw, owner, options)
         return submitted.job
 
     async def submit_json(
-        self,
-        task: str,
-        input_json: bytes,
-        *,
-        owner: str,
-        idempotency_key: str | None = None,
-        delay: float | None = None,
-        run_at: datetime | None = None,
-        timeout: float | None = None,
-        labels: Mapping[str, str] | None = None,
-        created_by: str | None = None,
-        callback_url: str | None = None,
+        self, task: str, input_json: bytes, *, owner: str, **options: Unpack[JobOptions]
     ) -> Submitted:
         """:meth:`submit` for input that is already JSON text (``POST /jobs`` passes its
         body's ``input`` as received), telling a new job from an idempotent replay.
 
         Raises what :meth:`submit` raises, and ``MalformedInput`` for text that is not JSON.
         """
-        return await self._create(
-            self.tasks.get(task),
-            input_json,
-            owner,
-            idempotency_key,
-            delay,
-            run_at,
-            timeout=timeout,
-            labels=labels,
-            created_by=created_by,
-            callback_url=callback_url,
-        )
+        return await self._create(self.tasks.get(task), input_json, owner, options)
 
-    async def _create(
-        self,
-        spec: TaskSpec,
-        raw: bytes,
-        owner: str,
-        idempotency_key: str | None,
-        delay: float | None,
-        run_at: datetime | None,
-        *,
-        timeout: float | None = None,
-        labels: Mapping[str, str] | None = None,
-        created_by: str | None = None,
-        callback_url: str | None = None,
-    ) -> Submitted:
+    async def _create(self, spec: TaskSpec, raw: bytes, owner: str, options: JobOptions) -> Submitted:
+        callback_url = options.get("callback_url")
         if callback_url is not None:
             check_callback_url(callback_url, self.settings)
         try:
             input_json = validated_input(spec, raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as err:
             raise MalformedInput(str(err)) from None
-        timeout = check_timeout(spec, timeout)
-        labels = check_labels(labels)
-        run_at_ms, delay_ms = await self._due(delay, run_at)
+        extras = _record_extras(spec, owner, options)
+        run_at_ms, delay_ms = await self._due(options.get("delay"), options.get("run_at"))
         job, created = await self.store.create(
             task=spec.name,
             input_json=input_json,
             owner=owner,
             queue=spec.options.queue or self.settings.default_queue,
-            idempotency_key=idempotency_key,
+            idempotency_key=options.get("idempotency_key"),
             run_at_ms=run_at_ms,
             delay_ms=delay_ms,
-            timeout=timeout,
-            labels=labels,
-            created_by=created_by if created_by != owner else None,
-            keep_until_fetched=spec.options.keep_until_fetched,
-            callback_url=callback_url,
+            extras=extras,
         )
         return Submitted(job, created)
 
@@ -385,6 +327,20 @@ class Jobstream:
                 await hub.start()
                 self._hub = hub
             return self._hub
+
+
+def _record_extras(spec: TaskSpec, owner: str, options: JobOptions) -> RecordExtras:
+    """The checked per-job options, in the form the record keeps them."""
+    timeout = check_timeout(spec, options.get("timeout"))
+    labels = check_labels(options.get("labels"))
+    created_by = options.get("created_by")
+    return RecordExtras(
+        timeout=None if timeout is None else repr(timeout),
+        labels=msgspec.json.encode(labels).decode() if labels else None,
+        created_by=created_by if created_by != owner else None,
+        keep_until_fetched=spec.options.keep_until_fetched,
+        callback_url=options.get("callback_url"),
+    )
 
 
 def _result_of(job: Job) -> Any:

@@ -80,6 +80,19 @@ class TickClaim(NamedTuple):
     next_in_ms: int
 
 
+class RecordExtras(msgspec.Struct, frozen=True, kw_only=True):
+    """What a create may store on the record beyond the basics (None/False: not stored).
+
+    ``timeout`` is seconds as text and ``labels`` JSON object text, as the record keeps them.
+    """
+
+    timeout: str | None = None
+    labels: str | None = None
+    created_by: str | None = None
+    keep_until_fetched: bool = False
+    callback_url: str | None = None
+
+
 class CreateOpts(msgspec.Struct, omit_defaults=True):
     """``create_job``'s optional arguments (absent: the script's default)."""
 

@@ -17,13 +17,14 @@ from broker.keys import Keys
 from broker.listing import Page, list_jobs
 from broker.message import encode_message
 from broker.models import Job, JobError, JobStatus, job_from_fields
-from broker.scripts import CancelOpts, CreateOpts, ProgressOpts, Reply, Scripts, TerminalOpts
+from broker.scripts import CancelOpts, CreateOpts, ProgressOpts, RecordExtras, Reply, Scripts, TerminalOpts
 from broker.settings import Settings
 
 GROUP = "workers"
 """The consumer group every queue stream is read through."""
 
 _encode = msgspec.json.Encoder().encode
+_NO_EXTRAS = RecordExtras()
 T = TypeVar("T")
 _CANCELLED = _encode(JobError(type="Cancelled", message="cancelled by request"))
 
@@ -95,18 +96,12 @@ class JobStore:
         idempotency_key: str | None = None,
         run_at_ms: int = 0,
         delay_ms: int = 0,
-        timeout: float | None = None,
-        labels: Mapping[str, str] | None = None,
-        created_by: str | None = None,
-        keep_until_fetched: bool = False,
-        callback_url: str | None = None,
+        extras: RecordExtras = _NO_EXTRAS,
     ) -> tuple[Job, bool]:
         """Create and queue a job; returns it and whether it is new (False: idempotent replay).
 
         ``run_at_ms`` (epoch ms) or ``delay_ms`` (from now, by the Redis clock) delays it.
-        ``timeout``, ``labels``, ``created_by`` and ``keep_until_fetched`` are stored on the
-        record as given (checked by :mod:`broker.validation` before).
-        ``callback_url`` (checked by the caller) receives its completion webhook.
+        ``extras`` are stored on the record as given (checked before, by ``Jobstream``).
         A replayed ``idempotency_key`` returns the job it first created, and raises
         :class:`IdempotencyConflict` when that job's type or input differ from this one's.
         Safe to re-send after a lost reply: a create that finds its own id took effect.
@@ -120,11 +115,7 @@ class JobStore:
                 run_at=run_at_ms,
                 delay_ms=delay_ms,
                 replace_idempotency=replace_dangling,
-                timeout=None if timeout is None else repr(float(timeout)),
-                labels=_encode(dict(labels)).decode() if labels else None,
-                created_by=created_by,
-                keep_until_fetched=keep_until_fetched,
-                callback_url=callback_url,
+                **msgspec.structs.asdict(extras),
             )
             reply = await self._create(job_id, task, input_json, owner, queue, idempotency_key, opts)
             if reply.code == ScriptCode.OK and reply.record is not None:

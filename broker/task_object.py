@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 import msgspec
 
 from broker.errors import JobstreamError, UnknownTask
 
 if TYPE_CHECKING:
-    from broker.api import Jobstream
+    from broker.api import JobOptions, Jobstream
     from broker.models import Job
     from broker.registry import JobContext, TaskSpec
 
@@ -88,41 +87,24 @@ class Task(Generic[In, Out]):
         return f"<Task {self.spec.name}>"
 
     async def submit(
-        self,
-        input: In,
-        *,
-        owner: str,
-        idempotency_key: str | None = None,
-        delay: float | None = None,
-        run_at: datetime | None = None,
-        client: Jobstream | None = None,
+        self, input: In, *, owner: str, client: Jobstream | None = None, **options: Unpack[JobOptions]
     ) -> Job:
-        """Create and queue a job of this task for ``owner`` (:meth:`Jobstream.submit`).
+        """Create and queue a job of this task for ``owner`` (:meth:`Jobstream.submit`, with the
+        same :class:`~broker.api.JobOptions`).
 
         Raises ``OwnerRequired`` for an empty owner, and what ``Jobstream.submit`` raises.
         """
         if not owner or not isinstance(owner, str):
             raise OwnerRequired(self.spec.name)
         jobs = client if client is not None else _default()
-        return await jobs.submit(
-            self, input, owner=owner, idempotency_key=idempotency_key, delay=delay, run_at=run_at
-        )
+        return await jobs.submit(self, input, owner=owner, **options)
 
     async def kiq(
-        self,
-        input: In,
-        *,
-        owner: str,
-        idempotency_key: str | None = None,
-        delay: float | None = None,
-        run_at: datetime | None = None,
-        client: Jobstream | None = None,
+        self, input: In, *, owner: str, client: Jobstream | None = None, **options: Unpack[JobOptions]
     ) -> JobHandle[Out]:
         """:meth:`submit`, answering a handle shaped like taskiq's ``AsyncTaskiqTask``."""
         jobs = client if client is not None else _default()
-        job = await self.submit(
-            input, owner=owner, idempotency_key=idempotency_key, delay=delay, run_at=run_at, client=jobs
-        )
+        job = await self.submit(input, owner=owner, client=jobs, **options)
         return JobHandle(job, jobs, self.spec.output_type)
 
 

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from broker.api import Jobstream
 from broker.errors import ScriptCode
 from broker.models import Job, JobStatus
-from broker.scripts import WebhookClaim
+from broker.scripts import RecordExtras, WebhookClaim
 from broker.store import JobStore
 from broker.validation import InvalidCallback
 from tests.support.deliveries import take
@@ -36,8 +36,9 @@ def store_settings() -> dict[str, Any]:
 
 
 async def make(store: JobStore, callback_url: str | None = HOOK, **kw: Any) -> Job:
+    extras = RecordExtras(callback_url=callback_url)
     job, _ = await store.create(
-        task="demo.noop", input_json=b"{}", owner="alice", queue="default", callback_url=callback_url, **kw
+        task="demo.noop", input_json=b"{}", owner="alice", queue="default", extras=extras, **kw
     )
     return job
 
