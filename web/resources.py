@@ -192,6 +192,14 @@ async def close_resources(app: Litestar) -> None:
     await resources.close()
 
 
+async def jobstream_of(app: Litestar) -> Jobstream:
+    """The ``Jobstream`` the app's own routes use, for a host app's endpoints: one Redis pool and
+    one event hub per process. Opens the app's resources if nothing did yet (as its first
+    request would; close them with :func:`close_resources`)."""
+    resources: Resources = app.state.resources
+    return (await resources.on_first_use()).jobstream
+
+
 def provide_caller(request: Request[User, Any, Any]) -> User:
     """The authenticated caller (the local user when auth is off)."""
     return request.user
