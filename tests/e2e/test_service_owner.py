@@ -80,6 +80,14 @@ async def test_the_stream_token_of_a_service_created_job_opens_the_owners_stream
         await reader.close()
     owner_feed = await stack.http.get(f"/events?token={job['stream_token']}")
     assert owner_feed.status_code in (401, 403, 404)  # a job's token opens that job, not the feed
+    grant = await stack.http.post(f"/jobs/{job['id']}/stream-token", headers=service.headers)
+    assert grant.status_code == 201  # asked later by the service, for the owner's browser too
+    later = Reader(stack.http, grant.json()["url"])
+    try:
+        await later.until(lambda r: bool(r.events), what="the first event on the later token")
+        assert later.events[0]["owner"] == user.name
+    finally:
+        await later.close()
     await stack.http.post(f"/jobs/{job['id']}/cancel", headers=service.headers)
 
 

@@ -314,9 +314,15 @@ async def job_stream_token(
     stream_tokens: Tokens,
     caller: Caller,
 ) -> Response[StreamGrant]:
-    """A short-lived token for ``GET /jobs/{id}/events?token=`` and the URL that uses it."""
-    await store.get(job_id, caller.scope)  # 404 unless the caller may see the job
-    token, expires = stream_tokens.mint(caller.id, admin=caller.admin, scope=job_scope(job_id))
+    """A short-lived token for ``GET /jobs/{id}/events?token=`` and the URL that uses it.
+
+    A service (not an admin) asks for the owner's browser: the token is the owner's, as the
+    one ``POST /jobs`` answers a service with.
+    """
+    job = await store.get(job_id, caller.scope)  # 404 unless the caller may see the job
+    holder = job.owner if caller.service and not caller.admin else caller.id
+    admin = caller.admin and holder == caller.id
+    token, expires = stream_tokens.mint(holder, admin=admin, scope=job_scope(job_id))
     root = request.scope.get("root_path", "")  # the prefix of a mount (FastAPI, Starlette)
     url = root + request.app.route_reverse("job_events", job_id=job_id) + "?token=" + token
     return Response(StreamGrant(token, expires, url), headers={"Cache-Control": "no-store"})
