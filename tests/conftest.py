@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from broker.api import Jobstream
 from broker.queues import ensure_groups
 from broker.settings import load_settings
 from broker.store import JobStore
@@ -88,3 +89,11 @@ async def store(redis: Redis, redis_url: str, prefix: str, store_settings: dict[
     job_store = JobStore(redis, settings)
     await ensure_groups(redis, job_store.keys, ["default"])
     return job_store
+
+
+@pytest_asyncio.fixture
+async def js(redis_url: str, prefix: str) -> AsyncIterator[Jobstream]:
+    """The public API on the test's Redis and prefix, with the demo tasks."""
+    settings = load_settings({}, redis_url=redis_url, prefix=prefix, task_modules="workers.tasks")
+    async with Jobstream.from_settings(settings) as api:
+        yield api

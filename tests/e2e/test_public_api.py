@@ -4,7 +4,6 @@ what ``POST /jobs`` refuses it refuses with typed errors, and following a job ne
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,13 +29,6 @@ from tests.support.procs import start_worker, stop
 from workers.tasks.demo import SleepInput, sleep
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def js(redis_url: str, prefix: str) -> AsyncIterator[Jobstream]:
-    settings = load_settings({}, redis_url=redis_url, prefix=prefix, task_modules="workers.tasks")
-    async with Jobstream.from_settings(settings) as api:
-        yield api
 
 
 async def test_submit_validates_as_post_jobs_does(js: Jobstream) -> None:

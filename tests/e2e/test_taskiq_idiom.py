@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from subprocess import Popen
 
 import pytest
 
 from broker import JobFailed, JobStatus, Jobstream, close_default_jobstream
-from broker.settings import load_settings
 from tests.support.procs import start_worker, stop
 from workers.tasks.demo import (
     FailInput,
@@ -27,13 +26,6 @@ from workers.tasks.demo import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def js(redis_url: str, prefix: str) -> AsyncIterator[Jobstream]:
-    settings = load_settings({}, redis_url=redis_url, prefix=prefix, task_modules="workers.tasks")
-    async with Jobstream.from_settings(settings) as api:
-        yield api
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import msgspec
@@ -28,7 +28,6 @@ from broker import (
     set_default_jobstream,
 )
 from broker.registry import TaskRegistry
-from broker.settings import load_settings
 from workers.job_broker import JobBroker
 from workers.tasks.demo import NoopInput, SleepInput, noop, sleep
 
@@ -46,13 +45,6 @@ class Add(msgspec.Struct):
 async def add(ctx: JobContext, data: Add) -> int:
     """Adds two numbers."""
     return data.a + data.b
-
-
-@pytest.fixture
-async def js(redis_url: str, prefix: str) -> AsyncIterator[Jobstream]:
-    settings = load_settings({}, redis_url=redis_url, prefix=prefix, task_modules="workers.tasks")
-    async with Jobstream.from_settings(settings) as api:
-        yield api
 
 
 @pytest.fixture
