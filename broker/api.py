@@ -26,7 +26,6 @@ from types import TracebackType
 from typing import Any, Self, TypedDict, TypeVar, Unpack, overload
 
 import msgspec
-from redis.asyncio import Redis
 
 from broker.connection import resilient_options
 from broker.errors import JobstreamError
@@ -37,6 +36,7 @@ from broker.registry import JobContext, TaskRegistry, TaskSpec, load_task_module
 from broker.scripts import RecordExtras
 from broker.settings import Settings, load_settings
 from broker.store import JobStore
+from broker.topology import RedisClient, open_redis
 from broker.validation import (
     both_given,
     check_callback_url,
@@ -107,7 +107,7 @@ class Jobstream:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         settings: Settings,
         tasks: TaskRegistry = registry,
         *,
@@ -132,7 +132,7 @@ class Jobstream:
     def from_settings(cls, settings: Settings, tasks: TaskRegistry = registry) -> Jobstream:
         """A client of ``settings.redis_url`` that loads ``settings.task_modules`` (closed on exit)."""
         load_task_modules(settings.task_modules)
-        js = cls(Redis.from_url(settings.redis_url, **resilient_options()), settings, tasks)
+        js = cls(open_redis(settings.topology, **resilient_options()), settings, tasks)
         js._owns_redis = True
         return js
 

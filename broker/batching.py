@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT
 
 from broker.connection import pack_command
 from broker.lua_source import Script
+from broker.topology import RedisClient
 
 
 @dataclass(slots=True)
@@ -40,13 +42,14 @@ class _Call:
     script: Script
     packed: bytes
     future: asyncio.Future[Any]
+    args: tuple[EncodableT, ...] = ()  # the command, unpacked (Cluster: redis-py routes it)
     reloaded: bool = False
 
 
 class ScriptBatcher:
     """``await batcher.call(script, keys, args)``: EVALSHA, pipelined with its neighbours."""
 
-    def __init__(self, redis: Redis, max_batch: int = 512, max_in_flight: int = 2) -> None:
+    def __init__(self, redis: RedisClient, max_batch: int = 512, max_in_flight: int = 2) -> None:
         self.redis = redis
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
@@ -109,6 +112,7 @@ class ScriptBatcher:
 
     async def _exchange(self, batch: list[_Call]) -> list[Any]:
         """Send the batch as one write and read its replies; a failed connection is dropped."""
+        assert isinstance(self.redis, Redis)  # Cluster: ClusterScriptBatcher
         pool = self.redis.connection_pool
         conn: Connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
@@ -129,6 +133,37 @@ class ScriptBatcher:
             return
         call.reloaded = True
         self._enqueue(call)
+
+
+class ClusterScriptBatcher(ScriptBatcher):
+    """The batcher on Redis Cluster: a batch goes out as redis-py's cluster pipeline, which
+    sends each call to the primary of its keys' slot (one write per node, the nodes in
+    parallel) and follows MOVED/ASK while slots migrate. Every script touches one slot."""
+
+    def __init__(self, redis: RedisCluster, max_batch: int = 512, max_in_flight: int = 2) -> None:
+        super().__init__(redis, max_batch, max_in_flight)
+        self.cluster = redis
+
+    async def call(self, script: Script, keys: tuple[EncodableT, ...], args: tuple[EncodableT, ...]) -> Any:
+        """As :meth:`ScriptBatcher.call`, routed by the first key."""
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Call(script, b"", future, command))
+        return await future
+
+    async def _exchange(self, batch: list[_Call]) -> list[Any]:
+        pipe = self.cluster.pipeline(transaction=False)
+        for call in batch:
+            pipe.execute_command(*call.args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+
+def batcher_for(redis: RedisClient) -> ScriptBatcher:
+    """The batcher for ``redis``'s topology."""
+    if isinstance(redis, RedisCluster):
+        return ClusterScriptBatcher(redis)
+    return ScriptBatcher(redis)
 
 
 async def _round_trip(conn: Connection, packed: bytes, count: int) -> list[Any]:

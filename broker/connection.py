@@ -23,6 +23,7 @@ from typing import Any, TypeVar, cast
 import hiredis
 from redis.asyncio import Connection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import DataError, RedisError
 from redis.typing import EncodableT
@@ -46,8 +47,8 @@ def pack_command(args: tuple[EncodableT, ...]) -> bytes:
         raise DataError(str(err)) from None
 
 
-class HiredisConnection(Connection):
-    """``redis.asyncio.Connection`` with :func:`pack_command` (pass as ``connection_class``)."""
+class HiredisPacking:
+    """Packs commands with :func:`pack_command`: mixed into a redis-py asyncio connection class."""
 
     def pack_command(self, *args: EncodableT) -> list[bytes]:
         """The RESP bytes of one command (a multi-word command name is split, as redis-py does)."""
@@ -57,6 +58,14 @@ class HiredisConnection(Connection):
         elif b" " in name:
             args = (*name.split(), *args[1:])
         return [pack_command(args)]
+
+
+class HiredisConnection(HiredisPacking, Connection):
+    """``redis.asyncio.Connection`` with :func:`pack_command` (pass as ``connection_class``)."""
+
+
+class HiredisSentinelConnection(HiredisPacking, SentinelManagedConnection):
+    """Sentinel's connection (it asks the sentinels where the primary is), packing in C."""
 
 
 def _plain(arg: EncodableT) -> EncodableT:

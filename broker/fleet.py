@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 
 from broker.keys import Keys
 from broker.store import GROUP
+from broker.topology import RedisClient
 
 
 class QueueStats(msgspec.Struct):
@@ -34,7 +34,7 @@ class WorkerInfo(msgspec.Struct):
     counters: dict[str, int]
 
 
-async def queue_stats(redis: Redis, keys: Keys, queues: Iterable[str]) -> list[QueueStats]:
+async def queue_stats(redis: RedisClient, keys: Keys, queues: Iterable[str]) -> list[QueueStats]:
     """Depth figures of each queue, in one pipelined round trip."""
     names = sorted(queues)
     async with redis.pipeline(transaction=False) as pipe:
@@ -60,7 +60,7 @@ def _count(reply: Any) -> int:
 _COUNTERS = ("started", "succeeded", "failed", "retried", "cancelled", "lost")
 
 
-async def live_workers(redis: Redis, keys: Keys) -> list[WorkerInfo]:
+async def live_workers(redis: RedisClient, keys: Keys) -> list[WorkerInfo]:
     """Every worker whose heartbeat has not expired (SCAN, never KEYS)."""
     found = [key async for key in redis.scan_iter(match=keys.worker_pattern, count=500)]
     async with redis.pipeline(transaction=False) as pipe:

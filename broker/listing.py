@@ -10,10 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from broker.keys import Keys
 from broker.models import Job, JobStatus, job_from_fields
+from broker.topology import RedisClient
 
 Rows = list[tuple[str, float]]
 """(job id, creation sequence) rows of an owner index."""
@@ -28,7 +27,7 @@ class Page:
 
 
 async def list_jobs(
-    redis: Redis,
+    redis: RedisClient,
     keys: Keys,
     owner: str,
     *,
@@ -71,7 +70,7 @@ async def list_jobs(
     return Page(found, _format_cursor(last) if last else None)
 
 
-async def _index_batch(redis: Redis, index: str, top: float | str, offset: int, count: int) -> Rows:
+async def _index_batch(redis: RedisClient, index: str, top: float | str, offset: int, count: int) -> Rows:
     rows: Any = await redis.zrange(
         index,
         top,
@@ -85,7 +84,7 @@ async def _index_batch(redis: Redis, index: str, top: float | str, offset: int, 
     return [(member.decode(), float(score)) for member, score in rows]
 
 
-async def _read_many(redis: Redis, keys: Keys, rows: Rows) -> Sequence[Job | None]:
+async def _read_many(redis: RedisClient, keys: Keys, rows: Rows) -> Sequence[Job | None]:
     async with redis.pipeline(transaction=False) as pipe:
         for job_id, _ in rows:
             pipe.hgetall(keys.job(job_id))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from redis.asyncio import Redis
+from broker.topology import RedisClient
 
 SCRIPT_NAMES = (
     "create_job",
@@ -63,7 +63,7 @@ def script(name: str) -> Script:
     return Script.of(name, script_source(name))
 
 
-async def load_all(redis: Redis) -> None:
+async def load_all(redis: RedisClient) -> None:
     """SCRIPT LOAD every script up front, so the first EVALSHA of each never misses."""
     for name in SCRIPT_NAMES:
         await redis.script_load(script(name).source)

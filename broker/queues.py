@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from broker.keys import Keys
 from broker.store import GROUP
+from broker.topology import RedisClient
 
 
-async def ensure_groups(redis: Redis, keys: Keys, queues: Iterable[str]) -> None:
+async def ensure_groups(redis: RedisClient, keys: Keys, queues: Iterable[str]) -> None:
     """Create each queue's stream and consumer group from id 0, idempotently.
 
     Every role calls this at start-up, so a job queued before any worker ever ran is

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import msgspec
-from redis.asyncio import Redis
 from redis.typing import EncodableT
 
-from broker.batching import ScriptBatcher
+from broker.batching import ScriptBatcher, batcher_for
 from broker.errors import ScriptCode
 from broker.keys import Keys
 from broker.lua_source import load_all, script
 from broker.models import pairs_to_fields
+from broker.topology import RedisClient
 
 _pack_opts = msgspec.msgpack.Encoder().encode
 
@@ -145,16 +145,16 @@ def _reply(raw: list[Any]) -> Reply:
 class Scripts:
     """The scripts of one Redis client and key prefix, one typed method each."""
 
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     batcher: ScriptBatcher
 
     @classmethod
-    def register(cls, redis: Redis, keys: Keys) -> Scripts:
+    def register(cls, redis: RedisClient, keys: Keys) -> Scripts:
         """The scripts over ``redis`` (no round trip until the first call)."""
-        return cls(redis, keys, ScriptBatcher(redis))
+        return cls(redis, keys, batcher_for(redis))
 
-    async def load_all(self, redis: Redis | None = None) -> None:
+    async def load_all(self, redis: RedisClient | None = None) -> None:
         """SCRIPT LOAD every script (through ``redis``, else this client) so no first EVALSHA misses."""
         await load_all(redis or self.redis)
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 import msgspec
 
+from broker.topology import InvalidRedisUrl, Topology, parse_redis_url
 from broker.webhook_signing import decode_secret
 from broker.webhook_targets import parse_allowed_hosts
 
@@ -17,6 +18,9 @@ JwtAlgorithm = Literal["HS256", "HS384", "HS512"]
 ReapPending = Literal["resend", "fail"]
 
 _ENV_PREFIX = "JOBSTREAM_"
+MAX_PARTITIONS = 1024
+DEFAULT_CLUSTER_PARTITIONS = 16
+"""Partitions on Cluster when not set: enough to spread over a few primaries."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -26,8 +30,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     validated by msgspec, so a typo in a number fails at start-up, not mid-request.
     """
 
+    # One Redis (redis://), Sentinel (redis+sentinel://h:p,h:p/<primary>) or Cluster
+    # (redis+cluster://h:p,h:p): see broker.topology.
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "js:"
+    # Queues, owner indexes and events are split into this many partitions, each in one
+    # Cluster slot (0: 1 on one Redis or Sentinel, DEFAULT_CLUSTER_PARTITIONS on Cluster).
+    # Every process must use the same number; it may be raised, never lowered while jobs remain.
+    partitions: int = 0
+    # POST /jobs answers 202 only once this many replicas have the job (Redis WAIT), else
+    # 503 after create_replicas_timeout_ms: a failover then cannot lose an acknowledged job.
+    create_replicas: int = 0
+    create_replicas_timeout_ms: int = 1_000
     # Auth: "jwt" needs jwt_secret; "none" serves one local user and is for trusted
     # networks and ``jobstream dev`` only.
     auth: AuthMode = "jwt"
@@ -103,6 +117,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reap_pending: ReapPending = "resend"
 
     def __post_init__(self) -> None:
+        try:
+            topology = parse_redis_url(self.redis_url)
+        except InvalidRedisUrl as err:
+            raise msgspec.ValidationError(str(err)) from None
+        if self.partitions < 0 or self.partitions > MAX_PARTITIONS:
+            raise msgspec.ValidationError(f"partitions must be 0 (the default) to {MAX_PARTITIONS}")
+        if self.create_replicas < 0 or self.create_replicas_timeout_ms < 1:
+            raise msgspec.ValidationError("create_replicas must be 0 or more, its timeout at least 1 ms")
+        if topology.cluster and self.create_replicas:
+            raise msgspec.ValidationError(
+                "create_replicas is for one Redis or Sentinel; on Cluster each primary's replicas "
+                "are its own (see the README, 'What each topology can lose')"
+            )
         if self.lease_seconds <= 0:
             raise msgspec.ValidationError("lease_seconds must be positive")
         if self.retention_seconds < 0:
@@ -129,6 +156,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.webhook_max_seconds < 1 or self.webhook_timeout_seconds <= 0:
             raise msgspec.ValidationError("webhook_max_seconds and webhook_timeout_seconds must be positive")
+
+    @property
+    def topology(self) -> Topology:
+        """Where Redis is (``redis_url``, read)."""
+        return parse_redis_url(self.redis_url)
+
+    @property
+    def partition_count(self) -> int:
+        """How many partitions: ``partitions``, or the topology's default when it is 0."""
+        if self.partitions:
+            return self.partitions
+        return DEFAULT_CLUSTER_PARTITIONS if self.topology.cluster else 1
 
     @property
     def queues(self) -> tuple[str, ...]:

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
-from redis.asyncio import Redis
 
 from broker.errors import IdempotencyConflict, IllegalTransition, JobNotFound, ScriptCode, raise_for_code
 from broker.ids import new_job_id
@@ -19,6 +18,7 @@ from broker.message import encode_message
 from broker.models import Job, JobError, JobStatus, job_from_fields
 from broker.scripts import CancelOpts, CreateOpts, ProgressOpts, RecordExtras, Reply, Scripts, TerminalOpts
 from broker.settings import Settings
+from broker.topology import RedisClient, client_retry
 
 GROUP = "workers"
 """The consumer group every queue stream is read through."""
@@ -77,7 +77,7 @@ class Started:
 class JobStore:
     """Every job state change goes through here, each as one atomic Lua script."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.prefix)
@@ -169,7 +169,7 @@ class JobStore:
         When its connection fails, it is sent again as the client's retry policy says
         (redis-py's ``Retry``; none: not again). The batch it rode in is not resent.
         """
-        retry = self.redis.get_retry()
+        retry = client_retry(self.redis)
         if retry is None:
             return await call()
         return await retry.call_with_retry(call, _nothing_to_clean_up)

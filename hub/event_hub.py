@@ -28,6 +28,7 @@ import msgspec
 from broker.errors import JobNotFound, JobstreamError
 from broker.models import Job, job_encoder, job_from_fields
 from broker.store import JobStore
+from broker.topology import parse_redis_url
 from hub.feeds import Feed, FeedClosed, JobFeed, OwnerFeed, Resync
 from hub.subscriptions import LOST, Channel, ChannelKind, Subscriptions, one_connection_pool
 
@@ -90,7 +91,7 @@ class EventHub:
         self._offline_timeout = min(offline_timeout, subscribe_timeout)
         self._owner_limits = {"max_pending": owner_max_pending, "max_tracked": owner_max_tracked}
         pool = one_connection_pool(
-            redis_url or store.settings.redis_url,
+            parse_redis_url(redis_url or store.settings.redis_url),
             client_name or f"jobstream-events:{os.getpid()}",
             connect_timeout,
         )

@@ -29,6 +29,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from broker.topology import Topology, pubsub_pool
+
 log = logging.getLogger("jobstream.events")
 
 LOST = (RedisError, OSError)
@@ -56,16 +58,18 @@ class Channel(Generic[L]):
         self.sent_on = 0  # the connection (numbered from 1) SUBSCRIBE was sent on; 0: none
 
 
-def one_connection_pool(url: str, client_name: str, connect_timeout: float) -> ConnectionPool:
+def one_connection_pool(
+    topology: Topology, client_name: str, connect_timeout: float, node: tuple[str, int] | None = None
+) -> ConnectionPool:
     """A pool of one connection to ``url`` whose errors reach the hub (no retry, no health check).
 
     No socket timeout either: reads pass their own, and on Python 3.11 the ``wait_for``
     that a write timeout goes through can swallow a task's cancellation (gh-86296). A dead
     peer is noticed by the idle PING instead.
     """
-    return ConnectionPool.from_url(
-        url,
-        max_connections=1,
+    return pubsub_pool(
+        topology,
+        node,
         retry=Retry(NoBackoff(), 0, supported_errors=()),
         retry_on_error=[],
         retry_on_timeout=False,

@@ -16,12 +16,11 @@ import logging
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
-
 from broker.keys import Keys
 from broker.models import TERMINAL
 from broker.scripts import Scripts
 from broker.settings import Settings
+from broker.topology import RedisClient
 from scheduler.scan import scan_keys, set_members, zset_members
 from scheduler.ticks import Counts
 
@@ -60,7 +59,7 @@ class CleanupCounts:
 class Cleanup:
     """One cleanup run per call of :meth:`run`; every step reads in batches of ``batch``."""
 
-    def __init__(self, redis: Redis, settings: Settings, scripts: Scripts, batch: int = BATCH) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings, scripts: Scripts, batch: int = BATCH) -> None:
         self.redis = redis
         self.settings = settings
         self.scripts = scripts

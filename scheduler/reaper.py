@@ -24,7 +24,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgspec
-from redis.asyncio import Redis
 
 from broker.errors import ScriptCode
 from broker.keys import Keys
@@ -33,6 +32,7 @@ from broker.models import JobError, JobStatus
 from broker.registry import TaskRegistry
 from broker.scripts import Scripts, TerminalOpts
 from broker.settings import Settings
+from broker.topology import RedisClient
 from scheduler.scan import scan_keys, set_members, stream_entries, zset_members
 from scheduler.ticks import Counts
 
@@ -101,7 +101,7 @@ class Reaper:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         settings: Settings,
         scripts: Scripts,
         registry: TaskRegistry,

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from broker.topology import RedisClient
 
 
-async def scan_keys(redis: Redis, pattern: str, kind: str, count: int) -> AsyncIterator[list[bytes]]:
+async def scan_keys(redis: RedisClient, pattern: str, kind: str, count: int) -> AsyncIterator[list[bytes]]:
     """Batches of the keys matching ``pattern`` whose type is ``kind`` (SCAN ... TYPE)."""
     cursor = 0
     while True:
@@ -23,7 +23,7 @@ async def scan_keys(redis: Redis, pattern: str, kind: str, count: int) -> AsyncI
             return
 
 
-async def zset_members(redis: Redis, key: str, count: int) -> AsyncIterator[list[bytes]]:
+async def zset_members(redis: RedisClient, key: str, count: int) -> AsyncIterator[list[bytes]]:
     """Batches of a sorted set's members (ZSCAN: safe while members are removed)."""
     cursor = 0
     while True:
@@ -34,7 +34,7 @@ async def zset_members(redis: Redis, key: str, count: int) -> AsyncIterator[list
             return
 
 
-async def set_members(redis: Redis, key: str, count: int) -> AsyncIterator[list[bytes]]:
+async def set_members(redis: RedisClient, key: str, count: int) -> AsyncIterator[list[bytes]]:
     """Batches of a set's members (SSCAN: safe while members are removed)."""
     cursor = 0
     while True:
@@ -46,7 +46,7 @@ async def set_members(redis: Redis, key: str, count: int) -> AsyncIterator[list[
 
 
 async def stream_entries(
-    redis: Redis, key: str, count: int
+    redis: RedisClient, key: str, count: int
 ) -> AsyncIterator[list[tuple[bytes, dict[bytes, bytes]]]]:
     """Batches of a stream's entries, oldest first (XRANGE from after the last one read)."""
     start = "-"

@@ -24,7 +24,6 @@ from typing import Any, cast
 import msgspec
 from croniter import croniter
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from taskiq import ScheduledTask, ScheduleSource
 from taskiq.exceptions import ScheduledTaskCancelledError
 
@@ -33,6 +32,7 @@ from broker.errors import JobstreamError
 from broker.keys import Keys
 from broker.registry import TaskRegistry
 from broker.settings import Settings
+from broker.topology import open_redis
 
 log = logging.getLogger("jobstream.schedules")
 
@@ -51,7 +51,7 @@ class JobScheduleSource(ScheduleSource):
 
     def __init__(self, settings: Settings) -> None:
         self.keys = Keys(settings.prefix)
-        self.redis = Redis.from_url(settings.redis_url, **resilient_options())
+        self.redis = open_redis(settings.topology, **resilient_options())
         self._caught_up = False
 
     async def shutdown(self) -> None:

@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
 from taskiq import ScheduledTask, ScheduleSource, TaskiqScheduler
 from taskiq.exceptions import SendTaskError
 
@@ -33,6 +32,7 @@ from broker.connection import STARTUP_PATIENCE_SECONDS, RedisWatch, resilient_op
 from broker.queues import ensure_groups
 from broker.scripts import Scripts
 from broker.settings import Settings
+from broker.topology import RedisClient, open_redis
 from scheduler.cleanup import Cleanup
 from scheduler.reaper import Reaper
 from scheduler.ticks import Periodic, Ticker
@@ -70,13 +70,13 @@ class JobScheduler(TaskiqScheduler):
         self.settings = settings
         self.claimant = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.tickers: list[Ticker] = []
-        self._redis: Redis | None = None
+        self._redis: RedisClient | None = None
         self._loops: list[asyncio.Task[None]] = []
 
     async def startup(self) -> None:
         """Start the broker, create the consumer groups, and start the maintenance timers."""
         await super().startup()
-        redis = self._redis = Redis.from_url(self.settings.redis_url, **resilient_options())
+        redis = self._redis = open_redis(self.settings.topology, **resilient_options())
         broker = self.job_broker
         scripts = Scripts.register(redis, broker.keys)
         queues = broker.registry.queues(self.settings.default_queue) | set(self.settings.queues)

@@ -17,10 +17,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from broker.connection import REDIS_FAULTS, RedisWatch, backoff
 from broker.scripts import Scripts
+from broker.topology import RedisClient
 
 log = logging.getLogger("jobstream.scheduler")
 
@@ -56,7 +55,7 @@ class Ticker:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         scripts: Scripts,
         claimant: str,
         job: Periodic,

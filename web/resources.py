@@ -25,15 +25,14 @@ from typing import Any
 from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from broker.api import Jobstream
-from broker.connection import HiredisConnection
 from broker.settings import Settings
 from broker.store import JobStore
+from broker.topology import RedisClient, Topology, open_redis
 from hub.event_hub import EventHub
 from web.auth import User
 from web.live.sse import EventStreams
@@ -84,8 +83,8 @@ SUBSCRIBE_TIMEOUT_SECONDS = REDIS_COMMAND_TIMEOUT_SECONDS
 (a hung Redis); while the hub is disconnected it answers 503 within half a second."""
 
 
-def redis_pool(url: str) -> BlockingConnectionPool:
-    """The web process's connection pool, made to ride out Redis restarts.
+def open_web_redis(topology: Topology) -> RedisClient:
+    """The web process's Redis client, its pool made to ride out Redis restarts.
 
     Blocking: past its size a request waits (``REDIS_POOL_WAIT_SECONDS``) for a free
     connection, then gets a 503; the plain pool raises at once, which a burst of SSE
@@ -93,11 +92,11 @@ def redis_pool(url: str) -> BlockingConnectionPool:
     connection (reads are idempotent, and the create script recognises a re-sent create
     by its job id); timeouts are not (the command may have run), and surface as a 503.
     """
-    return BlockingConnectionPool.from_url(
-        url,
+    return open_redis(
+        topology,
         max_connections=REDIS_POOL_SIZE,
-        timeout=REDIS_POOL_WAIT_SECONDS,
-        connection_class=HiredisConnection,
+        pool_timeout=REDIS_POOL_WAIT_SECONDS,
+        hiredis=True,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
         socket_timeout=REDIS_COMMAND_TIMEOUT_SECONDS,
         health_check_interval=REDIS_HEALTH_CHECK_SECONDS,
@@ -133,7 +132,7 @@ class Resources:
         it runs the lifespan shutdown at all.
         """
         settings = self.settings
-        redis = Redis.from_pool(redis_pool(settings.redis_url))
+        redis = open_web_redis(settings.topology)
         try:
             store = JobStore(redis, settings)
             hub = EventHub(

@@ -18,7 +18,6 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 from taskiq import AckableMessage
 
 from broker.connection import REDIS_FAULTS, RedisWatch, backoff
@@ -27,6 +26,7 @@ from broker.message import decode_message
 from broker.registry import TaskRegistry
 from broker.settings import Settings
 from broker.store import GROUP, Delivery, JobStore
+from broker.topology import RedisClient
 from workers.frames import make_batch, make_frame
 
 log = logging.getLogger("jobstream.broker")
@@ -54,7 +54,7 @@ class Deliveries:
         self.store = store
         self.consumer_name = consumer_name
         self.watch = watch
-        self._redis: Redis = store.redis
+        self._redis: RedisClient = store.redis
         self.inflight: dict[str, set[str]] = {stream: set() for stream in self.streams}
         self.limit = max(1, limit)
         self._room = asyncio.Event()
@@ -64,7 +64,7 @@ class Deliveries:
         # slow jobs (concurrency 1) never holds entries that an idle one could run.
         self.count = max(1, min(50, self.limit))
 
-    async def listen(self, redis: Redis, batches: bool) -> AsyncGenerator[bytes | AckableMessage, None]:
+    async def listen(self, redis: RedisClient, batches: bool) -> AsyncGenerator[bytes | AckableMessage, None]:
         """New entries from this worker's streams, and entries reclaimed from dead workers.
 
         ``redis`` is a client of its own (a read blocks its connection for up to a second).
@@ -134,7 +134,7 @@ class Deliveries:
             await self._room.wait()
         return self.limit - self.held
 
-    async def _read(self, redis: Redis, read: Any, count: int) -> list[tuple[str, str, bytes]]:
+    async def _read(self, redis: RedisClient, read: Any, count: int) -> list[tuple[str, str, bytes]]:
         """New entries of this worker's streams: at most ``count``, waiting up to ``block`` ms."""
         fetched: Any = await redis.xreadgroup(GROUP, self.consumer_name, read, count=count, block=self.block)
         return [

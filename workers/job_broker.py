@@ -1,7 +1,9 @@
-"""``JobBroker``: the jobstream worker broker, on taskiq-redis's ``BaseRedisBroker``.
+"""``JobBroker``: the jobstream worker broker, on taskiq's ``AsyncBroker``.
 
-``BaseRedisBroker`` owns the connection pool and nothing else; this brings its own reading
-and acknowledging, made safe for long jobs (see docs/ARCHITECTURE.md, "Faults"):
+It owns one Redis client of ``JOBSTREAM_REDIS_URL``'s topology (one Redis, Sentinel or
+Cluster: :mod:`broker.topology`; taskiq-redis's ``BaseRedisBroker`` builds a plain pool
+from a ``redis://`` URL only) and brings its own reading and acknowledging, made safe for
+long jobs (see docs/ARCHITECTURE.md, "Faults"):
 
 - leases (:mod:`workers.leases`): entries this worker holds are renewed every lease/3, so
   a live worker's long job is never reclaimed; idle entries are reclaimed after one lease
@@ -35,13 +37,11 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from taskiq import AckableMessage
+from taskiq import AckableMessage, AsyncBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
 from taskiq.message import BrokerMessage
-from taskiq_redis.redis_broker import BaseRedisBroker
 
 from broker.api import Jobstream
 from broker.connection import (
@@ -60,6 +60,7 @@ from broker.registry import TaskRegistry
 from broker.settings import Settings
 from broker.store import Delivery, JobStore
 from broker.task_object import NotAJobstreamTask
+from broker.topology import RedisClient, open_redis
 from broker.validation import InvalidInput
 from workers.deliveries import Deliveries
 from workers.executor import JobExecutor
@@ -72,7 +73,7 @@ _SHUTDOWN_WRITES_SECONDS = 5.0
 """How long shutdown waits for the lease loop's last writes (hand-back, heartbeat delete)."""
 
 
-class JobBroker(BaseRedisBroker):
+class JobBroker(AsyncBroker):
     """The jobstream worker broker (``taskiq worker workers.app:broker``)."""
 
     def __init__(
@@ -82,9 +83,9 @@ class JobBroker(BaseRedisBroker):
         queues: Sequence[str] | None = None,
     ) -> None:
         lease_ms = int(settings.lease_seconds * 1000)
-        super().__init__(
-            url=settings.redis_url,
-            max_connection_pool_size=None,
+        super().__init__()
+        self.redis = open_redis(
+            settings.topology,
             # A read that never completes must not hang the worker: after a cancelled
             # blocking XREADGROUP, redis-py could leave a connection waiting for a reply
             # that never came, and SIGTERM then idled forever (seen about 1 run in 10).
@@ -124,7 +125,7 @@ class JobBroker(BaseRedisBroker):
         # Taskiq logs a line per task at INFO; at thousands of jobs a second that is a
         # sizeable share of the worker's time. Job changes are in Redis and its events.
         logging.getLogger("taskiq.receiver.receiver").setLevel(logging.WARNING)
-        redis = Redis(connection_pool=self.connection_pool)
+        redis = self.redis
         store = JobStore(redis, self.settings)
 
         async def prepare() -> None:
@@ -164,6 +165,7 @@ class JobBroker(BaseRedisBroker):
         if self.is_worker_process:
             await close_default_jobstream()  # the one task code's submit/kiq made, if any
         await super().shutdown()
+        await self.redis.aclose()
 
     async def _sign_off(self, leases: asyncio.Task[None]) -> None:
         """Let the lease loop write its last (hand-back, heartbeat delete), for a while at most."""
@@ -255,14 +257,10 @@ class JobBroker(BaseRedisBroker):
         """New and reclaimed entries of this worker's queues (:meth:`Deliveries.listen`)."""
         if self.deliveries is None:
             raise RuntimeError("JobBroker.listen runs in a worker process, after startup")
-        redis = Redis(connection_pool=self.connection_pool)
-        try:
-            async for delivery in self.deliveries.listen(redis, batches=self.batch_limit is not None):
-                yield delivery
-        finally:
-            await redis.aclose(close_connection_pool=False)
+        async for delivery in self.deliveries.listen(self.redis, batches=self.batch_limit is not None):
+            yield delivery
 
-    async def _listen_cancels(self, executor: JobExecutor, redis: Redis) -> None:
+    async def _listen_cancels(self, executor: JobExecutor, redis: RedisClient) -> None:
         """Cancel requests for running jobs arrive here, by pub/sub, within milliseconds."""
         failures = 0
         while True:
@@ -311,7 +309,7 @@ class JobBroker(BaseRedisBroker):
     @functools.cached_property
     def _jobs(self) -> Jobstream:
         """The public API on this broker's pool (scripts load on first use, by EVALSHA's fallback)."""
-        return Jobstream(Redis(connection_pool=self.connection_pool), self.settings, self.registry)
+        return Jobstream(self.redis, self.settings, self.registry)
 
 
 _Params = ParamSpec("_Params")

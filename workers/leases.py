@@ -18,12 +18,11 @@ import socket
 import time
 from typing import Any
 
-from redis.asyncio import Redis
-
 from broker.connection import REDIS_FAULTS, RedisWatch, backoff
 from broker.keys import Keys
 from broker.settings import Settings
 from broker.store import GROUP
+from broker.topology import RedisClient
 from workers.deliveries import Deliveries
 from workers.executor import JobExecutor
 
@@ -45,7 +44,7 @@ class Leases:
         self.executor = executor
         self.consumer_name = deliveries.consumer_name
         self.watch = watch
-        self._redis: Redis = executor.store.redis
+        self._redis: RedisClient = executor.store.redis
         self._stopping = asyncio.Event()
         self._hand_back: dict[str, set[str]] = {}
 

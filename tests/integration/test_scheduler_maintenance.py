@@ -347,7 +347,7 @@ async def test_kick_creates_a_job_deduplicated_by_its_fire_key(
     with pytest.raises(SendTaskError) as refused:
         await AsyncKicker("demo.sleep", broker, {}).kiq(seconds="soon")
     assert isinstance(refused.value.__cause__, InvalidInput)  # Jobstream.submit's own check
-    await broker.connection_pool.disconnect()
+    await broker.redis.aclose()
 
 
 async def test_replicas_firing_one_schedule_create_one_job_and_bad_ones_are_logged(
@@ -364,7 +364,7 @@ async def test_replicas_firing_one_schedule_create_one_job_and_bad_ones_are_logg
     bad = schedule.model_copy(update={"task_name": "demo.sleep", "kwargs": {"seconds": "soon"}})
     await replicas[0].on_ready(source, bad)  # logged, not raised: the scheduler goes on
     assert "no job created" in caplog.text
-    await broker.connection_pool.disconnect()
+    await broker.redis.aclose()
 
 
 def test_fire_keys_agree_across_replicas_and_differ_across_slots() -> None:

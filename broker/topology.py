@@ -1,0 +1,208 @@
+"""Where Redis is: one ``JOBSTREAM_REDIS_URL`` for every topology, and redis-py's client for it.
+
+- ``redis://[user:password@]host:port/db`` (and ``rediss://``, ``unix://``): one Redis.
+- ``redis+sentinel://host:port,host:port/<primary name>?db=0&password=...``: Redis
+  Sentinel. The clients ask the sentinels where the primary is, and ask again when a
+  connection to it fails (a failover), through redis-py's ``Sentinel``. Query parameters:
+  ``db``, ``username``, ``password`` (the data nodes'; user info before the hosts works
+  too), ``sentinel_username``, ``sentinel_password``.
+- ``redis+cluster://host:port,host:port``: Redis Cluster, through redis-py's
+  ``RedisCluster`` (any reachable node is enough to find the rest). Query parameters:
+  ``username``, ``password`` (or user info).
+
+:func:`open_redis` gives a client of one of these with the caller's connection options
+(each role has its own: see ``web.resources``, ``workers.job_broker``, ``broker.api``);
+:func:`pubsub_pool` gives the event hub's one-connection pools. Every role calls these, so
+one setting moves all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeAlias
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import msgspec
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+from broker.connection import HiredisConnection, HiredisSentinelConnection
+
+RedisClient: TypeAlias = Redis | RedisCluster
+"""A client of any topology: ``Redis`` (one Redis, or Sentinel's primary) or ``RedisCluster``."""
+
+Kind = Literal["single", "sentinel", "cluster"]
+
+_SCHEMES: dict[str, Kind] = {
+    "redis": "single",
+    "rediss": "single",
+    "unix": "single",
+    "redis+sentinel": "sentinel",
+    "redis+cluster": "cluster",
+}
+_DEFAULT_PORTS: dict[Kind, int] = {"single": 6379, "sentinel": 26379, "cluster": 6379}
+_SENTINEL_TIMEOUT_SECONDS = 1.0
+"""How long a sentinel may take to say where the primary is (a dead sentinel is skipped)."""
+
+
+class InvalidRedisUrl(ValueError):
+    """``JOBSTREAM_REDIS_URL`` is not one of the three forms (the message says which is wrong)."""
+
+
+class Topology(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``JOBSTREAM_REDIS_URL`` names: its kind, its nodes, and the credentials."""
+
+    kind: Kind
+    url: str
+    """The URL as given (for one Redis, what redis-py's ``from_url`` takes)."""
+    nodes: tuple[tuple[str, int], ...] = ()
+    """Sentinels (sentinel) or seed nodes (cluster); empty for one Redis."""
+    service: str = ""
+    """The primary's name the sentinels monitor (sentinel only)."""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this is Redis Cluster (keys of one command must share a slot)."""
+        return self.kind == "cluster"
+
+
+def parse_redis_url(url: str) -> Topology:
+    """Read ``url`` (see the module's docstring); :class:`InvalidRedisUrl` says what is wrong."""
+    scheme = url.partition("://")[0].lower()
+    kind = _SCHEMES.get(scheme)
+    if kind is None or "://" not in url:
+        known = ", ".join(f"{s}://" for s in _SCHEMES)
+        raise InvalidRedisUrl(f"JOBSTREAM_REDIS_URL must start with one of {known}: got {url!r}")
+    if kind == "single":
+        return Topology(kind=kind, url=url)
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    service = unquote(parts.path.strip("/"))
+    if kind == "sentinel" and not service:
+        raise InvalidRedisUrl(f"a Sentinel URL names the primary after the hosts (.../mymaster): {url!r}")
+    if kind == "cluster" and service:
+        raise InvalidRedisUrl(f"a Cluster URL has no path (Cluster has database 0 only): {url!r}")
+    return Topology(
+        kind=kind,
+        url=url,
+        nodes=_nodes(hosts, _DEFAULT_PORTS[kind], url),
+        service=service,
+        db=_int(query.get("db", "0"), "db", url),
+        username=query.get("username") or unquote(username) or None,
+        password=query.get("password") or unquote(password) or None,
+        sentinel_username=query.get("sentinel_username"),
+        sentinel_password=query.get("sentinel_password"),
+    )
+
+
+def _nodes(hosts: str, default_port: int, url: str) -> tuple[tuple[str, int], ...]:
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
+        if not host:
+            raise InvalidRedisUrl(f"an empty host in {url!r}")
+        nodes.append((host.strip("[]"), _int(port, "port", url) if port else default_port))
+    return tuple(nodes)
+
+
+def _int(text: str, what: str, url: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidRedisUrl(f"{what} {text!r} is not a number in {url!r}") from None
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool (connections follow the primary) that waits for a free connection
+    when full, as the web's plain pool does, instead of raising at once."""
+
+
+def open_redis(
+    topology: Topology,
+    *,
+    max_connections: int | None = None,
+    pool_timeout: float | None = None,
+    hiredis: bool = False,
+    **options: Any,
+) -> RedisClient:
+    """A client of ``topology``. ``options`` are redis-py connection options (timeouts,
+    ``retry``, ``health_check_interval``...). ``pool_timeout`` makes the pool wait that long
+    for a free connection when ``max_connections`` are in use (None: raise at once);
+    ``hiredis`` packs commands in C. On Cluster both are redis-py's own behaviour."""
+    if topology.kind == "cluster":
+        return _cluster(topology, max_connections, options)
+    if hiredis:
+        options["connection_class"] = (
+            HiredisSentinelConnection if topology.kind == "sentinel" else HiredisConnection
+        )
+    if max_connections is not None:
+        options["max_connections"] = max_connections
+    if topology.kind == "sentinel":
+        pool_class = SentinelConnectionPool
+        if pool_timeout is not None:
+            pool_class, options["timeout"] = BlockingSentinelPool, pool_timeout
+        client: Redis = sentinel_of(topology).master_for(
+            topology.service, connection_pool_class=pool_class, **options
+        )
+        return client
+    if pool_timeout is not None:
+        return Redis.from_pool(BlockingConnectionPool.from_url(topology.url, timeout=pool_timeout, **options))
+    return Redis.from_pool(ConnectionPool.from_url(topology.url, **options))
+
+
+def _cluster(topology: Topology, max_connections: int | None, options: dict[str, Any]) -> RedisCluster:
+    options.pop("retry_on_timeout", None)  # not a RedisCluster option; its retry covers timeouts
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in topology.nodes],
+        username=topology.username,
+        password=topology.password,
+        max_connections=max_connections or 2**31,
+        **options,
+    )
+
+
+def client_retry(redis: RedisClient) -> Retry | None:
+    """The retry policy ``redis`` was made with (Cluster keeps it on the client itself)."""
+    return redis.retry if isinstance(redis, RedisCluster) else redis.get_retry()
+
+
+def sentinel_of(topology: Topology) -> Sentinel:
+    """redis-py's ``Sentinel`` for ``topology``: the data nodes' db and credentials."""
+    return Sentinel(  # type: ignore[no-untyped-call]
+        list(topology.nodes),
+        sentinel_kwargs={
+            "username": topology.sentinel_username,
+            "password": topology.sentinel_password,
+            "socket_timeout": _SENTINEL_TIMEOUT_SECONDS,
+            "socket_connect_timeout": _SENTINEL_TIMEOUT_SECONDS,
+        },
+        db=topology.db,
+        username=topology.username,
+        password=topology.password,
+    )
+
+
+def pubsub_pool(topology: Topology, node: tuple[str, int] | None = None, **options: Any) -> ConnectionPool:
+    """A pool of ONE connection for a pub/sub reader: to the one Redis, to Sentinel's
+    current primary, or (Cluster) to ``node``. ``options`` as for :func:`open_redis`."""
+    options["max_connections"] = 1
+    if topology.kind == "cluster":
+        if node is None:
+            raise ValueError("a Cluster pub/sub pool needs the node that serves its channels")
+        host, port = node
+        return ConnectionPool(
+            host=host, port=port, username=topology.username, password=topology.password, **options
+        )
+    if topology.kind == "sentinel":
+        return SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            topology.service, sentinel_of(topology), is_master=True, **options
+        )
+    return ConnectionPool.from_url(topology.url, **options)
