@@ -56,7 +56,7 @@ async def fill(redis: Redis, keys: Keys, entries: int, owners: int) -> None:
     for n in range(owners):
         for start in range(0, per_owner, _FILL_CHUNK):
             end = min(per_owner, start + _FILL_CHUNK) - 1
-            await redis.eval(_FILL, 1, keys.owner_jobs(f"owner{n}"), f"gone-{n}-", start, end)  # type: ignore[misc]
+            await redis.eval(_FILL, 1, keys.owner_jobs(f"owner{n}", 0), f"gone-{n}-", start, end)  # type: ignore[misc]
 
 
 def rss_kib() -> int:
@@ -96,7 +96,7 @@ async def bench(url: str, entries: int, owners: int, batch: int) -> None:
         _current, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
 
-        left = sum([await redis.zcard(store.keys.owner_jobs(f"owner{n}")) for n in range(owners)])
+        left = sum([await redis.zcard(store.keys.owner_jobs(f"owner{n}", 0)) for n in range(owners)])
         assert counts["index"] == entries // owners * owners, counts
         assert left == len(live), left
         print(f"cleanup of {counts['index']:,} expired index entries over {owners} owners (batch {batch}):")
@@ -104,7 +104,7 @@ async def bench(url: str, entries: int, owners: int, batch: int) -> None:
         print(f"  peak Python heap    {peak / 1024:,.0f} KiB (tracemalloc, in a second, traced run)")
         print(f"  peak RSS growth     {rss_growth:,} KiB (ru_maxrss after - before; RSS {rss_kib():,} KiB)")
         print(f"  live ids kept       {left} of {len(live)}")
-        await redis.delete(*[store.keys.owner_jobs(f"owner{n}") for n in range(owners)])
+        await redis.delete(*[store.keys.owner_jobs(f"owner{n}", 0) for n in range(owners)])
     finally:
         await redis.aclose()
 

@@ -24,6 +24,7 @@ import httpx
 from bench import profiling
 from bench.common import OWNER, percentile
 from bench.http import Server
+from broker.keys import partition_of
 from broker.store import GROUP, Delivery, JobStore, Started
 
 BATCH = 250
@@ -164,7 +165,7 @@ async def settle(server: Server, rounds: int = 3) -> None:
 async def running_job(store: JobStore, queue: str = "default", task: str = "demo.sleep") -> Started:
     """A job of ``OWNER`` that this process started as a worker would (so it may write progress)."""
     job, _ = await store.create(task=task, input_json=b"{}", owner=OWNER, queue=queue)
-    stream = store.keys.queue(queue)
+    stream = store.keys.queue(queue, partition_of(job.id))
     reply: Any = await store.redis.xreadgroup(GROUP, "bench", {stream: ">"}, count=1)
     delivery = Delivery(job.id, stream, reply[0][1][0][0].decode(), dispatch=1)
     started = await store.start(delivery, "bench")

@@ -120,12 +120,12 @@ async def _run_workers(
 
     Returns when they were spawned, the completion seen by polling, and CPU per job.
     """
-    active = store.keys.owner_active(OWNER)
+    actives = [store.keys.owner_active(OWNER, p) for p in range(store.keys.partitions)]
     profiler: subprocess.Popen[bytes] | None = None
 
     async def completed() -> int:
         nonlocal profiler
-        done = n - int(await store.redis.scard(active))
+        done = n - sum([int(await store.redis.scard(active)) for active in actives])
         meter.observe(done)
         if profile_to and done and profiler is None:  # attach once jobs run: start-up is not profiled
             profiler = profiling.start(procs[0].pid, profile_to)

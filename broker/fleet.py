@@ -35,18 +35,22 @@ class WorkerInfo(msgspec.Struct):
 
 
 async def queue_stats(redis: RedisClient, keys: Keys, queues: Iterable[str]) -> list[QueueStats]:
-    """Depth figures of each queue, in one pipelined round trip."""
+    """Depth figures of each queue, summed over its partitions, in one pipelined round trip."""
     names = sorted(queues)
+    partitions = range(keys.partitions)
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.xlen(keys.queue(name))
-            pipe.xpending(keys.queue(name), GROUP)
-            pipe.zcard(keys.delayed(name))
-            pipe.xlen(keys.dead(name))
+            for p in partitions:
+                pipe.xlen(keys.queue(name, p))
+                pipe.xpending(keys.queue(name, p), GROUP)
+                pipe.zcard(keys.delayed(name, p))
+                pipe.xlen(keys.dead(name, p))
         replies: list[Any] = await pipe.execute(raise_on_error=False)
     stats = []
+    per_queue = 4 * keys.partitions
     for i, name in enumerate(names):
-        length, pending, delayed, dead = (_count(r) for r in replies[4 * i : 4 * i + 4])
+        counts = [_count(r) for r in replies[per_queue * i : per_queue * (i + 1)]]
+        length, pending, delayed, dead = (sum(counts[k::4]) for k in range(4))
         stats.append(QueueStats(name, max(0, length - pending), pending, delayed, dead))
     return stats
 

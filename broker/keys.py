@@ -1,71 +1,127 @@
-"""The Redis key schema: the only module that formats a Redis key or channel name."""
+"""The Redis key schema: the only module that formats a Redis key or channel name.
+
+Queues, jobs, owner indexes, webhooks and events are split into partitions
+(``JOBSTREAM_PARTITIONS``). Every key and channel of one partition carries the hash tag
+``{p<n>}``, so each script touches one Redis Cluster slot, and a job's id says its
+partition (:func:`partition_of`), so a job's keys are found without a lookup. Worker
+heartbeats, schedules and locks are single keys outside the partitions.
+"""
 
 from __future__ import annotations
 
 import hashlib
 
+PARTITION_HEX_DIGITS = 3
+"""A job id ends with its partition number in this many hex digits (see :mod:`broker.ids`)."""
+
+
+def partition_of(job_id: str) -> int:
+    """The partition a job id names (its last hex digits); 0 for a string that is no job id,
+    whose keys then simply do not exist."""
+    try:
+        return int(job_id[-PARTITION_HEX_DIGITS:], 16)
+    except ValueError:
+        return 0
+
 
 class Keys:
-    """Key and channel names under one prefix (``js:`` by default).
+    """Key and channel names under one prefix (``js:`` by default), in ``partitions`` partitions."""
 
-    All keys of one job share the hash tag ``{<id>}`` so a job's script touches one slot.
-    """
+    __slots__ = ("partitions", "prefix")
 
-    __slots__ = ("prefix",)
-
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, partitions: int = 1) -> None:
         self.prefix = prefix
+        self.partitions = partitions
+
+    def tag(self, partition: int) -> str:
+        """What every key of ``partition`` starts with: the prefix and the hash tag."""
+        return f"{self.prefix}{{p{partition}}}:"
+
+    def partition_of_key(self, key: bytes | str) -> int:
+        """The partition of a key (or channel) this schema named: the number in its hash tag."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return int(text[len(self.prefix) + 2 : text.index("}", len(self.prefix))])
+
+    # -- one job ---------------------------------------------------------------------------
 
     def job(self, job_id: str) -> str:
         """The job record hash."""
-        return f"{self.prefix}job:{{{job_id}}}"
-
-    def job_channel(self, job_id: str) -> str:
-        """Pub/sub channel with one event per change of the job (the job key + ``:events``)."""
-        return f"{self.prefix}job:{{{job_id}}}:events"
+        return f"{self.tag(partition_of(job_id))}job:{job_id}"
 
     def webhook(self, job_id: str) -> str:
         """The completion webhook of an ended job: its terminal record, URL, attempts, deadline."""
-        return f"{self.prefix}webhook:{{{job_id}}}"
+        return f"{self.tag(partition_of(job_id))}webhook:{job_id}"
 
-    @property
-    def webhooks_due(self) -> str:
+    # -- per partition ---------------------------------------------------------------------
+
+    def events(self, partition: int) -> str:
+        """Shard channel (SPUBLISH) with every change of the partition's jobs: a header line
+        ``["<id>","<owner>"]``, then the whole record as a JSON array ``[field, value, ...]``."""
+        return f"{self.tag(partition)}events"
+
+    def cancels(self, partition: int) -> str:
+        """Shard channel on which cancel requests for the partition's running jobs reach workers."""
+        return f"{self.tag(partition)}cancel"
+
+    def webhooks_due(self, partition: int) -> str:
         """Sorted set of job ids whose webhook is due, by due ms (a claimed one: by lease end)."""
-        return f"{self.prefix}webhooks:due"
+        return f"{self.tag(partition)}webhooks:due"
 
-    def owner_jobs(self, owner: str) -> str:
-        """Sorted set of the owner's job ids by creation time (ms)."""
-        return f"{self.prefix}owner:{owner}:jobs"
+    def owner_jobs(self, owner: str, partition: int) -> str:
+        """Sorted set of the owner's job ids in the partition, by creation sequence."""
+        return f"{self.tag(partition)}owner:{owner}:jobs"
 
-    def owner_active(self, owner: str) -> str:
-        """Set of the owner's PENDING/PROCESSING job ids, for the active-job quota."""
-        return f"{self.prefix}owner:{owner}:active"
+    def owner_active(self, owner: str, partition: int) -> str:
+        """Set of the owner's PENDING/PROCESSING job ids in the partition, for the quota."""
+        return f"{self.tag(partition)}owner:{owner}:active"
 
-    def owner_channel(self, owner: str) -> str:
-        """Pub/sub channel with the events of all the owner's jobs (the dashboard feed)."""
-        return f"{self.prefix}owner:{owner}:events"
+    def idempotency(self, owner: str, key: str, partition: int) -> str:
+        """Idempotency key -> job id, in the partition of the job it made (the store picks it
+        from the key, so replays look there). The client's key is hashed: any bytes are safe."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.tag(partition)}idem:{owner}:{digest}"
+
+    def queue(self, name: str, partition: int) -> str:
+        """The stream of Taskiq messages for one queue in one partition."""
+        return f"{self.tag(partition)}queue:{name}"
+
+    def queue_of(self, stream: bytes | str) -> tuple[str, int]:
+        """The queue name and partition of a queue stream key."""
+        text = stream.decode() if isinstance(stream, bytes) else stream
+        partition = self.partition_of_key(text)
+        return text.removeprefix(f"{self.tag(partition)}queue:"), partition
+
+    def delayed(self, name: str, partition: int) -> str:
+        """Sorted set of messages due later (delayed jobs, retry backoff), score = due ms."""
+        return f"{self.tag(partition)}queue:{name}:delayed"
+
+    def dead(self, name: str, partition: int) -> str:
+        """Stream of messages that exhausted their deliveries."""
+        return f"{self.tag(partition)}queue:{name}:dead"
+
+    # -- SCAN patterns (every partition) ---------------------------------------------------
 
     @property
-    def owner_channel_prefix(self) -> str:
-        """Prefix that scripts complete with ``<owner>:events`` to reach the owner channel."""
-        return f"{self.prefix}owner:"
+    def owner_index_pattern(self) -> str:
+        """SCAN pattern over owner job indexes."""
+        return f"{self.prefix}{{p*}}:owner:*:jobs"
 
-    def idempotency(self, owner: str, key: str) -> str:
-        """Idempotency key -> job id. The client's key is hashed, so any bytes are safe."""
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        return f"{self.prefix}idem:{owner}:{digest}"
+    @property
+    def owner_active_pattern(self) -> str:
+        """SCAN pattern over owner active-job sets."""
+        return f"{self.prefix}{{p*}}:owner:*:active"
 
-    def queue(self, name: str) -> str:
-        """The stream of Taskiq messages for one queue."""
-        return f"{self.prefix}queue:{name}"
+    @property
+    def dead_pattern(self) -> str:
+        """SCAN pattern over dead-letter streams."""
+        return f"{self.prefix}{{p*}}:queue:*:dead"
 
-    def delayed(self, name: str) -> str:
-        """Sorted set of messages due later (delayed jobs, retry backoff), score = due ms."""
-        return f"{self.prefix}queue:{name}:delayed"
+    @property
+    def idempotency_pattern(self) -> str:
+        """SCAN pattern over idempotency keys."""
+        return f"{self.prefix}{{p*}}:idem:*"
 
-    def dead(self, name: str) -> str:
-        """Stream of messages that exhausted their deliveries."""
-        return f"{self.prefix}queue:{name}:dead"
+    # -- outside the partitions ------------------------------------------------------------
 
     def worker(self, consumer: str) -> str:
         """A live worker's heartbeat hash."""
@@ -75,26 +131,6 @@ class Keys:
     def worker_pattern(self) -> str:
         """SCAN pattern over worker heartbeat hashes."""
         return f"{self.prefix}worker:*"
-
-    @property
-    def owner_index_pattern(self) -> str:
-        """SCAN pattern over owner job indexes."""
-        return f"{self.prefix}owner:*:jobs"
-
-    @property
-    def owner_active_pattern(self) -> str:
-        """SCAN pattern over owner active-job sets."""
-        return f"{self.prefix}owner:*:active"
-
-    @property
-    def dead_pattern(self) -> str:
-        """SCAN pattern over dead-letter streams."""
-        return f"{self.prefix}queue:*:dead"
-
-    @property
-    def idempotency_pattern(self) -> str:
-        """SCAN pattern over idempotency keys."""
-        return f"{self.prefix}idem:*"
 
     def schedule(self, schedule_id: str) -> str:
         """A runtime schedule, as JSON (the layout of taskiq-redis's ``ListRedisScheduleSource``)."""
@@ -119,11 +155,7 @@ class Keys:
         """List of the ids of one-shot schedules due in ``minute`` (``YYYY-MM-DDTHH:MM``, UTC)."""
         return f"{self.prefix}schedule:time:{minute}"
 
-    @property
-    def cancel_channel(self) -> str:
-        """Channel on which cancel requests for running jobs reach the workers."""
-        return f"{self.prefix}cancel"
-
     def lock(self, name: str) -> str:
         """A lock with an expiry (scheduler ticks)."""
         return f"{self.prefix}lock:{name}"
+

@@ -6,6 +6,8 @@ a cursor is ``<sequence>.<job id>`` of the last job a page returned.
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,24 +43,23 @@ async def list_jobs(
 
     ``labels`` keeps the jobs that carry every one of these labels (key and value).
 
-    The order is (created ms, id) descending and the cursor names the last job
-    returned, so jobs created while a client pages neither repeat nor shift a page.
-    Reads the index in bounded batches; ids whose record expired are skipped (the
-    cleanup task prunes them). A page may hold fewer than ``limit`` jobs when a filter
-    matches rarely; the cursor then continues the scan where it stopped.
+    The order is (creation sequence, id) descending and the cursor names the last job
+    returned, so jobs created while a client pages neither repeat nor shift a page. The
+    owner's index is kept per partition; a page merges them (:class:`_Merge`). Reads the
+    indexes in bounded batches; ids whose record expired are skipped (the cleanup task
+    prunes them). A page may hold fewer than ``limit`` jobs when a filter matches rarely;
+    the cursor then continues the scan where it stopped.
     """
     after = _parse_cursor(cursor)
-    top: float | str = after[0] if after else "+inf"
     batch = max(limit * 2, 50)
+    merge = _Merge(redis, [keys.owner_jobs(owner, p) for p in range(keys.partitions)], after, batch)
     found: list[Job] = []
-    offset = scanned = 0
     last: tuple[float, str] | None = after
+    scanned = 0
     while len(found) < limit and scanned < batch * 10:
-        rows = await _index_batch(redis, keys.owner_jobs(owner), top, offset, batch)
+        rows = await merge.next_rows(batch)
         if not rows:
             return Page(found, None)
-        offset += len(rows)
-        rows = [(i, sc) for i, sc in rows if after is None or (sc, i) < after]
         scanned += len(rows)
         for (job_id, score), job in zip(rows, await _read_many(redis, keys, rows), strict=True):
             last = (score, job_id)
@@ -68,6 +69,47 @@ async def list_jobs(
             if len(found) == limit:
                 return Page(found, _format_cursor(last))
     return Page(found, _format_cursor(last) if last else None)
+
+
+class _Merge:
+    """A k-way merge of the owner's per-partition indexes, newest first, below ``after``.
+
+    Each index is read in batches; a row is handed out only once every index that may hold
+    more rows has its next row buffered, so none could still hold a newer one. With one
+    partition it reads exactly as a single index would.
+    """
+
+    def __init__(self, redis: RedisClient, indexes: list[str], after: tuple[float, str] | None, batch: int):
+        self.redis = redis
+        self.after = after
+        self.batch = batch
+        self.buffers: dict[str, deque[tuple[str, float]]] = {index: deque() for index in indexes}
+        self.offsets = dict.fromkeys(indexes, 0)
+        self.open = set(indexes)  # indexes that may hold more rows
+
+    async def next_rows(self, count: int) -> Rows:
+        """Up to ``count`` rows, newest first; an empty list at the end of every index."""
+        rows: Rows = []
+        while len(rows) < count:
+            empty = [index for index in self.open if not self.buffers[index]]
+            if empty:
+                await asyncio.gather(*(self._fill(index) for index in empty))
+            heads = [(buf[0][1], buf[0][0], index) for index, buf in self.buffers.items() if buf]
+            if not heads:
+                break
+            rows.append(self.buffers[max(heads)[2]].popleft())
+        return rows
+
+    async def _fill(self, index: str) -> None:
+        """Read batches of ``index`` until one has rows below the cursor, or it ends."""
+        top: float | str = self.after[0] if self.after else "+inf"
+        while not self.buffers[index] and index in self.open:
+            rows = await _index_batch(self.redis, index, top, self.offsets[index], self.batch)
+            self.offsets[index] += len(rows)
+            if len(rows) < self.batch:
+                self.open.discard(index)
+            after = self.after  # rows tied with the cursor's sequence, at or before it, go
+            self.buffers[index].extend((i, sc) for i, sc in rows if after is None or (sc, i) < after)
 
 
 async def _index_batch(redis: RedisClient, index: str, top: float | str, offset: int, count: int) -> Rows:

@@ -20,7 +20,7 @@ from redis.typing import EncodableT
 
 from broker.batching import ScriptBatcher, batcher_for
 from broker.errors import ScriptCode
-from broker.keys import Keys
+from broker.keys import Keys, partition_of
 from broker.lua_source import load_all, script
 from broker.models import pairs_to_fields
 from broker.topology import RedisClient
@@ -177,16 +177,16 @@ class Scripts:
         opts: CreateOpts,
     ) -> Reply:
         """A new PENDING job: OK with its record, DUPLICATE with the existing id, or QUOTA."""
-        k = self.keys
+        k, p = self.keys, partition_of(job_id)
         keys = (
             k.job(job_id),
-            k.owner_jobs(owner),
-            k.owner_active(owner),
-            k.idempotency(owner, idempotency_key or ""),
-            k.queue(queue),
-            k.delayed(queue),
+            k.owner_jobs(owner, p),
+            k.owner_active(owner, p),
+            k.idempotency(owner, idempotency_key, p) if idempotency_key else k.tag(p),
+            k.queue(queue, p),
+            k.delayed(queue, p),
         )
-        args = (k.owner_channel_prefix, job_id, task, owner, queue, input_json, active_ttl, message)
+        args = (k.events(p), job_id, task, owner, queue, input_json, active_ttl, message)
         return _reply(await self._call("create_job", keys, (*args, _pack_opts(opts))))
 
     async def start_job(
@@ -203,7 +203,7 @@ class Scripts:
     ) -> Reply:
         """PENDING -> PROCESSING: OK with the record, or STALE, NOT_FOUND, SKIPPED (status)."""
         k = self.keys
-        args = (k.owner_channel_prefix, group, consumer, entry_id, dispatch, active_ttl, run_token)
+        args = (k.events(partition_of(job_id)), group, consumer, entry_id, dispatch, active_ttl, run_token)
         return _reply(await self._call("start_job", (k.job(job_id), stream), args))
 
     async def progress_job(
@@ -211,7 +211,7 @@ class Scripts:
     ) -> Progressed:
         """The running attempt's progress: OK (and whether a cancel was asked), or a refusal."""
         k = self.keys
-        args = (k.owner_channel_prefix, attempt, repr(float(progress)), active_ttl, _pack_opts(opts))
+        args = (k.events(partition_of(job_id)), attempt, repr(float(progress)), active_ttl, _pack_opts(opts))
         raw = await self._call("progress_job", (k.job(job_id),), args)
         code = ScriptCode(int(raw[0]))
         if code == ScriptCode.OK:
@@ -233,9 +233,9 @@ class Scripts:
         opts: TerminalOpts,
     ) -> Reply:
         """PROCESSING -> ``status`` with ``payload`` (result or error JSON), acking the entry."""
-        k = self.keys
-        keys = (k.job(job_id), k.owner_active(owner), stream, k.webhook(job_id), k.webhooks_due)
-        args = (k.owner_channel_prefix, attempt, status, payload, retention, group, entry_id, job_id)
+        k, p = self.keys, partition_of(job_id)
+        keys = (k.job(job_id), k.owner_active(owner, p), stream, k.webhook(job_id), k.webhooks_due(p))
+        args = (k.events(p), attempt, status, payload, retention, group, entry_id, job_id)
         return _reply(await self._call("finish_job", keys, (*args, _pack_opts(opts))))
 
     async def retry_job(
@@ -254,9 +254,9 @@ class Scripts:
         active_ttl: int,
     ) -> Reply:
         """PROCESSING -> PENDING, the next dispatch due ``delay_ms`` after Redis TIME."""
-        k = self.keys
-        keys = (k.job(job_id), stream, k.delayed(queue))
-        args = (k.owner_channel_prefix, attempt, error_json, delay_ms, message, dispatch, active_ttl)
+        k, p = self.keys, partition_of(job_id)
+        keys = (k.job(job_id), stream, k.delayed(queue, p))
+        args = (k.events(p), attempt, error_json, delay_ms, message, dispatch, active_ttl)
         return _reply(await self._call("retry_job", keys, (*args, group, entry_id)))
 
     async def cancel_job(
@@ -271,9 +271,10 @@ class Scripts:
         opts: CancelOpts,
     ) -> Reply:
         """Cancel: OK with the record, NOT_FOUND (or not the caller's), BAD_TRANSITION (status)."""
-        k = self.keys
-        keys = (k.job(job_id), k.owner_active(owner), k.delayed(queue), k.webhook(job_id), k.webhooks_due)
-        args = (k.owner_channel_prefix, retention, k.cancel_channel, job_id, error_json, queued_message)
+        k, p = self.keys, partition_of(job_id)
+        job, webhook = k.job(job_id), k.webhook(job_id)
+        keys = (job, k.owner_active(owner, p), k.delayed(queue, p), webhook, k.webhooks_due(p))
+        args = (k.events(p), retention, k.cancels(p), job_id, error_json, queued_message)
         return _reply(await self._call("cancel_job", keys, (*args, _pack_opts(opts))))
 
     async def dead_letter_job(
@@ -293,10 +294,10 @@ class Scripts:
         opts: TerminalOpts,
     ) -> Reply:
         """Move an over-delivered entry to the dead stream: OK (job failed), SKIPPED or STALE."""
-        k = self.keys
+        k, p = self.keys, partition_of(job_id)
         job, webhook = k.job(job_id), k.webhook(job_id)
-        keys = (job, k.owner_active(owner), stream, k.dead(queue), webhook, k.webhooks_due)
-        args = (k.owner_channel_prefix, group, consumer, entry_id, message, error_json, retention)
+        keys = (job, k.owner_active(owner, p), stream, k.dead(queue, p), webhook, k.webhooks_due(p))
+        args = (k.events(p), group, consumer, entry_id, message, error_json, retention)
         return _reply(
             await self._call("dead_letter_job", keys, (*args, job_id, deliveries, _pack_opts(opts)))
         )
@@ -318,24 +319,24 @@ class Scripts:
         opts: TerminalOpts,
     ) -> Reply:
         """The reaper's verdict: OK (new status), NOT_FOUND, STALE or SKIPPED (status)."""
-        k = self.keys
+        k, p = self.keys, partition_of(job_id)
         keys = (
             k.job(job_id),
-            k.owner_active(owner),
-            k.queue(queue),
-            k.delayed(queue),
+            k.owner_active(owner, p),
+            k.queue(queue, p),
+            k.delayed(queue, p),
             k.webhook(job_id),
-            k.webhooks_due,
+            k.webhooks_due(p),
         )
-        args = (k.owner_channel_prefix, job_id, version_seen, min_idle_ms, active_ttl, retention)
+        args = (k.events(p), job_id, version_seen, min_idle_ms, active_ttl, retention)
         rest = (error_json, pending_action, message, dispatch, _pack_opts(opts))
         return _reply(await self._call("reap_job", keys, (*args, *rest)))
 
     # -- completion webhooks ---------------------------------------------------------------
 
-    async def claim_webhooks(self, *, lease_ms: int, limit: int) -> WebhookClaim:
-        """Lease up to ``limit`` due webhooks to this sender for ``lease_ms``."""
-        due = (self.keys.webhooks_due,)
+    async def claim_webhooks(self, *, partition: int, lease_ms: int, limit: int) -> WebhookClaim:
+        """Lease up to ``limit`` of the partition's due webhooks to this sender for ``lease_ms``."""
+        due = (self.keys.webhooks_due(partition),)
         lease_end, ids, wait = await self._call("claim_webhooks", due, (lease_ms, limit))
         return WebhookClaim(int(lease_end), [i.decode() for i in ids], None if int(wait) < 0 else int(wait))
 
@@ -343,9 +344,9 @@ class Scripts:
         self, *, job_id: str, lease_end_ms: int, outcome: str, error: str = "", delay_ms: int = 0
     ) -> Reply:
         """Record a delivery attempt: OK (the webhook's state), NOT_FOUND (no webhook) or STALE."""
-        k = self.keys
-        keys = (k.job(job_id), k.webhook(job_id), k.webhooks_due)
-        args = (k.owner_channel_prefix, job_id, lease_end_ms, outcome, error, delay_ms)
+        k, p = self.keys, partition_of(job_id)
+        keys = (k.job(job_id), k.webhook(job_id), k.webhooks_due(p))
+        args = (k.events(p), job_id, lease_end_ms, outcome, error, delay_ms)
         return _reply(await self._call("webhook_outcome", keys, args))
 
     async def mark_fetched(self, *, job_id: str, grace_seconds: int) -> int | None:
@@ -370,11 +371,10 @@ class Scripts:
         raw = await self._call("renew_leases", (stream,), (group, consumer, idle_ms, *entry_ids))
         return [entry.decode() for entry in raw]
 
-    async def promote_due(self, *, queue: str, limit: int) -> Promoted:
+    async def promote_due(self, *, queue: str, partition: int, limit: int) -> Promoted:
         """Move up to ``limit`` due messages from the queue's delayed set to its stream."""
-        moved, next_ms = await self._call(
-            "promote_due", (self.keys.delayed(queue), self.keys.queue(queue)), (limit,)
-        )
+        keys = (self.keys.delayed(queue, partition), self.keys.queue(queue, partition))
+        moved, next_ms = await self._call("promote_due", keys, (limit,))
         return Promoted(int(moved), None if int(next_ms) < 0 else int(next_ms))
 
     async def claim_tick(self, *, name: str, period_ms: int, claimant: str, keep_ms: int) -> TickClaim:

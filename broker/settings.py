@@ -8,6 +8,7 @@ from typing import Literal
 
 import msgspec
 
+from broker.keys import Keys
 from broker.topology import InvalidRedisUrl, Topology, parse_redis_url
 from broker.webhook_signing import decode_secret
 from broker.webhook_targets import parse_allowed_hosts
@@ -168,6 +169,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.partitions:
             return self.partitions
         return DEFAULT_CLUSTER_PARTITIONS if self.topology.cluster else 1
+
+    @property
+    def keys(self) -> Keys:
+        """The key schema of ``prefix`` and ``partition_count``."""
+        return Keys(self.prefix, self.partition_count)
 
     @property
     def queues(self) -> tuple[str, ...]:

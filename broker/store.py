@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
 
-from broker.errors import IdempotencyConflict, IllegalTransition, JobNotFound, ScriptCode, raise_for_code
+from broker.errors import (
+    IdempotencyConflict,
+    IllegalTransition,
+    JobNotFound,
+    QuotaExceeded,
+    ScriptCode,
+    raise_for_code,
+)
 from broker.ids import new_job_id
-from broker.keys import Keys
+from broker.keys import partition_of
 from broker.listing import Page, list_jobs
 from broker.message import encode_message
 from broker.models import Job, JobError, JobStatus, job_from_fields
@@ -80,7 +89,7 @@ class JobStore:
     def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.scripts = Scripts.register(redis, self.keys)
         self.terminal_opts = TerminalOpts(webhook_window=settings.webhook_max_seconds)
 
@@ -107,10 +116,11 @@ class JobStore:
         Safe to re-send after a lost reply: a create that finds its own id took effect.
         """
         replace_dangling = False
-        job_id = new_job_id()
+        partitions = self._partitions_to_try(owner, idempotency_key)
+        job_id = new_job_id(next(partitions))
         while True:
             opts = CreateOpts(
-                max_active=self.settings.max_active_per_owner,
+                max_active=self._quota_share(partition_of(job_id)) or 0,
                 idempotency_ttl=self._idempotency_ttl if idempotency_key else 0,
                 run_at=run_at_ms,
                 delay_ms=delay_ms,
@@ -121,7 +131,11 @@ class JobStore:
             if reply.code == ScriptCode.OK and reply.record is not None:
                 return job_from_fields(reply.record), True
             if reply.code == ScriptCode.QUOTA:
-                raise_for_code(reply.code, job_id, "create")
+                partition = next(partitions, None)
+                if partition is None:
+                    raise QuotaExceeded(job_id)
+                job_id = new_job_id(partition)
+                continue
             existing = reply.detail or ""
             if existing == job_id:  # an earlier send of this very create got through
                 return await self.get(job_id, owner=owner), True
@@ -133,6 +147,28 @@ class JobStore:
             if job.type != task or msgspec.json.decode(job.input) != msgspec.json.decode(input_json):
                 raise IdempotencyConflict(existing)
             return job, False
+
+    def _partitions_to_try(self, owner: str, idempotency_key: str | None) -> Iterator[int]:
+        """The partitions a create tries, in order: a random one, then each other one while the
+        owner's share of the active-job quota there is used up (a QUOTA answer). A create with
+        an idempotency key tries only the partition the key names, where its replays look."""
+        count = self.keys.partitions
+        if count == 1:
+            return iter((0,))
+        open_ = [p for p in range(count) if self._quota_share(p) != 0]  # quota < count: not all
+        if idempotency_key:
+            return iter((open_[_stable_hash(owner, idempotency_key) % len(open_)],))
+        first = random.randrange(len(open_))  # noqa: S311 - spreading load, not a secret
+        return (open_[(first + n) % len(open_)] for n in range(len(open_)))
+
+    def _quota_share(self, partition: int) -> int | None:
+        """The owner's active-job quota in ``partition`` (None: no quota):
+        ``max_active_per_owner`` split over the partitions, the shares adding up to it
+        exactly, so each script enforces its share with no cross-partition read."""
+        quota, count = self.settings.max_active_per_owner, self.keys.partitions
+        if quota <= 0:
+            return None
+        return quota // count + (1 if partition < quota % count else 0)
 
     @property
     def _idempotency_ttl(self) -> int:
@@ -342,7 +378,7 @@ class JobStore:
         reply = await self.scripts.dead_letter_job(
             job_id=delivery.job_id,
             owner=owner,
-            queue=delivery.stream.removeprefix(self.keys.queue("")),
+            queue=self.keys.queue_of(delivery.stream)[0],
             stream=delivery.stream,
             group=GROUP,
             consumer=consumer,
@@ -379,6 +415,11 @@ class JobStore:
         raise_for_code(reply.code, job_id, "cancel")
         assert reply.record is not None
         return job_from_fields(reply.record)
+
+
+def _stable_hash(owner: str, idempotency_key: str) -> int:
+    """The same number for the same owner and key in every process (``hash()`` is salted)."""
+    return int.from_bytes(hashlib.sha256(f"{owner}\0{idempotency_key}".encode()).digest()[:4], "big")
 
 
 async def _nothing_to_clean_up(_error: Exception) -> None:

@@ -1,16 +1,19 @@
-"""``EventHub``: one Redis pub/sub connection per process, fanned out to in-process feeds.
+"""``EventHub``: one Redis subscription per partition per process, fanned out to in-process feeds.
 
-Every job change is published by its Lua script as the whole record (a JSON array
-``[field, value, ...]``) on the job's channel and on its owner's channel. The hub holds
-one subscription per channel however many feeds follow it (:mod:`hub.subscriptions`),
-decodes each message once, and offers the resulting :class:`~broker.models.Job` to every
-feed on that channel (:mod:`hub.feeds`), which keeps the newest state and wakes its reader.
+Every job change is published by its Lua script on its partition's events channel (a shard
+channel, SPUBLISH): a header line ``["<id>","<owner>"]``, then the whole record (a JSON array
+``[field, value, ...]``). The hub holds every partition's channel for the life of the
+process (:mod:`hub.subscriptions`: one connection on one Redis or Sentinel, one per
+partition on Cluster), routes each message by its header to the feeds that follow that
+job or owner, decodes it once if any does, and offers the resulting
+:class:`~broker.models.Job` to them (:mod:`hub.feeds`), which keep the newest state and
+wake their readers. Following a job or an owner is a dict operation: no command to Redis.
 
-Opening a feed returns once Redis confirmed the SUBSCRIBE: a caller that then reads the job
-hash sees every later change on its feed (the SSE contract's "subscribe first, then read").
-After a reconnect, once Redis confirmed every channel again, the hub re-reads each followed
-job's hash and offers that snapshot, and tells owner feeds to resynchronise: nothing that
-happened while it was away goes unseen.
+Opening a feed returns once Redis confirmed the partition's subscription: a caller that
+then reads the job hash sees every later change on its feed (the SSE contract's "subscribe
+first, then read"). After a reconnect, once Redis confirmed the channels again, the hub
+re-reads the hash of each job followed in those partitions and offers that snapshot, and
+tells owner feeds to resynchronise: nothing that happened while it was away goes unseen.
 """
 
 from __future__ import annotations
@@ -26,16 +29,18 @@ from typing import Any
 import msgspec
 
 from broker.errors import JobNotFound, JobstreamError
+from broker.keys import partition_of
 from broker.models import Job, job_encoder, job_from_fields
 from broker.store import JobStore
 from broker.topology import parse_redis_url
 from hub.feeds import Feed, FeedClosed, JobFeed, OwnerFeed, Resync
-from hub.subscriptions import LOST, Channel, ChannelKind, Subscriptions, one_connection_pool
+from hub.subscriptions import LOST, ShardSubscriptions, Subscription
 
 __all__ = ["EventHub", "EventsUnavailable", "FeedClosed", "HubStats", "JobFeed", "OwnerFeed", "Resync"]
 
 log = logging.getLogger("jobstream.events")
 
+_decode_header = msgspec.json.Decoder(tuple[str, str]).decode
 _decode_pairs = msgspec.json.Decoder(list[str]).decode
 _JSON_CACHE = 1024
 
@@ -56,14 +61,14 @@ class HubStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EventHub:
-    """One pub/sub connection per process, shared by every job and owner feed.
+    """Every partition's events channel, held once per process, shared by all job and owner feeds.
 
     ``start()`` in the app's lifespan, ``stop()`` on the way out; in between, open feeds with
     :meth:`listen_job` / :meth:`listen_owner` (context managers) or :meth:`open_job` /
-    :meth:`open_owner` (the caller calls ``feed.close()``). The connection goes to
+    :meth:`open_owner` (the caller calls ``feed.close()``). The connections go to
     ``redis_url`` (by default the store's settings').
 
-    Opening a feed waits up to ``subscribe_timeout`` for Redis to confirm the SUBSCRIBE
+    Opening a feed waits up to ``subscribe_timeout`` for Redis to confirm the subscription
     while the hub is connected, but only ``offline_timeout`` while it is not (Redis is
     away and the hub is reconnecting): a caller learns of an outage in well under a second,
     instead of hanging. Reconnect attempts back off up to ``backoff_cap`` seconds, so the
@@ -90,22 +95,22 @@ class EventHub:
         self._subscribe_timeout = subscribe_timeout
         self._offline_timeout = min(offline_timeout, subscribe_timeout)
         self._owner_limits = {"max_pending": owner_max_pending, "max_tracked": owner_max_tracked}
-        pool = one_connection_pool(
+        self._channels = [self.keys.events(p) for p in range(self.keys.partitions)]
+        self._subs = ShardSubscriptions(
             parse_redis_url(redis_url or store.settings.redis_url),
-            client_name or f"jobstream-events:{os.getpid()}",
-            connect_timeout,
-        )
-        self._subs: Subscriptions[Feed[Any]] = Subscriptions(
-            pool,
+            store.redis,
+            self._channels,
             self._on_message,
             self._resync,
+            client_name=client_name or f"jobstream-events:{os.getpid()}",
+            connect_timeout=connect_timeout,
             keepalive_seconds=keepalive_seconds,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
         )
-        self._feeds: dict[Feed[Any], Channel[Feed[Any]]] = {}
+        self._job_feeds: dict[str, set[JobFeed]] = {}
+        self._owner_feeds: dict[str, set[OwnerFeed]] = {}
         self._running = False
-        self._tasks: list[asyncio.Task[None]] = []
         self._last_payload: bytes | None = None
         self._last_job: Job | None = None
         self._json: OrderedDict[tuple[str, int], bytes] = OrderedDict()
@@ -115,30 +120,27 @@ class EventHub:
     # -- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the connection; returns after the first connection attempt.
+        """Start the subscriptions; returns after each made its first connection attempt.
 
-        If Redis is unreachable it keeps trying in the background (logged), and feeds
+        If Redis is unreachable they keep trying in the background (logged), and feeds
         opened meanwhile wait up to ``subscribe_timeout`` for it.
         """
         if self._running:
             return
         self._running = True
-        self._tasks = self._subs.tasks()
-        await self._subs.first_attempt.wait()
+        await self._subs.start()
 
     async def stop(self) -> None:
-        """End every feed (iterators finish), close the connection. Idempotent."""
+        """End every feed (iterators finish), close the connections. Idempotent."""
         if not self._running:
             return
         self._running = False
-        pending = set(self._tasks)
-        while pending:  # again if a library swallowed the cancellation
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1.0)
-        self._tasks = []
-        await self._subs.close()
-        for feed in list(self._feeds):
+        await self._subs.stop()
+        feeds: list[Feed[Any]] = [f for group in self._job_feeds.values() for f in group]
+        feeds += [f for group in self._owner_feeds.values() for f in group]
+        self._job_feeds.clear()
+        self._owner_feeds.clear()
+        for feed in feeds:
             feed.end()
 
     def json(self, job: Job) -> bytes:
@@ -157,15 +159,16 @@ class EventHub:
 
     @property
     def connected(self) -> bool:
-        """Whether the pub/sub connection is up (readiness: a web process without it serves no events)."""
-        return self._subs.live.is_set()
+        """Whether every partition's subscription is up (readiness: without it a web process
+        serves no events)."""
+        return self._subs.confirmed
 
     def stats(self) -> HubStats:
         """Counters for metrics."""
         return HubStats(
             connected=self.connected,
-            channels=len(self._subs.channels),
-            listeners=len(self._feeds),
+            channels=len(self._channels),
+            listeners=sum(map(len, self._job_feeds.values())) + sum(map(len, self._owner_feeds.values())),
             events_received=self._events,
             decode_errors=self._decode_errors,
             reconnects=self._subs.reconnects,
@@ -174,15 +177,18 @@ class EventHub:
     # -- feeds -----------------------------------------------------------------------------
 
     async def open_job(self, job_id: str) -> JobFeed:
-        """Follow one job; returns once Redis confirmed the subscription. Close it after."""
+        """Follow one job; returns once Redis confirmed its partition's subscription. Close it after."""
         feed = JobFeed(self.store, self._detach, job_id)
-        await self._attach(feed, self.keys.job_channel(job_id), "job", job_id)
+        self._job_feeds.setdefault(job_id, set()).add(feed)
+        await self._confirmed(feed, [self._subs.of_channel[self.keys.events(partition_of(job_id))]])
         return feed
 
     async def open_owner(self, owner: str) -> OwnerFeed:
-        """Follow all of one owner's jobs; returns once Redis confirmed. Close it after."""
+        """Follow all of one owner's jobs, in every partition; returns once Redis confirmed.
+        Close it after."""
         feed = OwnerFeed(self.store, self._detach, owner, **self._owner_limits)
-        await self._attach(feed, self.keys.owner_channel(owner), "owner", owner)
+        self._owner_feeds.setdefault(owner, set()).add(feed)
+        await self._confirmed(feed, self._subs.subscriptions)
         return feed
 
     @asynccontextmanager
@@ -226,44 +232,60 @@ class EventHub:
             except FeedClosed:
                 return None
 
-    async def _attach(self, feed: Feed[Any], name: str, kind: ChannelKind, key: str) -> None:
+    async def _confirmed(self, feed: Feed[Any], subscriptions: list[Subscription]) -> None:
+        """Wait until Redis has confirmed ``subscriptions`` (at once when it has); a feed left
+        waiting too long is taken off again and the caller gets :class:`EventsUnavailable`."""
         if not self._running:
+            self._detach(feed)
             raise FeedClosed("the event hub is not running")
-        channel = self._feeds[feed] = self._subs.join(name, kind, key, feed)
-        timeout = self._subscribe_timeout if self.connected else self._offline_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await channel.confirmed.wait()
-        except TimeoutError:
-            self._detach(feed)
-            raise EventsUnavailable(f"Redis did not confirm SUBSCRIBE {name} within {timeout:g}s") from None
-        except BaseException:
-            self._detach(feed)
-            raise
+        waiting = [s for s in subscriptions if not s.confirmed.is_set()]
+        if waiting:
+            timeout = self._subscribe_timeout if self.connected else self._offline_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    for subscription in waiting:
+                        await subscription.confirmed.wait()
+            except TimeoutError:
+                self._detach(feed)
+                raise EventsUnavailable(
+                    f"Redis did not confirm the events subscription within {timeout:g}s"
+                ) from None
+            except BaseException:
+                self._detach(feed)
+                raise
         if not self._running:
             self._detach(feed)
             raise FeedClosed("the event hub stopped")
 
     def _detach(self, feed: Feed[Any]) -> None:
         """Synchronous, so it is safe in cancelled tasks and ``finally`` blocks."""
-        channel = self._feeds.pop(feed, None)
-        if channel is not None:
-            self._subs.leave(channel, feed)
+        if isinstance(feed, JobFeed):
+            _discard(self._job_feeds, feed.job_id, feed)
+        elif isinstance(feed, OwnerFeed):
+            _discard(self._owner_feeds, feed.owner, feed)
 
-    # -- from the reader -------------------------------------------------------------------
+    # -- from the readers ------------------------------------------------------------------
 
-    def _on_message(self, channel: Channel[Feed[Any]], data: bytes) -> None:
+    def _on_message(self, _channel: str, data: bytes) -> None:
         self._events += 1
-        if not channel.listeners:
+        header, _, record = data.partition(b"\n")
+        try:
+            job_id, owner = _decode_header(header)
+        except msgspec.DecodeError as exc:
+            self._decode_errors += 1
+            log.error("event hub: undecodable event dropped: %s", exc)
             return
-        job = self._decode(data)
+        job_feeds, owner_feeds = self._job_feeds.get(job_id), self._owner_feeds.get(owner)
+        if not job_feeds and not owner_feeds:
+            return  # nobody here follows it: not decoded at all
+        job = self._decode(record)
         if job is None:
             return
-        for feed in channel.listeners:
+        for feed in (*(job_feeds or ()), *(owner_feeds or ())):
             feed.offer(job)
 
     def _decode(self, data: bytes) -> Job | None:
-        """Decode a published record, once: the job and owner channels carry the same bytes."""
+        """Decode a published record (the last one is kept: a job's state goes to many feeds)."""
         if data == self._last_payload:
             return self._last_job
         try:
@@ -277,20 +299,20 @@ class EventHub:
         self._last_payload, self._last_job = data, job
         return job
 
-    async def _resync(self, batch: list[Channel[Feed[Any]]]) -> None:
-        """After a reconnect Redis confirmed: offer fresh snapshots of followed jobs, and tell
-        owner feeds to resynchronise."""
-        followed = [c for c in batch if c.kind == "job"]
-        records = await self._read_hashes([c.key for c in followed]) if followed else []
-        for channel, fields in zip(followed, records, strict=True):
+    async def _resync(self, channels: list[str]) -> None:
+        """After a reconnect Redis confirmed ``channels``: offer fresh snapshots of the jobs
+        followed in their partitions, and tell owner feeds to resynchronise."""
+        partitions = {self.keys.partition_of_key(channel) for channel in channels}
+        followed = [job_id for job_id in self._job_feeds if partition_of(job_id) in partitions]
+        records = await self._read_hashes(followed) if followed else []
+        for job_id, fields in zip(followed, records, strict=True):
             if fields:
                 job = job_from_fields(fields)
-                for feed in list(channel.listeners):
+                for feed in list(self._job_feeds.get(job_id, ())):
                     feed.offer(job)
-        for channel in batch:
-            for feed in list(channel.listeners):
-                if isinstance(feed, OwnerFeed):
-                    feed.flag_resync("reconnect")
+        for feeds in list(self._owner_feeds.values()):
+            for owner_feed in list(feeds):
+                owner_feed.flag_resync("reconnect")
 
     async def _read_hashes(self, job_ids: list[str]) -> list[dict[bytes, bytes]]:
         """HGETALL each job in one round trip; retried with backoff while Redis is away."""
@@ -305,4 +327,12 @@ class EventHub:
             except LOST as exc:
                 failures += 1
                 log.warning("event hub: re-reading followed jobs failed (%s); retrying", exc)
-                await asyncio.sleep(self._subs.backoff(failures))
+                await asyncio.sleep(self._subs.subscriptions[0].backoff(failures))
+
+
+def _discard(feeds: dict[str, set[Any]], key: str, feed: Feed[Any]) -> None:
+    group = feeds.get(key)
+    if group is not None:
+        group.discard(feed)
+        if not group:
+            del feeds[key]

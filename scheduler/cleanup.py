@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import cast
 
-from broker.keys import Keys
 from broker.models import TERMINAL
 from broker.scripts import Scripts
 from broker.settings import Settings
@@ -63,7 +61,7 @@ class Cleanup:
         self.redis = redis
         self.settings = settings
         self.scripts = scripts
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.batch = batch
 
     async def run(self) -> Counts:
@@ -107,7 +105,10 @@ class Cleanup:
         """Delete idempotency keys whose job is gone (only if the key still names that job)."""
         removed = 0
         async for idem_keys in scan_keys(self.redis, self.keys.idempotency_pattern, "string", self.batch):
-            values = cast(list[bytes | None], await self.redis.mget(idem_keys))
+            async with self.redis.pipeline(transaction=False) as pipe:  # keys of many slots: no MGET
+                for key in idem_keys:
+                    pipe.get(key)
+                values: list[bytes | None] = await pipe.execute()
             named = [(key, job_id) for key, job_id in zip(idem_keys, values, strict=True) if job_id]
             gone = set(await self._gone([job_id for _key, job_id in named]))
             stale = [(key, job_id) for key, job_id in named if job_id in gone]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import msgspec
 
 from broker.errors import ScriptCode
-from broker.keys import Keys
+from broker.keys import partition_of
 from broker.message import TaskMessage, decode_message, encode_message
 from broker.models import JobError, JobStatus
 from broker.registry import TaskRegistry
@@ -114,7 +114,7 @@ class Reaper:
         self.scripts = scripts
         self.registry = registry
         self.queues = sorted(set(queues))
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.batch = batch
         self.max_suspects = max_suspects
         self.lease_ms = int(settings.lease_seconds * 1000)
@@ -122,8 +122,8 @@ class Reaper:
     async def run(self) -> Counts:
         """Promote due messages, then find, check and reap the jobs whose message is gone."""
         counts = ReaperCounts(promoted=await self.promote_due())
-        for queue, suspects in (await self.find_suspects()).items():
-            await self._clear_queued(queue, suspects)
+        for (queue, partition), suspects in (await self.find_suspects()).items():
+            await self._clear_queued(queue, partition, suspects)
             for suspect in suspects.values():
                 await self._reap(suspect, counts)
         return counts.as_counts()
@@ -132,24 +132,28 @@ class Reaper:
         """Move due delayed messages to their streams (atomic; safe beside the workers)."""
         moved = 0
         for queue in self.queues:
-            while True:
-                promoted = await self.scripts.promote_due(queue=queue, limit=self.batch)
-                moved += promoted.moved
-                if promoted.moved < self.batch:
-                    break
+            for partition in range(self.keys.partitions):
+                while True:
+                    promoted = await self.scripts.promote_due(
+                        queue=queue, partition=partition, limit=self.batch
+                    )
+                    moved += promoted.moved
+                    if promoted.moved < self.batch:
+                        break
         return moved
 
-    async def find_suspects(self) -> dict[str, dict[str, Suspect]]:
-        """Active jobs unchanged for a lease, by queue (at most ``max_suspects``)."""
+    async def find_suspects(self) -> dict[tuple[str, int], dict[str, Suspect]]:
+        """Active jobs unchanged for a lease, by queue and partition (at most ``max_suspects``)."""
         seconds, micros = await self.redis.time()
         quiet_since = int(seconds) * 1000 + int(micros) // 1000 - self.lease_ms
-        found: dict[str, dict[str, Suspect]] = {}
+        found: dict[tuple[str, int], dict[str, Suspect]] = {}
         total = 0
         async for active_keys in scan_keys(self.redis, self.keys.owner_active_pattern, "set", self.batch):
             for active in active_keys:
                 async for ids in set_members(self.redis, active.decode(), self.batch):
                     for suspect in await self._read_quiet(ids, quiet_since):
-                        found.setdefault(suspect.queue, {})[suspect.job_id] = suspect
+                        where = (suspect.queue, partition_of(suspect.job_id))
+                        found.setdefault(where, {})[suspect.job_id] = suspect
                         total += 1
                     if total >= self.max_suspects:
                         return found
@@ -181,13 +185,13 @@ class Reaper:
             )
         return suspects
 
-    async def _clear_queued(self, queue: str, suspects: dict[str, Suspect]) -> None:
+    async def _clear_queued(self, queue: str, partition: int, suspects: dict[str, Suspect]) -> None:
         """Drop from ``suspects`` every job with a message queued: delayed set first, then stream."""
-        async for members in zset_members(self.redis, self.keys.delayed(queue), self.batch):
+        async for members in zset_members(self.redis, self.keys.delayed(queue, partition), self.batch):
             _drop_owners(suspects, members)
             if not suspects:
                 return
-        async for entries in stream_entries(self.redis, self.keys.queue(queue), self.batch):
+        async for entries in stream_entries(self.redis, self.keys.queue(queue, partition), self.batch):
             _drop_owners(suspects, [fields.get(b"data", b"") for _entry_id, fields in entries])
             if not suspects:
                 return

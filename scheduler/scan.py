@@ -13,14 +13,16 @@ from broker.topology import RedisClient
 
 
 async def scan_keys(redis: RedisClient, pattern: str, kind: str, count: int) -> AsyncIterator[list[bytes]]:
-    """Batches of the keys matching ``pattern`` whose type is ``kind`` (SCAN ... TYPE)."""
-    cursor = 0
-    while True:
-        cursor, keys = await redis.scan(cursor, match=pattern, count=count, _type=kind)
-        if keys:
-            yield cast(list[bytes], keys)
-        if cursor == 0:
-            return
+    """Batches of the keys matching ``pattern`` whose type is ``kind`` (SCAN ... TYPE; on
+    Cluster redis-py scans every primary)."""
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=pattern, count=count, _type=kind):
+        batch.append(cast(bytes, key))
+        if len(batch) >= count:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 async def zset_members(redis: RedisClient, key: str, count: int) -> AsyncIterator[list[bytes]]:

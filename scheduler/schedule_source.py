@@ -29,7 +29,6 @@ from taskiq.exceptions import ScheduledTaskCancelledError
 
 from broker.connection import resilient_options
 from broker.errors import JobstreamError
-from broker.keys import Keys
 from broker.registry import TaskRegistry
 from broker.settings import Settings
 from broker.topology import open_redis
@@ -50,7 +49,7 @@ class JobScheduleSource(ScheduleSource):
     """The runtime schedule source (see the module docstring for how it differs)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.redis = open_redis(settings.topology, **resilient_options())
         self._caught_up = False
 

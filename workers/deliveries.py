@@ -21,7 +21,6 @@ import msgspec
 from taskiq import AckableMessage
 
 from broker.connection import REDIS_FAULTS, RedisWatch, backoff
-from broker.keys import Keys
 from broker.message import decode_message
 from broker.registry import TaskRegistry
 from broker.settings import Settings
@@ -30,6 +29,8 @@ from broker.topology import RedisClient
 from workers.frames import make_batch, make_frame
 
 log = logging.getLogger("jobstream.broker")
+Entry = tuple[str, str, bytes]
+"""A stream entry read: its stream, its id and its Taskiq message."""
 _PROMOTE_EVERY_SECONDS = 0.25
 
 
@@ -48,9 +49,15 @@ class Deliveries:
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.queues = tuple(queues)
-        self.streams = [self.keys.queue(q) for q in self.queues]
+        partitions = range(self.keys.partitions)
+        # One XREADGROUP reads a partition's queues (they share its slot); several partitions
+        # are read at once (see _read_partitions).
+        self._groups = [{self.keys.queue(q, p): ">" for q in self.queues} for p in partitions]
+        self.streams = [stream for group in self._groups for stream in group]
+        self._reads: dict[int, tuple[asyncio.Task[list[Entry]], int]] = {}
+        self._next_partition = 0
         self.store = store
         self.consumer_name = consumer_name
         self.watch = watch
@@ -74,9 +81,22 @@ class Deliveries:
         entries are held and takes no more than the room left, so the worker never holds
         more entries than it runs at once.
         """
+        try:
+            async for entries in self._entries(redis, batches):
+                if batches and entries:
+                    yield make_batch([self.hold(*entry) for entry in entries])
+                elif not batches:
+                    for entry in entries:
+                        yield self.acked(*entry)
+        finally:
+            for task, _count in self._reads.values():
+                task.cancel()
+            self._reads.clear()
+
+    async def _entries(self, redis: RedisClient, batches: bool) -> AsyncGenerator[list[Entry], None]:
+        """What each read, or reclaim (every lease/3), returned; Redis faults waited out."""
         reclaim_every = self.settings.lease_seconds / 3
         next_reclaim = 0.0
-        read: Any = dict.fromkeys(self.streams, ">")
         failures = 0
         while True:
             _honour_cancel()
@@ -87,7 +107,7 @@ class Deliveries:
                     next_reclaim = began + reclaim_every
                     entries = await self._reclaim()
                 else:
-                    entries = await self._read(redis, read, min(room, self.count))
+                    entries = await self._read_partitions(redis, room)
             except REDIS_FAULTS as err:
                 self.watch.failed("reading the queues", err, began)
                 failures += 1
@@ -95,11 +115,7 @@ class Deliveries:
                 continue
             failures = 0
             self.watch.answered()
-            if batches and entries:
-                yield make_batch([self.hold(*entry) for entry in entries])
-            elif not batches:
-                for entry in entries:
-                    yield self.acked(*entry)
+            yield entries
 
     def hold(self, stream: str, entry_id: str, payload: bytes) -> bytes:
         """Hold an entry (its lease is renewed from now on) and frame it for the receiver."""
@@ -134,21 +150,71 @@ class Deliveries:
             await self._room.wait()
         return self.limit - self.held
 
-    async def _read(self, redis: RedisClient, read: Any, count: int) -> list[tuple[str, str, bytes]]:
-        """New entries of this worker's streams: at most ``count``, waiting up to ``block`` ms."""
-        fetched: Any = await redis.xreadgroup(GROUP, self.consumer_name, read, count=count, block=self.block)
+    async def _read_partitions(self, redis: RedisClient, room: int) -> list[Entry]:
+        """New entries, at most ``room``: from the one partition, or from whichever partitions
+        answer first.
+
+        Each partition has at most one read outstanding, and the entries they asked for never
+        add up to more than ``room``, so the worker still never holds more than it runs. When
+        there is less room than partitions, the reads go round the partitions, each blocking
+        for its share of ``block``, so a job in any partition waits about ``block`` at most.
+        """
+        if len(self._groups) == 1:
+            return await self._read(redis, self._groups[0], min(room, self.count), self.block)
+        self._start_reads(redis, room)
+        reads = [task for task, _count in self._reads.values()]
+        await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
+        entries: list[Entry] = []
+        failure: BaseException | None = None
+        for partition, (task, _count) in list(self._reads.items()):
+            if task.done():
+                del self._reads[partition]
+                if task.exception() is None:
+                    entries += task.result()
+                else:
+                    failure = task.exception()
+        if failure is not None and not entries:
+            raise failure
+        return entries
+
+    def _start_reads(self, redis: RedisClient, room: int) -> None:
+        partitions = len(self._groups)
+        free = room - sum(count for _task, count in self._reads.values())
+        idle = [
+            p
+            for p in ((self._next_partition + n) % partitions for n in range(partitions))
+            if p not in self._reads
+        ]
+        if free <= 0 or not idle:
+            return
+        each = max(1, min(self.count, free // len(idle)))
+        block = self.block if free >= len(idle) else max(10, self.block * free // partitions)
+        for partition in idle[:free]:
+            count = min(each, free)
+            task = asyncio.ensure_future(self._read(redis, self._groups[partition], count, block))
+            self._reads[partition] = (task, count)
+            free -= count
+            self._next_partition = (partition + 1) % partitions
+            if free <= 0:
+                break
+
+    async def _read(
+        self, redis: RedisClient, read: Any, count: int, block: int
+    ) -> list[Entry]:
+        """New entries of ``read``'s streams: at most ``count``, waiting up to ``block`` ms."""
+        fetched: Any = await redis.xreadgroup(GROUP, self.consumer_name, read, count=count, block=block)
         return [
             (stream.decode(), entry_id.decode(), fields[b"data"])
             for stream, entries in fetched or ()
             for entry_id, fields in entries
         ]
 
-    async def _reclaim(self) -> list[tuple[str, str, bytes]]:
+    async def _reclaim(self) -> list[Entry]:
         """Entries idle for a lease (their worker died), now this worker's; over-delivered ones
         go to the dead stream instead."""
         scripts = self.store.scripts
         lease_ms = int(self.settings.lease_seconds * 1000)
-        reclaimed: list[tuple[str, str, bytes]] = []
+        reclaimed: list[Entry] = []
         for stream in self.streams:
             claimed = await scripts.reclaim(
                 stream=stream, group=GROUP, consumer=self.consumer_name, min_idle_ms=lease_ms, count=100
@@ -191,10 +257,16 @@ class Deliveries:
             wait = _PROMOTE_EVERY_SECONDS
             began = time.monotonic()
             try:
-                for queue in self.queues:
-                    promoted = await scripts.promote_due(queue=queue, limit=100)
-                    if promoted.next_due_ms is not None:
-                        wait = min(wait, promoted.next_due_ms / 1000)
+                promoted = await asyncio.gather(
+                    *(
+                        scripts.promote_due(queue=queue, partition=partition, limit=100)
+                        for queue in self.queues
+                        for partition in range(self.keys.partitions)
+                    )
+                )
+                for due in promoted:
+                    if due.next_due_ms is not None:
+                        wait = min(wait, due.next_due_ms / 1000)
             except REDIS_FAULTS as err:
                 self.watch.failed("promoting delayed jobs", err, began)
                 failures += 1

@@ -45,23 +45,21 @@ from taskiq.message import BrokerMessage
 
 from broker.api import Jobstream
 from broker.connection import (
-    REDIS_FAULTS,
     STARTUP_PATIENCE_SECONDS,
     RedisWatch,
-    backoff,
     resilient_options,
     until_redis_answers,
 )
 from broker.default_client import close_default_jobstream
-from broker.keys import Keys
 from broker.message import decode_message
 from broker.queues import ensure_groups
 from broker.registry import TaskRegistry
 from broker.settings import Settings
 from broker.store import Delivery, JobStore
 from broker.task_object import NotAJobstreamTask
-from broker.topology import RedisClient, open_redis
+from broker.topology import open_redis
 from broker.validation import InvalidInput
+from hub.subscriptions import ShardSubscriptions
 from workers.deliveries import Deliveries
 from workers.executor import JobExecutor
 from workers.frames import JobFormatter, split_batch, split_frame
@@ -94,7 +92,7 @@ class JobBroker(AsyncBroker):
             **resilient_options(),
         )
         self.settings = settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.registry = registry
         self.queues = tuple(queues or settings.queues)
         self.formatter = JobFormatter()
@@ -107,6 +105,7 @@ class JobBroker(AsyncBroker):
         self.deliveries: Deliveries | None = None
         self.leases: Leases | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._cancels: ShardSubscriptions | None = None
         self.watch = RedisWatch(log, "worker")
         # What taskiq's ``@broker.task`` builds here: its public hook, as taskiq's own
         # ``AsyncSharedBroker`` uses it; a task jobstream does not know is refused at ``kiq``.
@@ -141,10 +140,11 @@ class JobBroker(AsyncBroker):
         )
         self.deliveries = deliveries
         self.leases = Leases(self.settings, deliveries, executor, self.watch)
+        self._cancels = self._cancel_listener(executor)
+        await self._cancels.start()
         self._loops = [
             asyncio.create_task(self.leases.keep(), name="jobstream-leases"),
             asyncio.create_task(deliveries.promote_due(), name="jobstream-delayed"),
-            asyncio.create_task(self._listen_cancels(executor, redis), name="jobstream-cancels"),
             asyncio.create_task(
                 WebhookSender(store, self.settings, self.watch).run(), name="jobstream-webhooks"
             ),
@@ -162,6 +162,8 @@ class JobBroker(AsyncBroker):
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._cancels is not None:
+            await self._cancels.stop()
         if self.is_worker_process:
             await close_default_jobstream()  # the one task code's submit/kiq made, if any
         await super().shutdown()
@@ -260,25 +262,28 @@ class JobBroker(AsyncBroker):
         async for delivery in self.deliveries.listen(self.redis, batches=self.batch_limit is not None):
             yield delivery
 
-    async def _listen_cancels(self, executor: JobExecutor, redis: RedisClient) -> None:
-        """Cancel requests for running jobs arrive here, by pub/sub, within milliseconds."""
-        failures = 0
-        while True:
-            began = time.monotonic()
-            try:
-                async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.keys.cancel_channel)
-                    # Cancels published while the channel was not heard are in the job records.
-                    await executor.recheck_cancels()
-                    failures = 0
-                    while True:  # get_message with a timeout: never a read without one
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                        if message is not None:
-                            executor.cancel(message["data"].decode())
-            except REDIS_FAULTS as err:
-                self.watch.failed("listening for cancels", err, began)
-                failures += 1
-                await asyncio.sleep(backoff(failures))
+    def _cancel_listener(self, executor: JobExecutor) -> ShardSubscriptions:
+        """Cancel requests for running jobs arrive on every partition's cancels channel, by
+        pub/sub, within milliseconds; after a reconnect the job records are checked for
+        cancels published while the channels were not heard."""
+
+        def cancel(_channel: str, job_id: bytes) -> None:
+            executor.cancel(job_id.decode())
+
+        async def recheck(_channels: list[str]) -> None:
+            await executor.recheck_cancels()
+
+        return ShardSubscriptions(
+            self.settings.topology,
+            self.redis,
+            [self.keys.cancels(p) for p in range(self.keys.partitions)],
+            cancel,
+            recheck,
+            client_name=f"jobstream-cancels:{self.consumer_name}",
+            connect_timeout=5.0,
+            keepalive_seconds=10.0,
+            role=f"worker {self.consumer_name} cancels",
+        )
 
     # -- sending ----------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from broker.connection import REDIS_FAULTS, RedisWatch, backoff
-from broker.keys import Keys
 from broker.settings import Settings
 from broker.store import GROUP
 from broker.topology import RedisClient
@@ -39,7 +38,7 @@ class Leases:
         self, settings: Settings, deliveries: Deliveries, executor: JobExecutor, watch: RedisWatch
     ) -> None:
         self.settings = settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.deliveries = deliveries
         self.executor = executor
         self.consumer_name = deliveries.consumer_name

@@ -135,14 +135,20 @@ class WebhookSender:
         room = _MAX_AT_ONCE - len(self.inflight)
         if room <= 0:
             return self.poll
-        claim = await self.store.scripts.claim_webhooks(lease_ms=self.lease_ms, limit=room)
-        for job_id in claim.job_ids:
-            task = asyncio.create_task(self.deliver(client, job_id, claim.lease_end_ms))
-            self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
-        if claim.next_due_ms is None:
-            return self.poll
-        return min(self.poll, claim.next_due_ms / 1000)
+        scripts, partitions = self.store.scripts, range(self.store.keys.partitions)
+        share = max(1, room // len(partitions))  # every partition's share of the room, asked together
+        claims = await asyncio.gather(
+            *(scripts.claim_webhooks(partition=p, lease_ms=self.lease_ms, limit=share) for p in partitions)
+        )
+        wait = self.poll
+        for claim in claims:
+            for job_id in claim.job_ids:
+                task = asyncio.create_task(self.deliver(client, job_id, claim.lease_end_ms))
+                self.inflight.add(task)
+                task.add_done_callback(self.inflight.discard)
+            if claim.next_due_ms is not None:
+                wait = min(wait, claim.next_due_ms / 1000)
+        return wait
 
     async def deliver(self, client: httpx.AsyncClient, job_id: str, lease_end_ms: int) -> None:
         """One attempt at one claimed webhook, and its outcome written (never raises)."""

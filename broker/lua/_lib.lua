@@ -25,10 +25,13 @@ end
 
 -- Apply `changes` (field -> string; false deletes the field), stamp `updated_at` and
 -- `expires_at` from `now` (Redis TIME, ms), bump `version`, keep the record `ttl` seconds
--- (0: not at all, it is deleted once published) and publish the whole record to the
--- job's channel and its owner's channel. The only way a script writes a job, so no change
--- goes unstamped or unpublished. Returns the record as a flat HGETALL array.
-local function js_commit(key, changes, ttl, now, owner_prefix)
+-- (0: not at all, it is deleted once published) and publish the whole record on `channel`,
+-- the partition's events shard channel (SPUBLISH: it shares the job's hash tag, so on
+-- Cluster it goes out from the job's own node): a header line ["<id>","<owner>"], so a
+-- reader routes the event without decoding the record, then the record as a JSON array
+-- [field, value, ...]. The only way a script writes a job, so no change goes unstamped or
+-- unpublished. Returns the record as a flat HGETALL array.
+local function js_commit(key, changes, ttl, now, channel)
   local set, del = {}, {}
   for field, value in pairs(changes) do
     if value == false then
@@ -53,16 +56,15 @@ local function js_commit(key, changes, ttl, now, owner_prefix)
   else
     redis.call('DEL', key)
   end
-  local payload = cjson.encode(flat)
-  redis.call('PUBLISH', key .. ':events', payload)
-  local owner = ''
+  local id, owner = '', ''
   for i = 1, #flat, 2 do
-    if flat[i] == 'owner' then
+    if flat[i] == 'id' then
+      id = flat[i + 1]
+    elseif flat[i] == 'owner' then
       owner = flat[i + 1]
-      break
     end
   end
-  redis.call('PUBLISH', owner_prefix .. owner .. ':events', payload)
+  redis.call('SPUBLISH', channel, cjson.encode({id, owner}) .. '\n' .. cjson.encode(flat))
   return flat
 end
 
@@ -83,13 +85,13 @@ end
 -- attempts and the deadline (now + `hook.window` s), kept an hour past the deadline, so a
 -- retention shorter than the delivery window (or 0) loses nothing; its id goes into the due
 -- set (`hook.due`) by Redis time. A job with no callback_url pays one HGET.
-local function js_finish(job, changes, ttl, now, owner_prefix, hook)
+local function js_finish(job, changes, ttl, now, channel, hook)
   local url = redis.call('HGET', job, 'callback_url')
   if url then
     changes.webhook_state = 'pending'
     changes.webhook_next_at = tostring(now)
   end
-  local flat = js_commit(job, changes, ttl, now, owner_prefix)
+  local flat = js_commit(job, changes, ttl, now, channel)
   if url then
     local window = tonumber(hook.window or 0)  -- 0: one attempt
     redis.call('HSET', hook.key, 'record', cjson.encode(flat), 'url', url, 'attempts', '0',

@@ -1,11 +1,11 @@
 -- cancel_job: a user asks to cancel. PENDING -> CANCELLED at once, and its message leaves
 -- the delayed set if it waits there (a worker that receives a message already on the
--- stream skips it); PROCESSING -> cancel_requested, and the job id goes out on the cancel
--- channel so the worker running it stops it.
+-- stream skips it); PROCESSING -> cancel_requested, and the job id goes out on the
+-- partition's cancels shard channel so the worker running it stops it.
 -- A PENDING job with a callback_url becomes due for its webhook (js_finish); a PROCESSING one
 -- does once its worker ends it (finish_job).
 -- KEYS: 1 job hash, 2 owner active set, 3 queue delayed zset, 4 webhook hash, 5 webhooks due zset
--- ARGV: 1 owner channel prefix, 2 retention s (0: deleted once published), 3 cancel channel,
+-- ARGV: 1 the partition's events channel, 2 retention s (0: deleted once published), 3 the partition's cancels channel,
 --       4 job id, 5 error JSON, 6 the job's current message (as queued),
 --       7 opts (MessagePack map): owner (the caller; absent for an admin: any owner),
 --       webhook_window (s)
@@ -33,7 +33,7 @@ if cur[1] == 'PROCESSING' then
   else
     flat = js_commit(job, {cancel_requested = '1'}, redis.call('TTL', job), now, ARGV[1])
   end
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  redis.call('SPUBLISH', ARGV[3], ARGV[4])
   return {OK, flat}
 end
 return {BAD_TRANSITION, cur[1]}

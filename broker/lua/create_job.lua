@@ -2,9 +2,10 @@
 -- The owner index is scored by a creation sequence: Redis time in microseconds, raised
 -- to one past the index's newest score when the clock has not moved on (or went back), so
 -- listing order is creation order even for jobs made within one microsecond.
--- KEYS: 1 job hash, 2 owner index (zset), 3 owner active set, 4 idempotency key,
+-- KEYS: 1 job hash, 2 owner index (zset), 3 owner active set, 4 idempotency key (without
+--       one: any name in the job's slot, never touched),
 --       5 queue stream, 6 queue delayed zset
--- ARGV: 1 owner channel prefix, 2 id, 3 type, 4 owner, 5 queue, 6 input JSON,
+-- ARGV: 1 the partition's events channel, 2 id, 3 type, 4 owner, 5 queue, 6 input JSON,
 --       7 active TTL s, 8 Taskiq message, 9 opts (MessagePack map, every key optional):
 --       max_active (active-job quota; none when absent), idempotency_ttl (s; no key when
 --       absent), run_at (epoch ms; now when absent), delay_ms (from now by the server

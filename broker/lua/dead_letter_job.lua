@@ -3,7 +3,7 @@
 -- A job with a callback_url becomes due for its webhook (js_finish).
 -- KEYS: 1 job hash, 2 owner active set, 3 queue stream, 4 dead stream, 5 webhook hash,
 --       6 webhooks due zset
--- ARGV: 1 owner channel prefix, 2 group, 3 consumer, 4 entry id, 5 message,
+-- ARGV: 1 the partition's events channel, 2 group, 3 consumer, 4 entry id, 5 message,
 --       6 error JSON, 7 retention s (0: deleted once published), 8 job id, 9 deliveries,
 --       10 opts (MessagePack map): webhook_window (s)
 -- Returns: {OK} (job failed) | {SKIPPED} (job already ended or gone) | {STALE} (entry not ours)

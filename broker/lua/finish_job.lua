@@ -5,7 +5,7 @@
 -- connection without turning its own success into a refusal.
 -- A job with a callback_url becomes due for its webhook (js_finish).
 -- KEYS: 1 job hash, 2 owner active set, 3 queue stream, 4 webhook hash, 5 webhooks due zset
--- ARGV: 1 owner channel prefix, 2 attempt, 3 final status, 4 the result JSON (SUCCESS) or
+-- ARGV: 1 the partition's events channel, 2 attempt, 3 final status, 4 the result JSON (SUCCESS) or
 --       the error JSON (FAILURE, CANCELLED), 5 retention s (0: deleted once published),
 --       6 group, 7 entry id, 8 job id, 9 opts (MessagePack map): webhook_window (s)
 -- Returns: {OK} | {NOT_FOUND} | {BAD_TRANSITION, status} | {STALE}

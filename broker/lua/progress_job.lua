@@ -1,6 +1,6 @@
 -- progress_job: the running attempt reports progress, its current step and an ETA.
 -- KEYS: 1 job hash
--- ARGV: 1 owner channel prefix, 2 attempt, 3 progress (0-100), 4 active TTL s,
+-- ARGV: 1 the partition's events channel, 2 attempt, 3 progress (0-100), 4 active TTL s,
 --       5 opts (MessagePack map): message (the current step; absent keeps it),
 --       eta (seconds; absent clears it)
 -- Returns: {OK, cancel_requested 0|1} | {NOT_FOUND} | {BAD_TRANSITION, status} | {STALE}

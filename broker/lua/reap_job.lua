@@ -8,7 +8,7 @@
 -- A job it fails with a callback_url becomes due for its webhook (js_finish).
 -- KEYS: 1 job hash, 2 owner active set, 3 queue stream, 4 queue delayed zset, 5 webhook hash,
 --       6 webhooks due zset
--- ARGV: 1 owner channel prefix, 2 job id, 3 version seen, 4 min idle ms (since updated_at),
+-- ARGV: 1 the partition's events channel, 2 job id, 3 version seen, 4 min idle ms (since updated_at),
 --       5 active TTL s, 6 retention s (0: deleted once published), 7 error JSON, 8 pending action ('resend' | 'fail'),
 --       9 message of the next dispatch, 10 next dispatch, 11 opts (MessagePack map): webhook_window (s)
 -- Returns: {OK, new status} | {NOT_FOUND} | {STALE} (changed since it was seen)

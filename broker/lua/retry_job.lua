@@ -4,7 +4,7 @@
 -- Idempotent: a re-sent retry finds the job at (or past) its new dispatch, from this
 -- attempt or a later one, and answers OK without queueing the message a second time.
 -- KEYS: 1 job hash, 2 queue stream, 3 queue delayed zset
--- ARGV: 1 owner channel prefix, 2 attempt, 3 error JSON, 4 backoff ms (run_at is Redis
+-- ARGV: 1 the partition's events channel, 2 attempt, 3 error JSON, 4 backoff ms (run_at is Redis
 --       TIME + this), 5 new message,
 --       6 new dispatch, 7 active TTL s, 8 group, 9 entry id
 -- Returns: {OK} | {NOT_FOUND} | {BAD_TRANSITION, status} | {STALE}

@@ -5,7 +5,7 @@
 -- reply was lost to a dropped connection) finds its token and answers OK without
 -- counting a second attempt.
 -- KEYS: 1 job hash, 2 queue stream
--- ARGV: 1 owner channel prefix, 2 group, 3 consumer, 4 entry id, 5 message dispatch,
+-- ARGV: 1 the partition's events channel, 2 group, 3 consumer, 4 entry id, 5 message dispatch,
 --       6 active TTL s, 7 run token (unique per start)
 -- Returns: {OK, flat record} | {STALE} (entry no longer ours: left alone)
 --        | {NOT_FOUND} | {SKIPPED, status} (stale dispatch or terminal: entry acked)

@@ -10,7 +10,7 @@
 -- A retry or failure is written only by the sender whose claim still holds (its lease end is
 -- the job's score in the due set); a delivery is written by whoever made it.
 -- KEYS: 1 job hash, 2 webhook hash, 3 webhooks due zset
--- ARGV: 1 owner channel prefix, 2 job id, 3 the claim's lease end, 4 outcome ('delivered' |
+-- ARGV: 1 the partition's events channel, 2 job id, 3 the claim's lease end, 4 outcome ('delivered' |
 --       'retry' | 'failed'), 5 error text (retry, failed), 6 retry delay ms
 -- Returns: {OK, webhook state} | {NOT_FOUND} (no webhook: done, or expired; its due entry is
 --          dropped) | {STALE} (the lease ran out and another sender claimed it)

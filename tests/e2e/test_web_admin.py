@@ -24,7 +24,7 @@ async def test_queues_count_waiting_delayed_and_dead(redis_url: str, prefix: str
             {"type": "demo.noop", "delay_seconds": 60},
         ):
             assert (await client.post("/jobs", json=body)).status_code == 202
-        await redis.xadd(Keys(prefix).dead("default"), {"data": "x"})
+        await redis.xadd(Keys(prefix).dead("default", 0), {"data": "x"})
         response = await client.get("/queues")
         assert response.status_code == 200
         default = next(q for q in response.json() if q["name"] == "default")

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from broker.connection import RedisWatch, resilient_options
 from broker.errors import IllegalTransition
-from broker.keys import Keys
+from broker.keys import Keys, partition_of
 from broker.models import JobError, JobStatus
 from broker.registry import JobContext, TaskOptions, TaskRegistry, registry
 from broker.scripts import Scripts
@@ -37,6 +37,8 @@ from broker.store import GROUP, Delivery, JobStore, Started
 from devtools.embedded_redis import EmbeddedRedis, free_port
 from scheduler.ticks import Periodic, Ticker
 from tests.support import polling
+from tests.support.deliveries import take
+from tests.support.keyspace import ShardListener, active_count, delayed_count, event_record, queue_length
 from tests.support.polling import wait_for
 from tests.support.worker_support import Cluster, ended, key, open_cluster
 from workers.executor import JobExecutor, retry_delay
@@ -260,7 +262,7 @@ async def test_churn_of_workers_and_a_redis_restart_ends_every_job_success_never
     blip_restarts, overlaps = _check_attempts(attempts_log, killed)
     assert overlaps == [], overlaps[:5]
     assert blip_restarts == [], blip_restarts[:5]
-    assert await store.redis.xlen(store.keys.queue("default")) == 0
+    assert await queue_length(store) == 0
     assert_quiet_log(cluster)
     print(
         f"\nchurn: {len(ids)} jobs, {len(killed)} workers SIGKILLed, redis down {redis_down:.2f} s; "
@@ -270,7 +272,7 @@ async def test_churn_of_workers_and_a_redis_restart_ends_every_job_success_never
 
 async def _active(store: JobStore, owner: str) -> int:
     try:
-        return int(await store.redis.scard(store.keys.owner_active(owner)))
+        return await active_count(store, owner)
     except RedisError:
         return 1  # Redis is restarting: not done yet
 
@@ -304,8 +306,7 @@ async def test_a_frozen_worker_that_lost_its_lease_is_refused_and_overlaps_nothi
     store = cluster.store
     k = f"{cluster.prefix}{key()}"
     job_id = await cluster.submit("test.fenced", {"key": k, "steps": 3})
-    events = store.redis.pubsub()
-    await events.subscribe(f"{store.keys.job(job_id)}:events")
+    events = await ShardListener(store, store.keys.events(partition_of(job_id))).open()
     frozen = cluster.worker()
     effects = f"{k}:effects"
     await until(lambda: store.redis.llen(effects), 20, "the first step", cluster)
@@ -329,11 +330,10 @@ async def test_a_frozen_worker_that_lost_its_lease_is_refused_and_overlaps_nothi
     assert await cluster.count(f"{k}:overlap") == 0
     assert (await store.get(job_id)).version == job.version  # nothing wrote after the end
     published = []
-    while (message := await events.get_message(timeout=0.2)) is not None:  # all were sent by now
-        if message["type"] == "message":
-            published.append(msgspec.json.decode(message["data"]))
-    await events.aclose()
-    terminal = [flat for flat in published if "SUCCESS" in flat or "FAILURE" in flat]
+    while (data := await events.next(timeout=0.2)) is not None:  # all were sent by now
+        published.append(event_record(data))
+    await events.close()
+    terminal = [r for r in published if r["id"] == job_id and r["status"] in ("SUCCESS", "FAILURE")]
     assert len(terminal) == 1  # SUCCESS once
     assert frozen.poll() is None and taker.poll() is None  # both workers lived throughout
     print("\nlease loss: 1 job, 1 worker frozen past its lease; 1 SUCCESS, 0 overlapping effects")
@@ -360,9 +360,10 @@ async def test_cancels_racing_the_start_all_end_cancelled(cluster: Cluster) -> N
     jobs = [await cluster.wait(job_id, ended, 10) for job_id in ids]
     assert {j.status for j in jobs} == {JobStatus.CANCELLED}
     assert all(j.attempts <= 1 for j in jobs)
-    stream = cluster.store.keys.queue("default")
-    assert await cluster.store.redis.xlen(stream) == 0
-    assert (await cluster.store.redis.xpending(stream, GROUP))["pending"] == 0
+    assert await queue_length(cluster.store) == 0
+    for partition in range(cluster.store.keys.partitions):
+        stream = cluster.store.keys.queue("default", partition)
+        assert (await cluster.store.redis.xpending(stream, GROUP))["pending"] == 0
     await until(lambda: _runs_nothing(cluster.store), 5, "every started run to stop", cluster)
     started = sum(j.attempts for j in jobs)
     print(f"\ncancel race: 30 jobs, {30 - started} cancelled before a start, {started} after; all CANCELLED")
@@ -405,10 +406,7 @@ async def test_a_cancel_between_the_start_script_and_the_task_code_ends_it_unrun
 
 
 async def _deliver(store: JobStore, consumer: str) -> Delivery:
-    reply: Any = await store.redis.xreadgroup(GROUP, consumer, {store.keys.queue("default"): ">"}, count=1)
-    stream, [(entry_id, fields)] = reply[0]
-    message = msgspec.json.decode(fields[b"data"])
-    return Delivery(message["task_id"], stream.decode(), entry_id.decode(), message["labels"]["dispatch"])
+    return await take(store, consumer)
 
 
 # -- the retry schedule ---------------------------------------------------------------------------
@@ -505,7 +503,7 @@ async def test_re_sent_start_finish_and_retry_count_once(
         assert started is not None and started.job.id == retried_id
         for _ in range(2):
             await store.retry(started, delivery, JobError("Flaky", "again"), delay_seconds=0)
-        assert await redis.zcard(store.keys.delayed("default")) == 1
+        assert await delayed_count(store) == 1
         assert (await store.get(retried_id)).status == JobStatus.PENDING
 
 

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from broker.models import JobStatus
 from broker.registry import JobContext, TaskRegistry
 from broker.store import GROUP, Delivery
+from tests.support.keyspace import active_count, dead_entries, queue_length, stream_of
 from tests.support.procs import stop
 from tests.support.worker_support import (
     LEASE,
@@ -81,7 +82,7 @@ async def test_two_thousand_noops_over_three_workers_run_once_each(cluster: Clus
         cluster.worker()
     store = cluster.store
     deadline = time.monotonic() + 90
-    while await store.redis.scard(store.keys.owner_active("tester")) > 0:
+    while await active_count(store, "tester") > 0:
         assert time.monotonic() < deadline, cluster.tail()
         await asyncio.sleep(0.1)
     async with store.redis.pipeline(transaction=False) as pipe:
@@ -89,9 +90,10 @@ async def test_two_thousand_noops_over_three_workers_run_once_each(cluster: Clus
             pipe.hmget(store.keys.job(job_id), "status", "attempts")
         rows = await pipe.execute()
     assert {(status, attempts) for status, attempts in rows} == {(b"SUCCESS", b"1")}
-    assert await store.redis.xlen(store.keys.queue("default")) == 0
-    pending: Any = await store.redis.xpending(store.keys.queue("default"), GROUP)
-    assert pending["pending"] == 0
+    assert await queue_length(store) == 0
+    for partition in range(store.keys.partitions):
+        pending: Any = await store.redis.xpending(store.keys.queue("default", partition), GROUP)
+        assert pending["pending"] == 0
 
 
 @pytest.mark.timeout(90)
@@ -107,9 +109,9 @@ async def test_a_message_that_kills_its_worker_ends_in_the_dead_stream(cluster: 
     assert job.status == JobStatus.FAILURE
     assert job.error is not None and job.error.type == "DeliveryLimit"
     assert await cluster.count(f"{k}:runs") == MAX_DELIVERIES
-    dead: Any = await cluster.store.redis.xrange(cluster.store.keys.dead("default"))
+    dead: Any = await dead_entries(cluster.store)
     assert [entry[1][b"job"].decode() for entry in dead] == [job_id]
-    assert await cluster.store.redis.xlen(cluster.store.keys.queue("default")) == 0
+    assert await queue_length(cluster.store) == 0
 
 
 @pytest.mark.timeout(60)
@@ -157,7 +159,7 @@ async def test_cancel_a_running_job_stops_it_within_a_second(cluster: Cluster) -
     version = job.version
     await asyncio.sleep(0.5)  # two progress steps' worth: none may come
     assert (await cluster.store.get(job_id)).version == version
-    assert await cluster.store.redis.xlen(cluster.store.keys.queue("default")) == 0
+    assert await queue_length(cluster.store) == 0
 
 
 @pytest.mark.timeout(60)
@@ -223,7 +225,7 @@ async def test_the_taskiq_worker_command_runs_jobs_and_stops_on_sigterm(
             job = await cluster.wait(job_id, ended, 30)
             assert job.status == JobStatus.SUCCESS and job.attempts == 1, job.error
         assert await cluster.count(f"{k}:runs") == 1
-        assert await cluster.store.redis.xlen(cluster.store.keys.queue("default")) == 0
+        assert await queue_length(cluster.store) == 0
     finally:
         assert stop(proc, signal.SIGTERM, timeout=20) == 0, cluster.tail()
 
@@ -233,7 +235,7 @@ async def test_a_worker_without_the_task_leaves_the_job_to_one_with_it(cluster: 
     lacking = cluster.worker(JOBSTREAM_TASK_MODULES="workers.tasks")
     k = f"{cluster.prefix}{key()}"
     job_id = await cluster.submit("test.counted", {"key": k})
-    stream = cluster.store.keys.queue("default")
+    stream = stream_of(cluster.store, job_id)
     deadline = time.monotonic() + 20
     while not (await cluster.store.redis.xpending(stream, GROUP))["pending"]:  # delivered to it
         assert time.monotonic() < deadline, cluster.tail()
@@ -292,12 +294,13 @@ async def test_a_finished_job_leaves_no_reference_cycle(cluster: Cluster, task: 
     executor = JobExecutor(store, cycles_registry, "c1")
     n = 200
     ids = {await cluster.submit(task) for _ in range(n)}
-    reply: Any = await store.redis.xreadgroup(GROUP, "c1", {store.keys.queue("default"): ">"}, count=n)
-    stream, entries = reply[0]
     deliveries = []
-    for entry_id, fields in entries:
-        job_id = msgspec.json.decode(fields[b"data"])["task_id"]
-        deliveries.append(Delivery(job_id, stream.decode(), entry_id.decode(), 1))
+    for partition in range(store.keys.partitions):
+        stream = store.keys.queue("default", partition)
+        reply: Any = await store.redis.xreadgroup(GROUP, "c1", {stream: ">"}, count=n)
+        for entry_id, fields in reply[0][1] if reply else ():
+            job_id = msgspec.json.decode(fields[b"data"])["task_id"]
+            deliveries.append(Delivery(job_id, stream, entry_id.decode(), 1))
     assert {d.job_id for d in deliveries} == ids
     gc.collect()
     gc.disable()

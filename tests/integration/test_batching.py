@@ -16,6 +16,7 @@ from broker.batching import ScriptBatcher
 from broker.lua_source import Script
 from broker.settings import load_settings
 from broker.store import JobStore
+from tests.support.keyspace import index_size
 
 BUSY_THEN_INCR = Script.of(
     "busy_then_incr",
@@ -145,7 +146,7 @@ async def test_a_resend_safe_script_is_sent_again_by_its_caller_as_the_client_sa
         assert await admin.client_kill_filter(_id=mine["id"]) == 1
         second, created = await store.create(**create)  # type: ignore[arg-type]
         assert created and second.id != first.id
-        assert await admin.zcard(store.keys.owner_jobs("alice")) == 2  # one job per create
+        assert await index_size(store, "alice") == 2  # one job per create
     finally:
         await client.aclose()
         await admin.aclose()

@@ -10,17 +10,19 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
 
 from broker.errors import JobNotFound
+from broker.keys import partition_of
 from broker.models import Job, JobStatus, job_encoder
 from broker.store import GROUP, Delivery, JobStore, Started
 from devtools.embedded_redis import free_port
 from hub.event_hub import EventHub, EventsUnavailable, FeedClosed, JobFeed, OwnerFeed, Resync
+from tests.support.keyspace import stream_of
 from tests.support.polling import until
 from web.auth import User
 from web.live.sse import EventStreams
@@ -50,7 +52,7 @@ async def running_job(store: JobStore, owner: str = "u") -> tuple[Started, Deliv
     """Create a job and start it as a worker would (read its stream entry, then start)."""
     job, created = await store.create(task="demo.sleep", input_json=b"{}", owner=owner, queue="default")
     assert created
-    stream = store.keys.queue("default")
+    stream = stream_of(store, job.id)
     reply: Any = await store.redis.xreadgroup(GROUP, "c1", {stream: ">"}, count=1)
     entry_id = reply[0][1][0][0]
     delivery = Delivery(job.id, stream, entry_id.decode(), dispatch=1)
@@ -65,7 +67,8 @@ async def succeed(store: JobStore, started: Started, delivery: Delivery) -> Job:
 
 
 async def numsub(redis: Redis, channel: str) -> int:
-    reply: Any = await redis.pubsub_numsub(channel)
+    """Subscribers of a shard channel (PUBSUB SHARDNUMSUB)."""
+    reply: Any = await redis.pubsub_shardnumsub(channel)
     return int(reply[0][1])
 
 
@@ -129,20 +132,21 @@ async def test_thousand_updates_reach_fast_and_slow_listeners(hub: EventHub, sto
     assert fast_done < slow_done
 
 
-async def test_500_listeners_share_one_connection_and_one_subscription(
+async def test_500_listeners_share_one_connection_and_the_partition_subscription(
     hub: EventHub, store: JobStore, redis: Redis, hub_name: str
 ) -> None:
     started, delivery = await running_job(store)
     job_id = started.job.id
-    channel = store.keys.job_channel(job_id)
+    channel = store.keys.events(partition_of(job_id))
+    partitions = store.keys.partitions
     feeds = await asyncio.gather(*(hub.open_job(job_id) for _ in range(500)))
     try:
         conns = await hub_connections(redis, hub_name, "pubsub")
-        assert len(conns) == 1 and conns[0]["sub"] == "1", conns
+        assert len(conns) == 1 and conns[0]["ssub"] == str(partitions), conns
         assert len(await hub_connections(redis, hub_name)) == 1
         assert await numsub(redis, channel) == 1
         stats = hub.stats()
-        assert (stats.channels, stats.listeners) == (1, 500)
+        assert (stats.channels, stats.listeners) == (partitions, 500)
         for feed in feeds:
             await feed.snapshot()
         readers = [asyncio.create_task(drain(feed)) for feed in feeds]
@@ -158,36 +162,32 @@ async def test_500_listeners_share_one_connection_and_one_subscription(
     assert hub.json(final) == job_encoder.encode(final)
     for seen in results:
         assert_increasing(seen)
-    assert hub.stats().listeners == 0 and hub.stats().channels == 0
-    await until(lambda: _is(numsub(redis, channel), 0))
-    assert len(await hub_connections(redis, hub_name)) == 1  # the connection stays, idle
-    assert await hub_connections(redis, hub_name, "pubsub") == []
+    assert hub.stats().listeners == 0 and hub.stats().channels == partitions
+    assert await numsub(redis, channel) == 1  # the partition stays subscribed: no churn per client
+    assert len(await hub_connections(redis, hub_name, "pubsub")) == 1
 
 
-async def _is(value: Awaitable[int], expected: int) -> bool:
-    return await value == expected
-
-
-async def test_subscription_is_reference_counted(hub: EventHub, store: JobStore, redis: Redis) -> None:
+async def test_a_feed_closing_leaves_the_others_on_the_same_job(
+    hub: EventHub, store: JobStore, redis: Redis
+) -> None:
     started, _ = await running_job(store)
-    channel = store.keys.job_channel(started.job.id)
+    channel = store.keys.events(partition_of(started.job.id))
     first = await hub.open_job(started.job.id)
     second = await hub.open_job(started.job.id)
-    assert await numsub(redis, channel) == 1
     first.close()
     first.close()  # idempotent
     await store.progress(started.job.id, started.attempt, 10.0)
     job = await second.next(timeout=5)
-    assert job is not None and job.progress == 10.0  # still subscribed for the other
-    assert await numsub(redis, channel) == 1
+    assert job is not None and job.progress == 10.0  # still delivered to the other
     second.close()
-    await until(lambda: _is(numsub(redis, channel), 0))
+    assert hub.stats().listeners == 0
+    assert await numsub(redis, channel) == 1
 
 
-async def test_churn_of_listeners_leaves_a_consistent_subscription(
+async def test_churn_of_listeners_sends_nothing_to_redis(
     hub: EventHub, store: JobStore, redis: Redis
 ) -> None:
-    """Opening and closing races (UNSUBSCRIBE in flight while a new SUBSCRIBE goes out)."""
+    """Following is a dict operation: a thousand opens and closes leave one subscription."""
     started, _ = await running_job(store)
     job_id = started.job.id
 
@@ -198,10 +198,9 @@ async def test_churn_of_listeners_leaves_a_consistent_subscription(
             feed.close()
 
     await asyncio.gather(*(open_close() for _ in range(10)))
-    assert hub.stats().channels == 0
-    await until(lambda: _is(numsub(redis, store.keys.job_channel(job_id)), 0))
+    assert hub.stats().listeners == 0
+    assert await numsub(redis, store.keys.events(partition_of(job_id))) == 1
     async with hub.listen_job(job_id) as feed:
-        assert await numsub(redis, store.keys.job_channel(job_id)) == 1
         await feed.snapshot()
         await store.progress(job_id, started.attempt, 55.0)
         job = await feed.next(timeout=5)

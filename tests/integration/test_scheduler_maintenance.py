@@ -18,7 +18,7 @@ from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListRedisScheduleSource
 
 from broker.errors import ScriptCode, UnknownTask
-from broker.keys import Keys
+from broker.keys import Keys, partition_of
 from broker.message import decode_message
 from broker.models import JobStatus
 from broker.registry import registry
@@ -32,6 +32,7 @@ from scheduler.schedule_source import InvalidSchedule, JobScheduleSource, build_
 from scheduler.scheduler import JobScheduler, fire_key
 from scheduler.ticks import Periodic, Ticker
 from tests.support.deliveries import take
+from tests.support.keyspace import ShardListener, delayed_of, event_record, stream_of
 from tests.support.polling import until
 from workers.job_broker import JobBroker
 from workers.tasks import demo  # noqa: F401 - registers the demo tasks
@@ -70,11 +71,13 @@ async def server_ms(redis: Redis) -> int:
 
 
 async def index_ids(redis: Redis, keys: Keys, owner: str) -> set[str]:
-    return {m.decode() for m in await redis.zrange(keys.owner_jobs(owner), 0, -1)}
+    partitions = range(keys.partitions)
+    return {m.decode() for p in partitions for m in await redis.zrange(keys.owner_jobs(owner, p), 0, -1)}
 
 
 async def active_ids(redis: Redis, keys: Keys, owner: str) -> set[str]:
-    return {m.decode() for m in await redis.smembers(keys.owner_active(owner))}
+    partitions = range(keys.partitions)
+    return {m.decode() for p in partitions for m in await redis.smembers(keys.owner_active(owner, p))}
 
 
 # ---------------------------------------------------------------- cleanup
@@ -115,7 +118,7 @@ async def test_cleanup_leaves_no_dangling_ids_after_jobs_expire(store: JobStore,
         listed = {job.id for job in (await store.list(owner, limit=50)).jobs}
         assert listed == ids
     assert remaining == live
-    assert not await redis.exists(keys.owner_jobs("carol"))
+    assert not await redis.exists(keys.owner_jobs("carol", 0))
     assert not [k async for k in redis.scan_iter(keys.idempotency_pattern)]
     assert await Cleanup(redis, store.settings, store.scripts).run() == dict.fromkeys(counts, 0)
 
@@ -130,9 +133,10 @@ async def test_cleanup_keeps_an_idempotency_key_a_new_job_took_over(store: JobSt
     assert is_new and new.id != old
     scripts = store.scripts
     # A stale read of the key (still naming the old job) must not delete the new mapping.
-    assert not await scripts.drop_idempotency(key=keys.idempotency("alice", "same"), job_id=old)
+    idempotency = keys.idempotency("alice", "same", partition_of(new.id))
+    assert not await scripts.drop_idempotency(key=idempotency, job_id=old)
     await Cleanup(redis, store.settings, scripts).run()
-    assert await redis.get(keys.idempotency("alice", "same")) == new.id.encode()
+    assert await redis.get(idempotency) == new.id.encode()
 
 
 async def test_cleanup_over_five_thousand_expired_index_entries(store: JobStore, redis: Redis) -> None:
@@ -140,7 +144,7 @@ async def test_cleanup_over_five_thousand_expired_index_entries(store: JobStore,
     live = {await create(store, "big") for _ in range(20)}
     gone = [f"gone-{n}" for n in range(5000)]
     for start in range(0, len(gone), 1000):
-        await redis.zadd(keys.owner_jobs("big"), {g: n for n, g in enumerate(gone[start : start + 1000])})
+        await redis.zadd(keys.owner_jobs("big", 0), {g: n for n, g in enumerate(gone[start : start + 1000])})
     counts = await Cleanup(redis, store.settings, store.scripts, batch=500).run()
     assert counts["index"] == 5000
     assert await index_ids(redis, keys, "big") == live
@@ -150,7 +154,7 @@ async def test_cleanup_trims_dead_letters_by_age(
     store: JobStore, redis: Redis, redis_url: str, prefix: str
 ) -> None:
     keys = store.keys
-    dead = keys.dead("default")
+    dead = keys.dead("default", 0)
     now_ms = await server_ms(redis)
     for n in range(250):  # older than the one-hour retention
         await redis.xadd(dead, {"data": "x"}, id=f"{now_ms - 7_200_000 + n}-0")
@@ -193,19 +197,16 @@ async def test_reaper_fails_a_processing_job_whose_entry_is_gone_and_publishes_i
     # The entry vanishes (trimmed, lost in a failover): nobody holds a lease on it now.
     await redis.xack(delivery.stream, GROUP, delivery.entry_id)
     await redis.xdel(delivery.stream, delivery.entry_id)
-    async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(keys.job_channel(job_id))
-        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    async with ShardListener(store, keys.events(partition_of(job_id))) as events:
         reaper = reaper_for(store)
 
         async def reaped() -> bool:
             return (await reaper.run())["lost"] == 1
 
         await until(reaped, 5, "the reaper to fail the lost job")  # once unchanged for a lease
-        event = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+        event = await events.next()
     assert event is not None
-    flat = json.loads(event["data"])
-    published = dict(zip(flat[::2], flat[1::2], strict=True))
+    published = event_record(event)
     assert published["status"] == "FAILURE"
     assert json.loads(published["error"])["type"] == "Lost"
     job = await store.get(job_id)
@@ -230,9 +231,8 @@ async def test_reaper_spares_jobs_whose_message_is_still_queued(store: JobStore,
 
 
 async def test_reaper_resends_a_pending_job_whose_message_is_gone(store: JobStore, redis: Redis) -> None:
-    keys = store.keys
     job_id = await create(store)
-    stream = keys.queue("default")
+    stream = stream_of(store, job_id)
     await redis.xtrim(stream, maxlen=0)  # the message is lost before any worker read it
     reaper = reaper_for(store)
 
@@ -248,7 +248,7 @@ async def test_reaper_resends_a_pending_job_whose_message_is_gone(store: JobStor
 
 async def test_reaper_can_fail_a_pending_job_whose_message_is_gone(store: JobStore, redis: Redis) -> None:
     job_id = await create(store)
-    await redis.xtrim(store.keys.queue("default"), maxlen=0)
+    await redis.xtrim(stream_of(store, job_id), maxlen=0)
     reaper = reaper_for(store, reap_pending="fail")
 
     async def failed() -> bool:
@@ -282,9 +282,9 @@ async def test_reap_is_fenced_on_the_version_the_reaper_saw(store: JobStore, red
 
 
 async def test_reaper_promotes_due_delayed_messages(store: JobStore, redis: Redis) -> None:
-    delayed = store.keys.delayed("default")
     seconds, _ = await redis.time()
     job_id = await create(store, run_at_ms=int(seconds) * 1000 + 60_000)
+    delayed = delayed_of(store, job_id)
     [message] = await redis.zrange(delayed, 0, -1)
     await redis.zadd(delayed, {message: 0}, xx=True)  # due now, and no worker to promote it
     counts = await reaper_for(store).run()
@@ -342,7 +342,7 @@ async def test_kick_creates_a_job_deduplicated_by_its_fire_key(
     assert len(jobs) == 1
     assert jobs[0].type == "demo.sleep" and jobs[0].status == JobStatus.PENDING
     assert msgspec.json.decode(jobs[0].input)["seconds"] == 0.1  # stored as POST /jobs stores it
-    message = decode_message((await redis.xrange(store.keys.queue("default")))[0][1][b"data"])
+    message = decode_message((await redis.xrange(stream_of(store, jobs[0].id)))[0][1][b"data"])
     assert message.task_id == jobs[0].id
     with pytest.raises(SendTaskError) as refused:
         await AsyncKicker("demo.sleep", broker, {}).kiq(seconds="soon")

@@ -18,6 +18,7 @@ from broker.errors import (
     StaleAttempt,
 )
 from broker.ids import new_job_id
+from broker.keys import partition_of
 from broker.lua_source import script_source
 from broker.message import decode_message, encode_message
 from broker.models import JobError, JobStatus
@@ -26,6 +27,18 @@ from broker.scripts import CreateOpts, Reply
 from broker.settings import Settings, load_settings
 from broker.store import GROUP, Delivery, JobStore, Started
 from tests.support.deliveries import take
+from tests.support.keyspace import (
+    ShardListener,
+    active_of,
+    dead_of,
+    delayed_count,
+    delayed_of,
+    event_record,
+    index_of,
+    index_size,
+    queue_length,
+    stream_of,
+)
 
 ACTIVE_TTL = 5000
 RETENTION = 900
@@ -68,6 +81,12 @@ async def create_call(store: JobStore, job_id: str, opts: CreateOpts, owner: str
     )
 
 
+def _same_place(store: JobStore) -> dict[str, Any]:
+    """The settings that say where the store's keys are: its Redis, prefix and partitions."""
+    s = store.settings
+    return {"redis_url": s.redis_url, "prefix": s.prefix, "partitions": s.partitions}
+
+
 async def raw(store: JobStore, job_id: str) -> dict[bytes, bytes]:
     fields: Any = await store.redis.hgetall(store.keys.job(job_id))
     return dict(fields)
@@ -81,25 +100,18 @@ def test_result_codes_match_the_lua_constants() -> None:
 
 
 async def test_create_writes_record_index_stream_and_publishes(store: JobStore) -> None:
-    pubsub = store.redis.pubsub()
-    await pubsub.psubscribe(store.keys.prefix + "*")
-    await pubsub.get_message(timeout=1)
-    job_id = await make(store)
+    job_id = new_job_id(store.keys.partitions - 1)  # the last partition: its keys, its channel
+    async with ShardListener(store, store.keys.events(partition_of(job_id))) as events:
+        assert (await create_call(store, job_id, CreateOpts(max_active=3))).code == ScriptCode.OK
+        event = await events.next()
+        assert await events.next(timeout=0.2) is None  # once: the one partition channel
     job = await store.get(job_id)
     assert (job.status, job.version, job.attempts, job.owner) == (JobStatus.PENDING, 1, 0, "alice")
     assert ACTIVE_TTL - 5 <= await store.redis.ttl(store.keys.job(job_id)) <= ACTIVE_TTL
-    assert await store.redis.zscore(store.keys.owner_jobs("alice"), job_id) is not None
-    assert await store.redis.sismember(store.keys.owner_active("alice"), job_id)
-    assert await store.redis.xlen(store.keys.queue("default")) == 1
-    channels = set()
-    for _ in range(2):
-        message = await pubsub.get_message(timeout=2)
-        assert message is not None
-        channels.add(message["channel"].decode())
-        flat = msgspec.json.decode(message["data"])
-        assert dict(zip(flat[::2], flat[1::2], strict=True))["status"] == "PENDING"
-    assert channels == {store.keys.job_channel(job_id), store.keys.owner_channel("alice")}
-    await pubsub.aclose()
+    assert await store.redis.zscore(index_of(store, "alice", job_id), job_id) is not None
+    assert await store.redis.sismember(active_of(store, "alice", job_id), job_id)
+    assert await store.redis.xlen(stream_of(store, job_id)) == 1
+    assert event is not None and event_record(event)["status"] == "PENDING"
 
 
 async def test_idempotency_key_returns_the_same_job(store: JobStore) -> None:
@@ -114,7 +126,7 @@ async def test_idempotency_key_returns_the_same_job(store: JobStore) -> None:
     )
     assert created and not created_again
     assert again.id == first.id != other.id
-    assert await store.redis.xlen(store.keys.queue("default")) == 2
+    assert await queue_length(store) == 2
 
 
 async def test_an_idempotency_key_replayed_with_another_input_is_refused(store: JobStore) -> None:
@@ -127,7 +139,7 @@ async def test_an_idempotency_key_replayed_with_another_input_is_refused(store: 
     # the same input, spaced differently, is a replay
     same, created = await store.create(task="demo.sleep", input_json=b'{ "seconds": 1 }', **replay)
     assert (same.id, created) == (first, False)
-    assert await store.redis.xlen(store.keys.queue("default")) == 1
+    assert await queue_length(store) == 1
 
 
 async def test_a_create_sent_again_after_a_lost_reply_makes_one_job(store: JobStore) -> None:
@@ -140,8 +152,8 @@ async def test_a_create_sent_again_after_a_lost_reply_makes_one_job(store: JobSt
     for _ in range(2):  # also when the first send filled the owner's quota
         await make(store)
     assert (await create_call(store, job_id, opts)).code == ScriptCode.DUPLICATE
-    assert await store.redis.xlen(store.keys.queue("default")) == 3
-    assert await store.redis.zcard(store.keys.owner_jobs("alice")) == 3
+    assert await queue_length(store) == 3
+    assert await index_size(store, "alice") == 3
 
 
 def test_job_ids_are_uuid7_and_ordered_by_time() -> None:
@@ -253,7 +265,7 @@ async def test_succeed_stores_result_sets_retention_and_empties_the_stream(store
     assert job.completed_at is not None
     assert RETENTION - 5 <= await store.redis.ttl(store.keys.job(job.id)) <= RETENTION
     assert await store.redis.xlen(delivery.stream) == 0
-    assert not await store.redis.sismember(store.keys.owner_active("alice"), job.id)
+    assert not await store.redis.sismember(active_of(store, "alice", job.id), job.id)
 
 
 async def test_terminal_states_never_change(store: JobStore) -> None:
@@ -280,7 +292,7 @@ async def test_retry_goes_back_to_pending_with_the_error_and_a_delayed_dispatch(
     assert job.status == JobStatus.PENDING and job.error == JobError("Flaky", "try again")
     assert job.attempts == 1
     assert await store.redis.xlen(delivery.stream) == 0
-    promoted = await store.scripts.promote_due(queue="default", limit=10)
+    promoted = await store.scripts.promote_due(queue="default", partition=partition_of(job_id), limit=10)
     assert promoted.moved == 1
     again = await take(store, "c2")
     assert again.dispatch == 2
@@ -289,9 +301,9 @@ async def test_retry_goes_back_to_pending_with_the_error_and_a_delayed_dispatch(
 
 
 async def test_promote_leaves_messages_that_are_not_due(store: JobStore) -> None:
-    await make(store, run_at_ms=2**42)
-    assert await store.redis.xlen(store.keys.queue("default")) == 0
-    promoted = await store.scripts.promote_due(queue="default", limit=10)
+    job_id = await make(store, run_at_ms=2**42)
+    assert await queue_length(store) == 0
+    promoted = await store.scripts.promote_due(queue="default", partition=partition_of(job_id), limit=10)
     assert promoted.moved == 0 and promoted.next_due_ms is not None and promoted.next_due_ms > 0
 
 
@@ -304,16 +316,12 @@ async def test_cancel_pending_processing_and_other_owner(store: JobStore) -> Non
     assert cancelled.error is not None and cancelled.error.type == "Cancelled"
 
     assert await store.start(await take(store), "c1") is None  # its entry is skipped
-    pubsub = store.redis.pubsub()
-    await pubsub.subscribe(store.keys.cancel_channel)
-    await pubsub.get_message(timeout=1)
     started, _ = await running(store)
-    job = await store.cancel(started.job.id, None, RETENTION)
-    assert job.status == JobStatus.PROCESSING and job.cancel_requested
-    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
-    assert message is not None and message["data"].decode() == started.job.id
+    async with ShardListener(store, store.keys.cancels(partition_of(started.job.id))) as cancels:
+        job = await store.cancel(started.job.id, None, RETENTION)
+        assert job.status == JobStatus.PROCESSING and job.cancel_requested
+        assert await cancels.next() == started.job.id.encode()
     assert await store.progress(started.job.id, 1, 10) is True
-    await pubsub.aclose()
 
 
 async def test_reclaimed_entry_restarts_and_fences_the_old_attempt(store: JobStore) -> None:
@@ -345,7 +353,7 @@ async def test_dead_letter_moves_the_entry_and_fails_the_job(store: JobStore) ->
     job = await store.get(started.job.id)
     assert job.status == JobStatus.FAILURE
     assert job.error is not None and job.error.type == "DeliveryLimit"
-    dead: Any = await store.redis.xrange(store.keys.dead("default"))
+    dead: Any = await store.redis.xrange(dead_of(store, job.id))
     assert len(dead) == 1 and dead[0][1][b"job"].decode() == job.id
     assert await store.redis.xlen(delivery.stream) == 0
 
@@ -359,7 +367,7 @@ def test_settings_read_the_environment() -> None:
 
 
 async def test_listing_pages_are_stable_while_jobs_are_created(store: JobStore) -> None:
-    store.settings = load_settings({}, prefix=store.settings.prefix, max_active_per_owner=0)
+    store.settings = load_settings({}, **_same_place(store), max_active_per_owner=0)
     for _ in range(23):
         await make(store)
     seen: list[str] = []
@@ -371,8 +379,11 @@ async def test_listing_pages_are_stable_while_jobs_are_created(store: JobStore) 
             break
         page = await store.list("alice", limit=5, cursor=page.cursor)
     assert len(seen) == len(set(seen)) == 23
-    rows: Any = await store.redis.zrange(store.keys.owner_jobs("alice"), 0, -1, withscores=True)
-    by_id = {member.decode(): score for member, score in rows}
+    by_id = {}
+    for partition in range(store.keys.partitions):
+        index = store.keys.owner_jobs("alice", partition)
+        rows: Any = await store.redis.zrange(index, 0, -1, withscores=True)
+        by_id.update({member.decode(): score for member, score in rows})
     keys = [(by_id[i], i) for i in seen]
     assert keys == sorted(keys, reverse=True)
 
@@ -390,12 +401,14 @@ async def test_listing_filters_and_skips_expired_records(store: JobStore) -> Non
 
 async def test_jobs_list_in_creation_order_within_one_millisecond(store: JobStore) -> None:
     """Many creates in one pipeline land in the same millisecond (often the same microsecond)."""
-    store.settings = load_settings({}, prefix=store.settings.prefix, max_active_per_owner=0)
+    store.settings = load_settings({}, **_same_place(store), max_active_per_owner=0)
     created = await asyncio.gather(*(make(store) for _ in range(60)))
-    rows: Any = await store.redis.zrange(store.keys.owner_jobs("alice"), 0, -1, withscores=True)
     by_time = {job_id: (await store.get(job_id)).created_at for job_id in created}
     assert len(set(by_time.values())) < len(created)  # some share a millisecond
-    assert len({score for _, score in rows}) == len(created)  # the index order is total
+    for partition in range(store.keys.partitions):  # each partition's index order is total
+        index = store.keys.owner_jobs("alice", partition)
+        rows: Any = await store.redis.zrange(index, 0, -1, withscores=True)
+        assert len({score for _, score in rows}) == len(rows)
     listed: list[str] = []
     cursor = None
     while True:
@@ -407,13 +420,13 @@ async def test_jobs_list_in_creation_order_within_one_millisecond(store: JobStor
 
 
 async def test_cancelling_a_delayed_job_takes_its_message_off_the_delayed_set(store: JobStore) -> None:
-    delayed = store.keys.delayed("default")
     job_id = await make(store, delay_ms=3_600_000)
     other = await make(store, delay_ms=3_600_000)
-    assert await store.redis.zcard(delayed) == 2
+    assert await delayed_count(store) == 2
     cancelled = await store.cancel(job_id, "alice", RETENTION)
     assert cancelled.status == JobStatus.CANCELLED
-    remaining: Any = await store.redis.zrange(delayed, 0, -1)
+    places = {delayed_of(store, i) for i in (job_id, other)}
+    remaining: Any = [m for place in places for m in await store.redis.zrange(place, 0, -1)]
     assert [decode_message(m).task_id for m in remaining] == [other]
 
 
@@ -430,9 +443,9 @@ async def test_create_opts_omitted_take_the_scripts_defaults(store: JobStore) ->
     reply = await create_call(store, job_id, CreateOpts())  # no quota, no idempotency key, run now
     assert reply.code == ScriptCode.OK and reply.record is not None
     assert b"run_at" not in reply.record
-    assert await store.redis.xlen(store.keys.queue("default")) == 1
-    assert await store.redis.zcard(store.keys.delayed("default")) == 0
-    assert await store.redis.keys(store.keys.prefix + "idem:*") == []
+    assert await queue_length(store) == 1
+    assert await delayed_count(store) == 0
+    assert [k async for k in store.redis.scan_iter(match=store.keys.idempotency_pattern)] == []
 
 
 async def test_create_opts_given_are_read_by_name(store: JobStore) -> None:
@@ -442,12 +455,9 @@ async def test_create_opts_given_are_read_by_name(store: JobStore) -> None:
     assert delayed.code == ScriptCode.OK and delayed.record is not None
     run_at = int(delayed.record[b"run_at"])
     assert before + 60_000 <= run_at <= after + 60_000  # Redis TIME + delay, in the script
-    assert (
-        await store.redis.zscore(
-            store.keys.delayed("default"), encode_message(delayed.record[b"id"].decode(), "demo.noop", 1)
-        )
-        == run_at
-    )
+    delayed_id = delayed.record[b"id"].decode()
+    message = encode_message(delayed_id, "demo.noop", 1)
+    assert await store.redis.zscore(delayed_of(store, delayed_id), message) == run_at
     assert (await create_call(store, new_job_id(), CreateOpts(max_active=2))).code == ScriptCode.OK
     assert (await create_call(store, new_job_id(), CreateOpts(max_active=2))).code == ScriptCode.QUOTA
 
@@ -498,20 +508,16 @@ async def test_a_retry_is_due_its_backoff_after_redis_time(store: JobStore) -> N
     fields = await raw(store, started.job.id)
     run_at = int(fields[b"run_at"])
     assert before + 30_000 <= run_at <= after + 30_000
-    [(_, score)] = await store.redis.zrange(store.keys.delayed("default"), 0, -1, withscores=True)
+    [(_, score)] = await store.redis.zrange(delayed_of(store, started.job.id), 0, -1, withscores=True)
     assert score == run_at
 
 
 async def test_zero_retention_publishes_the_end_then_deletes_the_record(store: JobStore) -> None:
     started, delivery = await running(store)
-    async with store.redis.pubsub() as pubsub:
-        await pubsub.subscribe(store.keys.job_channel(started.job.id))
-        await pubsub.get_message(timeout=1)
+    async with ShardListener(store, store.keys.events(partition_of(started.job.id))) as events:
         await store.succeed(started, delivery, b"1", retention=0)
-        event = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
-    assert event is not None
-    flat = msgspec.json.decode(event["data"])
-    assert dict(zip(flat[::2], flat[1::2], strict=True))["status"] == "SUCCESS"
+        event = await events.next()
+    assert event is not None and event_record(event)["status"] == "SUCCESS"
     assert not await store.redis.exists(store.keys.job(started.job.id))
     assert await store.redis.xlen(delivery.stream) == 0
 

@@ -19,7 +19,6 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from broker.fleet import QueueStats, WorkerInfo, live_workers, queue_stats
-from broker.keys import Keys
 from broker.registry import registry
 from broker.settings import Settings
 from hub.event_hub import EventHub, HubStats
@@ -44,7 +43,7 @@ OPERATOR_ROUTE: dict[str, Any] = {
 @get("/queues", summary="Queue depths", **OPERATOR_ROUTE)
 async def list_queues(redis: NamedDependency[Redis], settings: NamedDependency[Settings]) -> list[QueueStats]:
     """Per queue: entries waiting, held by workers (in flight), delayed, and dead-lettered."""
-    return await queue_stats(redis, Keys(settings.prefix), _queues(settings))
+    return await queue_stats(redis, settings.keys, _queues(settings))
 
 
 @get("/workers", summary="Live workers", **OPERATOR_ROUTE)
@@ -52,7 +51,7 @@ async def list_workers(
     redis: NamedDependency[Redis], settings: NamedDependency[Settings]
 ) -> list[WorkerInfo]:
     """Workers whose heartbeat is current: host, pid, queues, running job ids, counters."""
-    return await live_workers(redis, Keys(settings.prefix))
+    return await live_workers(redis, settings.keys)
 
 
 class _Snapshot(Collector):
@@ -116,7 +115,7 @@ async def metrics(
     request: Request[Any, Any, Any], redis: NamedDependency[Redis], settings: NamedDependency[Settings]
 ) -> Response[bytes]:
     """Queue depths, live workers and their counters, and this process's live-update figures."""
-    keys = Keys(settings.prefix)
+    keys = settings.keys
     hub: EventHub | None = getattr(request.app.state, "hub", None)
     snapshot = _Snapshot(
         await queue_stats(redis, keys, _queues(settings)),
