@@ -42,6 +42,7 @@ from bench.common import (
     stop,
 )
 from bench.completion import dead_process
+from broker.keys import Keys
 
 PREFIX = "js:"
 JOB_PATH = {"EVALSHA create_job", "XREADGROUP", "EVALSHA start_job", "EVALSHA finish_job"}
@@ -95,10 +96,11 @@ async def _wait_exit(proc: Any, timeout: float, what: str, log: Path) -> None:
 
 
 async def _job_memory(redis: Redis, n: int) -> dict[str, float]:
-    ids: Any = await redis.zrange(f"{PREFIX}owner:{OWNER}:jobs", 0, -1)
+    keys = Keys(PREFIX)
+    ids: Any = await redis.zrange(keys.owner_jobs(OWNER, 0), 0, -1)
     sample = random.sample(list(ids), min(200, len(ids)))
-    sizes = [int(await redis.memory_usage(f"{PREFIX}job:{{{i.decode()}}}", samples=0) or 0) for i in sample]
-    index = int(await redis.memory_usage(f"{PREFIX}owner:{OWNER}:jobs", samples=0) or 0)
+    sizes = [int(await redis.memory_usage(keys.job(i.decode()), samples=0) or 0) for i in sample]
+    index = int(await redis.memory_usage(keys.owner_jobs(OWNER, 0), samples=0) or 0)
     return {"job_hash_mean": sum(sizes) / len(sizes), "owner_index_per_job": index / n}
 
 
@@ -138,7 +140,7 @@ async def _run_worker(redis: Redis, url: str, counts: Path, log: Path, n: int) -
     polls = 0
     alive = dead_process([worker])
     try:
-        while int(await redis.scard(f"{PREFIX}owner:{OWNER}:active")) > 0:
+        while int(await redis.scard(Keys(PREFIX).owner_active(OWNER, 0))) > 0:
             polls += 1
             problem = alive()
             if problem or time.monotonic() - began > 60 + n / 100:

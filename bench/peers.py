@@ -51,6 +51,7 @@ from bench.common import (
 )
 from bench.completion import dead_process, watch_completion
 from bench.cpu_time import CpuMeter
+from broker.keys import Keys
 
 CONCURRENCY = 100
 CPU_KEYS = ("worker_cpu_us_per_job", "redis_cpu_us_per_job")
@@ -88,7 +89,7 @@ async def _jobstream_enqueue(url: str, n: int) -> None:
 
 
 async def _jobstream_completed(redis: Redis, n: int) -> int:
-    return n - int(await redis.scard(f"{_JS_PREFIX}owner:{OWNER}:active"))
+    return n - int(await redis.scard(Keys(_JS_PREFIX).owner_active(OWNER, 0)))
 
 
 # -- arq ---------------------------------------------------------------------------------------

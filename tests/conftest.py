@@ -5,6 +5,11 @@ Tests isolate themselves by prefix, never by FLUSHALL, so they can run in parall
 the whole server (``SCRIPT FLUSH``, ``CLIENT KILL TYPE``, ``CLIENT PAUSE``) is marked
 ``own_redis``: its ``redis_url`` (and so ``redis``, ``store`` and any stack) is then a
 ``redis-server`` of its own, and the session's other tests never feel it.
+
+A module or test marked ``topologies("single", "cluster")`` runs once per topology: under
+``cluster`` its ``redis_url`` is a real three-primary Redis Cluster (one for the session,
+:mod:`tests.support.redis_cluster`, its partitions the Cluster default), and ``redis`` a
+``RedisCluster`` client. When the session ends, no node may have answered CROSSSLOT.
 """
 
 from __future__ import annotations
@@ -22,15 +27,43 @@ from broker.api import Jobstream
 from broker.queues import ensure_groups
 from broker.settings import load_settings
 from broker.store import JobStore
+from broker.topology import open_redis, parse_redis_url
 from devtools.embedded_redis import EmbeddedRedis
+from tests.support.redis_cluster import ClusterServers
 
 OWN_REDIS = "own_redis"
+TOPOLOGIES = "topologies"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{OWN_REDIS}: the test acts on the whole Redis server, so it gets a server of its own"
     )
+    config.addinivalue_line(
+        "markers", f"{TOPOLOGIES}(*names): run the test on each Redis topology named (single, cluster)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker(TOPOLOGIES)
+    if marker is not None and "topology" in metafunc.fixturenames:
+        metafunc.parametrize("topology", marker.args, indirect=True)
+
+
+@pytest.fixture
+def topology(request: pytest.FixtureRequest) -> str:
+    """``single`` (one redis-server), or ``cluster`` for a test marked ``topologies``."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers]:
+    """A real Redis Cluster of three primaries, started on first use; at the end of the
+    session every node is asked whether it ever answered CROSSSLOT (it must not have)."""
+    with ClusterServers(tmp_path_factory.mktemp("redis-cluster")) as servers:
+        yield servers
+        crossslot = servers.error_counts("CROSSSLOT")
+    assert not any(crossslot.values()), f"CROSSSLOT answered by the cluster's nodes: {crossslot}"
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +74,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture
-def redis_url(request: pytest.FixtureRequest, redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[str]:
-    """The test's Redis URL: the session server's, or a server of its own under ``own_redis``.
+def redis_url(
+    request: pytest.FixtureRequest, redis_server: EmbeddedRedis, tmp_path: Path, topology: str
+) -> Iterator[str]:
+    """The test's Redis URL: the session server's, a server of its own under ``own_redis``,
+    or the session's Redis Cluster under the ``cluster`` topology.
 
     Fixtures shared by a module or the session take ``redis_server.url`` instead.
     """
+    if topology == "cluster":
+        yield request.getfixturevalue("redis_cluster").url
+        return
     if request.node.get_closest_marker(OWN_REDIS) is None:
         yield redis_server.url
         return
@@ -66,7 +105,9 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     Its socket timeouts bound every command: a read that never completes fails the test in
     seconds instead of hanging it (and its event loop's teardown) until CI gives up.
     """
-    client = Redis.from_url(redis_url, decode_responses=False, socket_timeout=15, socket_connect_timeout=5)
+    client: Any = open_redis(
+        parse_redis_url(redis_url), decode_responses=False, socket_timeout=15, socket_connect_timeout=5
+    )
     try:
         yield client
     finally:

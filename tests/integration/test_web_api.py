@@ -14,6 +14,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from broker.keys import Keys
 from broker.settings import Settings
 from devtools.embedded_redis import free_port
 from tests.support.web_support import PROBLEM_JSON, app_client, job_keys, keys_under, web_settings
@@ -101,7 +102,7 @@ async def test_bad_bodies_are_problems_and_write_nothing(
     assert needle in problem["detail"]
     assert problem["instance"] == "/jobs"
     assert await keys_under(redis, prefix) == before
-    assert await redis.xlen(f"{prefix}queue:default") == 0
+    assert await redis.xlen(Keys(prefix).queue("default", 0)) == 0
 
 
 async def test_invalid_input_names_the_field(client: Client) -> None:
@@ -151,7 +152,7 @@ async def test_same_idempotency_key_gives_the_same_job_once(
     assert again.headers["location"] == first.headers["location"]
     assert other.json()["id"] != first.json()["id"]
     assert len(await job_keys(redis, prefix)) == 2
-    assert await redis.xlen(f"{prefix}queue:default") == 2
+    assert await redis.xlen(Keys(prefix).queue("default", 0)) == 2
 
 
 async def test_idempotency_key_replay_still_validates_the_body(
@@ -192,8 +193,8 @@ async def test_delay_seconds_sets_run_at(client: Client, redis: Redis, prefix: s
     created = datetime.fromisoformat(job["created_at"])
     run_at = datetime.fromisoformat(job["run_at"])
     assert timedelta(seconds=4.9) <= run_at - created <= timedelta(seconds=5.1)
-    assert await redis.xlen(f"{prefix}queue:default") == 0  # waits in the delayed set
-    assert await redis.zcard(f"{prefix}queue:default:delayed") == 1
+    assert await redis.xlen(Keys(prefix).queue("default", 0)) == 0  # waits in the delayed set
+    assert await redis.zcard(Keys(prefix).delayed("default", 0)) == 1
 
 
 async def test_run_at_in_the_future_is_kept(client: Client) -> None:
@@ -287,7 +288,7 @@ async def test_cancel_pending_then_terminal_is_409(client: Client, redis: Redis,
     assert cancelled["status"] == "CANCELLED"
     assert cancelled["error"]["type"] == "Cancelled"
     assert "retry-after" not in response.headers
-    ttl = await redis.ttl(f"{prefix}job:{{{job['id']}}}")
+    ttl = await redis.ttl(Keys(prefix).job(job["id"]))
     assert 7 * 86_400 - 5 <= ttl <= 7 * 86_400  # the default retention now applies
 
     again = assert_problem(await client.post(f"/jobs/{job['id']}/cancel"), 409)

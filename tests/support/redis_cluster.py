@@ -87,6 +87,15 @@ class ClusterServers:
                 self.nodes
             )
 
+    def error_counts(self, error: str) -> dict[int, int]:
+        """How often each node (by port) answered ``error`` (``INFO errorstats``)."""
+        counts = {}
+        for node in self.nodes:
+            with redis.Redis(host=HOST, port=node.port, socket_timeout=2, decode_responses=True) as client:
+                stats: dict[str, dict[str, str]] = client.info("errorstats")
+            counts[node.port] = int(stats.get(f"errorstat_{error}", {}).get("count", 0))
+        return counts
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

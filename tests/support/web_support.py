@@ -62,7 +62,7 @@ async def keys_under(redis: Redis, prefix: str) -> set[bytes]:
 
 async def job_keys(redis: Redis, prefix: str) -> set[bytes]:
     """The job record hashes under the test's prefix."""
-    return {key async for key in redis.scan_iter(match=f"{prefix}job:*", count=1000)}
+    return {key async for key in redis.scan_iter(match=f"{prefix}{{p*}}:job:*", count=1000)}
 
 
 async def assert_hidden(
