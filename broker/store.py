@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import random
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -25,6 +23,7 @@ from broker.keys import partition_of
 from broker.listing import Page, list_jobs
 from broker.message import encode_message
 from broker.models import Job, JobError, JobStatus, job_from_fields
+from broker.placement import Placement
 from broker.scripts import CancelOpts, CreateOpts, ProgressOpts, RecordExtras, Reply, Scripts, TerminalOpts
 from broker.settings import Settings
 from broker.topology import RedisClient, client_retry
@@ -116,11 +115,12 @@ class JobStore:
         Safe to re-send after a lost reply: a create that finds its own id took effect.
         """
         replace_dangling = False
-        partitions = self._partitions_to_try(owner, idempotency_key)
+        placement = Placement(self.keys.partitions, self.settings.max_active_per_owner)
+        partitions = placement.candidates(owner, idempotency_key)
         job_id = new_job_id(next(partitions))
         while True:
             opts = CreateOpts(
-                max_active=self._quota_share(partition_of(job_id)) or 0,
+                max_active=placement.share(partition_of(job_id)) or 0,
                 idempotency_ttl=self._idempotency_ttl if idempotency_key else 0,
                 run_at=run_at_ms,
                 delay_ms=delay_ms,
@@ -147,28 +147,6 @@ class JobStore:
             if job.type != task or msgspec.json.decode(job.input) != msgspec.json.decode(input_json):
                 raise IdempotencyConflict(existing)
             return job, False
-
-    def _partitions_to_try(self, owner: str, idempotency_key: str | None) -> Iterator[int]:
-        """The partitions a create tries, in order: a random one, then each other one while the
-        owner's share of the active-job quota there is used up (a QUOTA answer). A create with
-        an idempotency key tries only the partition the key names, where its replays look."""
-        count = self.keys.partitions
-        if count == 1:
-            return iter((0,))
-        open_ = [p for p in range(count) if self._quota_share(p) != 0]  # quota < count: not all
-        if idempotency_key:
-            return iter((open_[_stable_hash(owner, idempotency_key) % len(open_)],))
-        first = random.randrange(len(open_))  # noqa: S311 - spreading load, not a secret
-        return (open_[(first + n) % len(open_)] for n in range(len(open_)))
-
-    def _quota_share(self, partition: int) -> int | None:
-        """The owner's active-job quota in ``partition`` (None: no quota):
-        ``max_active_per_owner`` split over the partitions, the shares adding up to it
-        exactly, so each script enforces its share with no cross-partition read."""
-        quota, count = self.settings.max_active_per_owner, self.keys.partitions
-        if quota <= 0:
-            return None
-        return quota // count + (1 if partition < quota % count else 0)
 
     @property
     def _idempotency_ttl(self) -> int:
@@ -415,11 +393,6 @@ class JobStore:
         raise_for_code(reply.code, job_id, "cancel")
         assert reply.record is not None
         return job_from_fields(reply.record)
-
-
-def _stable_hash(owner: str, idempotency_key: str) -> int:
-    """The same number for the same owner and key in every process (``hash()`` is salted)."""
-    return int.from_bytes(hashlib.sha256(f"{owner}\0{idempotency_key}".encode()).digest()[:4], "big")
 
 
 async def _nothing_to_clean_up(_error: Exception) -> None:

@@ -23,7 +23,7 @@ from tests.support.web_stack import WebStack
 
 
 def job_key(stack: WebStack, job_id: str) -> str:
-    return f"{stack.prefix}job:{{{job_id}}}"
+    return stack.job_key(job_id)
 
 
 @pytest.mark.timeout(90)
@@ -153,7 +153,7 @@ async def test_500_clients_share_one_pubsub_connection_and_all_get_the_end(
     listed = await redis.client_list(_type="pubsub")
     mine = pubsub_clients(listed, f"jobstream-web:{stack.web.pid}")
     assert len(mine) == 1, listed
-    assert mine[0]["sub"] == "1"  # one channel: the job's, for all 500 clients
+    assert mine[0]["ssub"] == "1"  # one channel, the partition's, for all 500 clients
     stats = (await stack.http.get("/events/stats")).json()
     assert stats["job_streams"] == 500
     assert stats["hub"]["listeners"] == 500
@@ -268,7 +268,8 @@ async def test_clients_that_leave_an_idle_stream_are_forgotten_at_once(sse_stack
     while True:
         stats = (await stack.http.get("/events/stats")).json()
         hub = stats["hub"]
-        if (stats["job_streams"], stats["owner_streams"], hub["listeners"], hub["channels"]) == (0, 0, 0, 0):
+        if (stats["job_streams"], stats["owner_streams"], hub["listeners"]) == (0, 0, 0):
+            assert hub["channels"] == 1  # the partition's: it stays subscribed, whoever listens
             break
         assert time.monotonic() < deadline, stats
         await asyncio.sleep(0.02)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from broker.keys import Keys, partition_of
 from tests.support.polling import until
 from tests.support.web_stack import WebStack, terminal
 from tests.support.web_support import PROBLEM_JSON
@@ -107,7 +108,7 @@ async def test_cancelled_pending_job_is_skipped_by_a_later_worker(sse_stack: Any
     # A stack of its own: its queue must be empty and no worker started until the job is cancelled.
     stack: WebStack = await sse_stack()
     job = await stack.create("demo.sleep", {"seconds": 5})
-    stream = f"{stack.prefix}queue:default"
+    stream = Keys(stack.prefix).queue("default", partition_of(job["id"]))
     assert await redis.xlen(stream) == 1
     response = await stack.http.post(f"/jobs/{job['id']}/cancel")
     assert response.status_code == 200

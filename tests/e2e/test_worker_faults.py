@@ -450,7 +450,7 @@ async def test_retries_wait_no_longer_than_backoff_max(
             wait = job.run_at.timestamp() - (now_ms[0] + now_ms[1] / 1e6)
             assert wait <= 0.3 + 0.05, (attempt, wait)
             await asyncio.sleep(max(0.0, wait))  # until it is due; then promote it onto the stream
-            await store.scripts.promote_due(queue="default", limit=10)
+            await store.scripts.promote_due(queue="default", partition=partition_of(job_id), limit=10)
         assert executor.counters.retried == 6 and executor.counters.failed == 0
 
 

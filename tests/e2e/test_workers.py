@@ -32,6 +32,8 @@ from tests.support.worker_support import (
 )
 from workers.executor import JobExecutor
 
+pytestmark = pytest.mark.topologies("single", "cluster")
+
 
 @pytest.fixture
 async def cluster(redis: Redis, redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Cluster]:
@@ -286,6 +288,7 @@ async def _times_out(ctx: JobContext, data: _Nothing) -> None:
     ],
     ids=["succeeding", "failing", "retried", "timed-out"],
 )
+@pytest.mark.topologies("single")  # what the worker's own code makes; a RedisCluster client's are its own
 async def test_a_finished_job_leaves_no_reference_cycle(cluster: Cluster, task: str, counter: str) -> None:
     """Workers collect garbage rarely (``workers.gc_tuning``): that is only cheap if jobs make
     no cycles, whichever way they end (an exception's traceback is the usual culprit)."""

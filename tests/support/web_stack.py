@@ -16,6 +16,7 @@ from typing import Any, Self
 
 import httpx
 
+from broker.keys import Keys
 from tests.support.polling import until
 from tests.support.procs import WebServer, start_worker, stop
 from tests.support.web_support import SECRET
@@ -111,7 +112,7 @@ class WebStack:
         return proc
 
     def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}job:{{{job_id}}}"
+        return Keys(self.prefix).job(job_id)
 
     async def create(
         self,

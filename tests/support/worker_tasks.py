@@ -11,18 +11,18 @@ import os
 import time
 
 import msgspec
-from redis.asyncio import Redis
 
 from broker.registry import JobContext, task
 from broker.settings import load_settings
+from broker.topology import RedisClient, open_redis
 
-_redis: Redis | None = None
+_redis: RedisClient | None = None
 
 
-def redis() -> Redis:
+def redis() -> RedisClient:
     global _redis  # noqa: PLW0603 - one client per worker process
     if _redis is None:
-        _redis = Redis.from_url(load_settings().redis_url)
+        _redis = open_redis(load_settings().topology)
     return _redis
 
 
