@@ -22,6 +22,7 @@ SCENARIOS = {
     "recovery": "SIGKILL the worker running a job: time until it restarts elsewhere and succeeds",
     "latency": "one job at a time: enqueue -> SUCCESS and progress -> SSE client, against Redis's RTT",
     "fanout": "10,000 idle SSE streams on one web process, one job: delivery time, RSS per stream",
+    "cluster": "the throughput workload on a three-primary Redis Cluster against one Redis, 1 and 3 workers",
 }
 
 

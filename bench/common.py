@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 
 from broker.queues import ensure_groups
 from broker.settings import Settings, load_settings
 from broker.store import JobStore
+from broker.topology import open_redis
 from devtools.embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,7 +339,7 @@ def log_tail(path: Path, chars: int = 3000) -> str:
 async def job_store(redis_url: str, prefix: str, **overrides: Any) -> AsyncIterator[JobStore]:
     """A ``JobStore`` on the bench Redis with its scripts loaded and the default group made."""
     settings: Settings = load_settings({}, redis_url=redis_url, prefix=prefix, **overrides)
-    redis = Redis.from_url(redis_url)
+    redis = open_redis(settings.topology)
     try:
         store = JobStore(redis, settings)
         await store.scripts.load_all(redis)

@@ -35,15 +35,20 @@ class CpuMeter:
     the start-up of workers that came up late out of it.
     """
 
-    def __init__(self, procs: Sequence[subprocess.Popen[bytes]], redis_pid: int, n: int) -> None:
-        self.procs, self.redis_pid, self.n = procs, redis_pid, n
+    def __init__(
+        self, procs: Sequence[subprocess.Popen[bytes]], redis_pid: int | Sequence[int], n: int
+    ) -> None:
+        self.procs, self.n = procs, n
+        # On Redis Cluster: every node's.
+        self.redis_pids = [redis_pid] if isinstance(redis_pid, int) else list(redis_pid)
         self.samples: list[tuple[float, int, float, float]] = []
 
     def observe(self, done: int) -> None:
         """Call with each completion count: samples at the first count >= 20% of n and at n."""
         if done >= self.n * 0.2 and (not self.samples or done >= self.n):
             workers = sum(tree_cpu_seconds(proc.pid) for proc in self.procs)
-            self.samples.append((time.monotonic(), done, workers, cpu_seconds(self.redis_pid)))
+            redis = sum(cpu_seconds(pid) for pid in self.redis_pids)
+            self.samples.append((time.monotonic(), done, workers, redis))
 
     def per_job(self) -> dict[str, float]:
         """Worker and Redis CPU us per job, and utilisation (1.0 = one core; workers: per process)."""

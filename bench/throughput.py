@@ -24,10 +24,9 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from redis.asyncio import Redis
 
 from bench import profiling
 from bench.common import (
@@ -51,6 +50,7 @@ from bench.common import (
 from bench.completion import Completion, dead_process, watch_completion
 from bench.cpu_time import CpuMeter
 from broker.store import JobStore
+from broker.topology import open_redis, parse_redis_url
 
 WORKER_COUNTS = (1, 2, 4)
 CPU_KEYS = (
@@ -72,7 +72,12 @@ async def _records(store: JobStore, ids: list[str]) -> list[list[Any]]:
 
 
 async def run_once(
-    redis_url: str, redis_pid: int, n: int, workers: int, log: Path, profile_to: Path | None = None
+    redis_url: str,
+    redis_pid: int | Sequence[int],
+    n: int,
+    workers: int,
+    log: Path,
+    profile_to: Path | None = None,
 ) -> dict[str, Any]:
     """Queue ``n`` noops, run ``workers`` processes until all succeed; return the timings.
 
@@ -80,7 +85,7 @@ async def run_once(
     observed completion (from /proc), to show which of them the 2 cores are spent on.
     """
     prefix = f"b{uuid.uuid4().hex[:6]}:"
-    flusher = Redis.from_url(redis_url)
+    flusher = open_redis(parse_redis_url(redis_url))
     await flusher.flushall()
     await flusher.aclose()
     async with job_store(redis_url, prefix, max_active_per_owner=0) as store:
@@ -110,7 +115,7 @@ async def run_once(
 async def _run_workers(
     store: JobStore,
     redis_url: str,
-    redis_pid: int,
+    redis_pid: int | Sequence[int],
     n: int,
     workers: int,
     log: Path,

@@ -29,7 +29,7 @@ from broker.settings import load_settings
 from broker.store import JobStore
 from broker.topology import open_redis, parse_redis_url
 from devtools.embedded_redis import EmbeddedRedis
-from tests.support.redis_cluster import ClusterServers
+from devtools.redis_cluster import ClusterServers
 
 OWN_REDIS = "own_redis"
 TOPOLOGIES = "topologies"

@@ -43,6 +43,18 @@ def test_throughput_quick(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_cluster_quick(tmp_path: Path) -> None:
+    report = run_bench("cluster", tmp_path)
+    assert [row[:2] for row in report["rows"]] == [
+        ["single", "1"],
+        ["cluster (3 primaries, 16 partitions)", "1"],
+        ["single", "3"],
+        ["cluster (3 primaries, 16 partitions)", "3"],
+    ]
+    assert all(run["n"] == report["data"]["n"] for run in report["data"]["runs"])  # each ran them all
+
+
+@pytest.mark.timeout(120)
 def test_peers_quick(tmp_path: Path) -> None:
     missing = [name for name in ("arq", "saq", "streaq") if importlib.util.find_spec(name) is None]
     if missing:

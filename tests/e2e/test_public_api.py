@@ -28,7 +28,7 @@ from hub.event_hub import EventHub
 from tests.support.procs import start_worker, stop
 from workers.tasks.demo import SleepInput, sleep
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.topologies("single", "cluster")]
 
 
 async def test_submit_validates_as_post_jobs_does(js: Jobstream) -> None:

@@ -31,6 +31,7 @@ async def raw_lines(stack: WebStack, url: str, count: int, **headers: str) -> li
     return lines
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_the_wire_format_and_keepalive_comments_on_an_idle_stream(sse_stack: Any) -> None:
     # A stack of its own: it runs with a keep-alive interval and a retry of its own.
     stack: WebStack = await sse_stack(sse_keepalive_seconds="0.2", sse_retry_ms="1500")

@@ -213,7 +213,7 @@ async def test_a_worker_started_while_redis_is_down_waits_for_it(
 
 
 async def _consumers(store: JobStore) -> list[str]:
-    keys: Any = await store.redis.keys(store.keys.worker("*"))
+    keys = [k async for k in store.redis.scan_iter(match=store.keys.worker_pattern)]  # every node
     return [k.decode().removeprefix(store.keys.worker("")) for k in keys]
 
 
@@ -300,6 +300,7 @@ def _check_attempts(log: Path, killed: dict[int, float]) -> tuple[list[str], lis
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.topologies("single", "cluster")
 async def test_a_frozen_worker_that_lost_its_lease_is_refused_and_overlaps_nothing(cluster: Cluster) -> None:
     """SIGSTOP a worker between two steps of a job, past its lease; another worker reclaims
     and finishes the job; SIGCONT: the frozen attempt's next write is refused and it stops."""
@@ -343,6 +344,7 @@ async def test_a_frozen_worker_that_lost_its_lease_is_refused_and_overlaps_nothi
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.topologies("single", "cluster")
 async def test_cancels_racing_the_start_all_end_cancelled(cluster: Cluster) -> None:
     """Cancel each of 30 jobs 0-5 ms after creating it: before, during or just after its start."""
     cluster.worker()

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from broker.errors import JobNotFound
 from broker.keys import partition_of
@@ -67,8 +68,12 @@ async def succeed(store: JobStore, started: Started, delivery: Delivery) -> Job:
 
 
 async def numsub(redis: Redis, channel: str) -> int:
-    """Subscribers of a shard channel (PUBSUB SHARDNUMSUB)."""
-    reply: Any = await redis.pubsub_shardnumsub(channel)
+    """Subscribers of a shard channel (PUBSUB SHARDNUMSUB; on Cluster, asked of its node)."""
+    if isinstance(redis, RedisCluster):
+        node = redis.get_node_from_key(channel)
+        reply: Any = await redis.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
+    else:
+        reply = await redis.pubsub_shardnumsub(channel)
     return int(reply[0][1])
 
 
@@ -90,6 +95,7 @@ def assert_increasing(jobs: list[Job]) -> None:
 # -- fan-out and back-pressure --------------------------------------------------------
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_thousand_updates_reach_fast_and_slow_listeners(hub: EventHub, store: JobStore) -> None:
     started, delivery = await running_job(store)
     job_id = started.job.id
@@ -167,6 +173,7 @@ async def test_500_listeners_share_one_connection_and_the_partition_subscription
     assert len(await hub_connections(redis, hub_name, "pubsub")) == 1
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_a_feed_closing_leaves_the_others_on_the_same_job(
     hub: EventHub, store: JobStore, redis: Redis
 ) -> None:
@@ -294,6 +301,7 @@ async def test_idle_ping_notices_an_unresponsive_server(redis: Redis, store: Job
 # -- owner feeds ----------------------------------------------------------------------
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_owner_feed_gets_all_its_jobs_and_no_one_elses(hub: EventHub, store: JobStore) -> None:
     async with hub.listen_owner("alice") as alice, hub.listen_owner("bob") as bob:
         # bob's jobs run first: were they wrongly fanned out to alice, they would reach her
@@ -354,6 +362,7 @@ async def _true(value: bool) -> bool:
 # -- long polling ---------------------------------------------------------------------
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_wait_for_change(hub: EventHub, store: JobStore) -> None:
     started, delivery = await running_job(store)
     job_id = started.job.id
@@ -431,6 +440,7 @@ async def test_unreachable_redis_times_out_subscribing(store: JobStore) -> None:
         await hub.stop()
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_changed_wakes_on_each_change_and_on_wake_and_take_hands_out_the_newest(
     hub: EventHub, store: JobStore
 ) -> None:
@@ -486,6 +496,7 @@ class _Client:
         return any(text.encode() in body for body in self.bodies)
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_a_stream_whose_send_raises_does_not_stop_the_other_streams(
     hub: EventHub, store: JobStore
 ) -> None:

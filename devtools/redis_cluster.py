@@ -1,5 +1,5 @@
-"""A real Redis Cluster for the tests: three primaries on loopback, made with
-``redis-cli --cluster create`` (Debian's ``redis-server`` and ``redis-cli``).
+"""A real Redis Cluster on loopback for the tests and the benchmarks: three primaries (by
+default), made with ``redis-cli --cluster create`` (Debian's ``redis-server`` and ``redis-cli``).
 
 Each node is an :class:`~devtools.embedded_redis.EmbeddedRedis` with cluster mode on. A
 node's cluster bus listens on its port + 10000, so a node's port is picked with that one
@@ -24,7 +24,7 @@ _READY_SECONDS = 30.0
 
 
 class ClusterNode(EmbeddedRedis):
-    """One cluster-mode ``redis-server`` (AOF off: the tests never restart one)."""
+    """One cluster-mode ``redis-server``, configured as :class:`EmbeddedRedis` (AOF on)."""
 
     def command(self) -> list[str]:
         return [
@@ -32,7 +32,6 @@ class ClusterNode(EmbeddedRedis):
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(self.data_dir / "nodes.conf"),
             "--cluster-node-timeout", "2000",
-            "--appendonly", "no",
         ]  # fmt: skip
 
 
@@ -49,6 +48,11 @@ class ClusterServers:
 
     def __init__(self, data_dir: Path, primaries: int = 3) -> None:
         self.nodes = [ClusterNode(_port_with_free_bus(), data_dir / f"node{n}") for n in range(primaries)]
+
+    @property
+    def pids(self) -> list[int]:
+        """The nodes' process ids."""
+        return [node.pid for node in self.nodes]
 
     @property
     def url(self) -> str:
