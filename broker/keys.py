@@ -155,6 +155,12 @@ class Keys:
         """List of the ids of one-shot schedules due in ``minute`` (``YYYY-MM-DDTHH:MM``, UTC)."""
         return f"{self.prefix}schedule:time:{minute}"
 
+    @property
+    def meta(self) -> str:
+        """Sorted set of facts every process checks at start: ``partitions``, the highest
+        partition count any process used here."""
+        return f"{self.prefix}meta"
+
     def lock(self, name: str) -> str:
         """A lock with an expiry (scheduler ticks)."""
         return f"{self.prefix}lock:{name}"

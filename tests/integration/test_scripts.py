@@ -18,10 +18,11 @@ from broker.errors import (
     StaleAttempt,
 )
 from broker.ids import new_job_id
-from broker.keys import partition_of
+from broker.keys import Keys, partition_of
 from broker.lua_source import script_source
 from broker.message import decode_message, encode_message
 from broker.models import JobError, JobStatus
+from broker.queues import PartitionsLowered, ensure_groups
 from broker.registry import TaskRegistry
 from broker.scripts import CreateOpts, Reply
 from broker.settings import Settings, load_settings
@@ -547,3 +548,12 @@ def test_retention_has_one_rule_and_zero_is_a_value() -> None:
     assert tasks.retention("not.registered", 99) == 99
     with pytest.raises(ValueError, match="retention"):
         tasks.task("kept.negative", retention=-1)(fn)
+
+
+async def test_a_process_with_fewer_partitions_than_were_used_refuses_to_start(store: JobStore) -> None:
+    redis, prefix = store.redis, f"{store.keys.prefix}meta-"
+    await ensure_groups(redis, Keys(prefix, 4), ["default"])
+    await ensure_groups(redis, Keys(prefix, 8), ["default"])  # raising it is fine
+    with pytest.raises(PartitionsLowered, match="JOBSTREAM_PARTITIONS=8"):
+        await ensure_groups(redis, Keys(prefix, 4), ["default"])
+    await ensure_groups(redis, Keys(prefix, 8), ["default"])
