@@ -1,4 +1,10 @@
-"""Workers that never lose or duplicate a job, with real worker processes on a real Redis."""
+"""Workers that never lose or duplicate a job, with real worker processes on a real Redis.
+
+The tests of what partitions change (reading every partition, reclaim, cancels, delayed
+retries, named queues, a timeout) run on a Redis Cluster too; those of a worker's own life
+(shutdown, its start command, lease arithmetic, dead letters) on one Redis, to keep the
+suite short.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +72,7 @@ async def test_sigkill_mid_job_restarts_it_elsewhere_never_concurrently(cluster:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.topologies("single")  # its partitions change nothing: one topology is enough
 async def test_a_job_longer_than_five_leases_runs_once(cluster: Cluster) -> None:
     cluster.worker()
     cluster.worker()
@@ -99,6 +106,7 @@ async def test_two_thousand_noops_over_three_workers_run_once_each(cluster: Clus
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.topologies("single")  # its partitions change nothing: one topology is enough
 async def test_a_message_that_kills_its_worker_ends_in_the_dead_stream(cluster: Cluster) -> None:
     k = f"{cluster.prefix}{key()}"
     job_id = await cluster.submit("test.crash", {"key": k})
@@ -165,6 +173,7 @@ async def test_cancel_a_running_job_stops_it_within_a_second(cluster: Cluster) -
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.topologies("single")  # its partitions change nothing: one topology is enough
 async def test_sigterm_lets_the_running_job_finish(cluster: Cluster) -> None:
     proc = cluster.worker()
     job_id = await cluster.submit("demo.sleep", {"seconds": 2, "steps": 4})
@@ -193,6 +202,7 @@ async def test_named_queues_scale_separately(cluster: Cluster) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.topologies("single")  # its partitions change nothing: one topology is enough
 async def test_sigterm_past_the_grace_hands_the_job_back_at_once(cluster: Cluster) -> None:
     lease = {"JOBSTREAM_LEASE_SECONDS": "9"}
     leaving = cluster.worker("--grace", "0.3", **lease)
@@ -214,6 +224,7 @@ async def test_sigterm_past_the_grace_hands_the_job_back_at_once(cluster: Cluste
 @pytest.mark.parametrize(
     "receiver", [[], ["--receiver", "workers.receiver:JobReceiver"]], ids=["taskiq", "job"]
 )
+@pytest.mark.topologies("single")  # its partitions change nothing: one topology is enough
 async def test_the_taskiq_worker_command_runs_jobs_and_stops_on_sigterm(
     cluster: Cluster, receiver: list[str]
 ) -> None:
@@ -233,6 +244,7 @@ async def test_the_taskiq_worker_command_runs_jobs_and_stops_on_sigterm(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.topologies("single")  # its partitions change nothing: one topology is enough
 async def test_a_worker_without_the_task_leaves_the_job_to_one_with_it(cluster: Cluster) -> None:
     lacking = cluster.worker(JOBSTREAM_TASK_MODULES="workers.tasks")
     k = f"{cluster.prefix}{key()}"
