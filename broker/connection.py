@@ -72,8 +72,19 @@ def _plain(arg: EncodableT) -> EncodableT:
     return bytes(arg) if isinstance(arg, (bytearray, memoryview)) else arg
 
 
-REDIS_FAULTS: tuple[type[Exception], ...] = (RedisError, OSError)
-"""What a Redis call raises when Redis, not the caller, failed: retried or waited out."""
+REDIS_FAULTS: tuple[type[Exception], ...] = (RedisError, OSError, RuntimeError)
+"""What a Redis call raises when Redis, not the caller, failed: retried or waited out.
+
+``RuntimeError``: under uvloop a write on a transport the peer already closed raises
+``RuntimeError("unable to perform operation on <TCPTransport closed=True ...>")``, which
+redis-py does not turn into a ``ConnectionError`` (seen when a Redis Cluster node restarts,
+in the connection's handshake). The loops that catch these make only Redis calls, so
+waiting one out is right there (:func:`closed_transport` tells it apart where that matters)."""
+
+
+def closed_transport(err: BaseException) -> bool:
+    """Whether ``err`` is uvloop's "write on a closed transport" (see :data:`REDIS_FAULTS`)."""
+    return isinstance(err, RuntimeError) and "unable to perform operation on" in str(err)
 
 _RETRIES = 6
 _BACKOFF_BASE_SECONDS = 0.05

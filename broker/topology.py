@@ -18,6 +18,7 @@ one setting moves all of them.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -26,6 +27,8 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import RedisError
+from redis.typing import EncodableT
 
 from broker.connection import HiredisConnection, HiredisSentinelConnection
 
@@ -172,6 +175,27 @@ def _cluster(topology: Topology, max_connections: int | None, options: dict[str,
 def client_retry(redis: RedisClient) -> Retry | None:
     """The retry policy ``redis`` was made with (Cluster keeps it on the client itself)."""
     return redis.retry if isinstance(redis, RedisCluster) else redis.get_retry()
+
+
+async def slot_command(redis: RedisClient, key: str, *command: EncodableT) -> Any:
+    """``command`` (one whose keys all share ``key``'s slot) on the node that serves that slot.
+
+    For a command with movable keys (XREADGROUP) redis-py's Cluster client otherwise asks a
+    node which keys the command has (COMMAND GETKEYS) on every call, through one connection
+    that concurrent callers share, which broke when a node restarted under several blocked
+    readers (a connection used by two at once). Naming the node avoids both. When the node
+    fails (moved, failed over, down), a plain keyed read refreshes redis-py's slot map for
+    the caller's next try, and the error goes to the caller. On one Redis: the command.
+    """
+    if not isinstance(redis, RedisCluster):
+        return await redis.execute_command(*command)  # type: ignore[no-untyped-call]
+    node = redis.get_node_from_key(key)
+    try:
+        return await redis.execute_command(*command, target_nodes=node)
+    except RedisError:
+        with suppress(RedisError, OSError, RuntimeError):
+            await redis.exists(key)  # redis-py follows MOVED and updates its slot map
+        raise
 
 
 def sentinel_of(topology: Topology) -> Sentinel:

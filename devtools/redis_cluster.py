@@ -46,8 +46,8 @@ def _port_with_free_bus() -> int:
 class ClusterServers:
     """Three primaries, their 16,384 slots split evenly; a context manager."""
 
-    def __init__(self, data_dir: Path, primaries: int = 3) -> None:
-        self.nodes = [ClusterNode(_port_with_free_bus(), data_dir / f"node{n}") for n in range(primaries)]
+    def __init__(self, data_dir: Path, primaries: int = 3, node: type[ClusterNode] = ClusterNode) -> None:
+        self.nodes = [node(_port_with_free_bus(), data_dir / f"node{n}") for n in range(primaries)]
 
     @property
     def pids(self) -> list[int]:

@@ -21,6 +21,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.types import ExceptionHandlersMap
 
 from broker.api import MalformedInput
+from broker.connection import closed_transport
 from broker.errors import (
     IdempotencyConflict,
     IllegalTransition,
@@ -229,6 +230,13 @@ Every Redis call a route makes that cannot be retried safely surfaces here (the 
 already retried connection errors on a fresh connection, see ``web.resources``)."""
 
 
+def _runtime_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """A connection to Redis that died under uvloop (503), or a bug (500)."""
+    if closed_transport(exc):
+        return _redis_unavailable(request, exc)
+    return _internal_problem(request, exc)
+
+
 def _redis_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     logger.warning(  # no traceback: the cause is outside this process, and an outage repeats it
         "Redis unavailable on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc
@@ -251,6 +259,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     JobstreamError: _domain_problem,
     **dict.fromkeys((InvalidInput, InvalidSchedule, InvalidOption, MalformedInput), _creation_problem),
     **dict.fromkeys(REDIS_UNAVAILABLE, _redis_unavailable),
+    RuntimeError: _runtime_error,
     Exception: _internal_problem,
 }
 """The app's exception handlers: every error answer becomes a problem document."""

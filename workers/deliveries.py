@@ -25,7 +25,7 @@ from broker.message import decode_message
 from broker.registry import TaskRegistry
 from broker.settings import Settings
 from broker.store import GROUP, Delivery, JobStore
-from broker.topology import RedisClient
+from broker.topology import RedisClient, slot_command
 from workers.frames import make_batch, make_frame
 
 log = logging.getLogger("jobstream.broker")
@@ -202,7 +202,9 @@ class Deliveries:
         self, redis: RedisClient, read: Any, count: int, block: int
     ) -> list[Entry]:
         """New entries of ``read``'s streams: at most ``count``, waiting up to ``block`` ms."""
-        fetched: Any = await redis.xreadgroup(GROUP, self.consumer_name, read, count=count, block=block)
+        streams = list(read)
+        command = ("XREADGROUP", "GROUP", GROUP, self.consumer_name, "COUNT", count, "BLOCK", block)
+        fetched: Any = await slot_command(redis, streams[0], *command, "STREAMS", *streams, *read.values())
         return [
             (stream.decode(), entry_id.decode(), fields[b"data"])
             for stream, entries in fetched or ()

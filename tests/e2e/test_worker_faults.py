@@ -18,11 +18,12 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -30,11 +31,13 @@ from redis.exceptions import RedisError
 from broker.connection import RedisWatch, resilient_options
 from broker.errors import IllegalTransition
 from broker.keys import Keys, partition_of
-from broker.models import JobError, JobStatus
+from broker.models import Job, JobError, JobStatus
 from broker.registry import JobContext, TaskOptions, TaskRegistry, registry
 from broker.scripts import Scripts
 from broker.store import GROUP, Delivery, JobStore, Started
+from broker.topology import open_redis, parse_redis_url
 from devtools.embedded_redis import EmbeddedRedis, free_port
+from devtools.redis_cluster import ClusterNode, ClusterServers
 from scheduler.ticks import Periodic, Ticker
 from tests.support import polling
 from tests.support.deliveries import take
@@ -69,6 +72,14 @@ class CrashableRedis(EmbeddedRedis):
         self.stop()  # reaps nothing more: it only closes the log
 
 
+class CrashableNode(ClusterNode, CrashableRedis):
+    """A cluster node, fsyncing its AOF on every write, that a test may SIGKILL and restart
+    (it comes back with its slots: its nodes.conf and AOF are where it left them)."""
+
+    def command(self) -> list[str]:
+        return [*ClusterNode.command(self), "--appendfsync", "always"]
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[CrashableRedis]:
     with CrashableRedis(data_dir=tmp_path / "redis") as server:
@@ -99,9 +110,10 @@ async def statuses(store: JobStore, ids: list[str]) -> list[tuple[bytes, bytes]]
         return list(await pipe.execute())
 
 
-async def until(condition: Any, timeout: float, what: str, cluster: Cluster) -> None:
-    """Await ``condition()`` turning true; Redis errors (it is down on purpose) count as not yet."""
-    await polling.until(condition, timeout, what, cluster.tail, interval=0.05, ignore=(RedisError,))
+async def until(condition: Any, timeout: float, what: str, cluster: Cluster) -> Any:
+    """Await ``condition()`` turning true (and return it); Redis errors (it is down on purpose)
+    count as not yet."""
+    return await polling.until(condition, timeout, what, cluster.tail, interval=0.05, ignore=(RedisError,))
 
 
 def assert_quiet_log(cluster: Cluster, *, lapsed_ok: bool = False) -> int:
@@ -215,6 +227,49 @@ async def test_a_worker_started_while_redis_is_down_waits_for_it(
 async def _consumers(store: JobStore) -> list[str]:
     keys = [k async for k in store.redis.scan_iter(match=store.keys.worker_pattern)]  # every node
     return [k.decode().removeprefix(store.keys.worker("")) for k in keys]
+
+
+@pytest.mark.timeout(120)
+async def test_a_cluster_node_crash_neither_fails_nor_restarts_a_running_job(tmp_path: Path) -> None:
+    """A Redis Cluster of its own; 16 running jobs over its partitions; one primary SIGKILLed
+    and restarted (the cluster is down for its slots meanwhile): all end SUCCESS on attempt 1."""
+    with ClusterServers(tmp_path / "cluster", node=CrashableNode) as servers:
+        client = open_redis(parse_redis_url(servers.url), socket_timeout=15, **resilient_options())
+        try:
+            async with open_cluster(client, servers.url, "t:", tmp_path / "workers.log") as cluster:
+                await _crash_a_node_under_running_jobs(cluster, servers)
+        finally:
+            await client.aclose()
+
+
+async def _crash_a_node_under_running_jobs(cluster: Cluster, servers: ClusterServers) -> None:
+    store = cluster.store
+    for _ in range(2):
+        cluster.worker(JOBSTREAM_LEASE_SECONDS=FAULT_LEASE)
+    ids = [await cluster.submit("test.steps", {"count": 60, "interval": 0.1}) for _ in range(16)]
+
+    async def all_running() -> bool:
+        return all(job.progress > 0 for job in [await store.get(job_id) for job_id in ids])
+
+    await until(all_running, 30, "16 running jobs", cluster)
+    victim = cast(CrashableNode, servers.nodes[0])
+    on_victim = sum(1 for i in ids if _node_port(store, i) == victim.port)
+    down = victim.crash_and_restart(down_for=3.0)
+
+    async def all_ended() -> list[Job] | None:  # the cluster answers CLUSTERDOWN for a while
+        jobs = [await store.get(job_id) for job_id in ids]
+        return jobs if all(job.terminal for job in jobs) else None
+
+    for job in await until(all_ended, 40, "16 jobs to end", cluster):
+        assert (job.status, job.attempts) == (JobStatus.SUCCESS, 1), (job.error, cluster.tail())
+    assert_quiet_log(cluster)
+    print(f"\ncluster node crash: 16 jobs, {on_victim} on the node, down {down:.2f} s; 0 failed, 0 restarted")
+
+
+def _node_port(store: JobStore, job_id: str) -> int:
+    cluster = cast(RedisCluster, store.redis)
+    node = cluster.get_node_from_key(store.keys.job(job_id))
+    return int(node.port) if node else 0
 
 
 # -- churn ------------------------------------------------------------------------------------
