@@ -168,7 +168,7 @@ async def web_redis_clients(store: JobStore, pid: int) -> dict[str, Any]:
     return {
         "connections": len(mine),
         "pubsub": len(pubsub),
-        "pubsub_channels": sum(int(c.get("sub", 0)) for c in pubsub),
+        "pubsub_channels": sum(int(c.get("sub", 0)) + int(c.get("ssub", 0)) for c in pubsub),
         "named": sorted(str(c["name"]) for c in mine if c.get("name")),
     }
 
