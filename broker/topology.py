@@ -18,14 +18,19 @@ one setting moves all of them.
 
 from __future__ import annotations
 
+import time
+from contextlib import suppress
 from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.connection import HiredisConnection, HiredisSentinelConnection
 
@@ -44,6 +49,8 @@ _SCHEMES: dict[str, Kind] = {
 _DEFAULT_PORTS: dict[Kind, int] = {"single": 6379, "sentinel": 26379, "cluster": 6379}
 _SENTINEL_TIMEOUT_SECONDS = 1.0
 """How long a sentinel may take to say where the primary is (a dead sentinel is skipped)."""
+FOLLOW_PRIMARY_SECONDS = 1.0
+"""How often a Sentinel pool asks where the primary is while its connections work."""
 
 
 class InvalidRedisUrl(ValueError):
@@ -120,9 +127,51 @@ def _int(text: str, what: str, url: str) -> int:
         raise InvalidRedisUrl(f"{what} {text!r} is not a number in {url!r}") from None
 
 
-class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
-    """Sentinel's pool (connections follow the primary) that waits for a free connection
-    when full, as the web's plain pool does, instead of raising at once."""
+class FollowingSentinelPool(SentinelConnectionPool):
+    """Sentinel's pool, made to leave a primary that the sentinels replaced while it lives.
+
+    redis-py's asyncio pool asks the sentinels only when it opens a connection, so after a
+    failover that left the old primary running (``SENTINEL FAILOVER``, a partition that
+    healed) every open connection kept writing to it until Sentinel reconfigured it as a
+    replica, 10 s later, and what it took then was lost. This pool asks again at most every
+    :data:`FOLLOW_PRIMARY_SECONDS` when a connection is taken, and drops a connection to any
+    other node when it is taken or given back (what redis-py's sync pool does on release).
+    When no sentinel answers, or none knows a healthy primary, it keeps what it knew: a dead
+    primary fails its connections anyway, and a live one is still the best guess.
+    """
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._next_check = 0.0
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        """Connect ``connection`` (to the primary the sentinels name now), as redis-py does."""
+        await self._follow()
+        await self._drop_if_elsewhere(connection)
+        await super().ensure_connection(connection)
+
+    async def release(self, connection: AbstractConnection) -> None:
+        """Take ``connection`` back, closed if it is not to the current primary."""
+        await self._drop_if_elsewhere(connection)
+        await super().release(connection)
+
+    async def _follow(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + FOLLOW_PRIMARY_SECONDS
+        with suppress(RedisConnectionError, RedisTimeoutError):  # MasterNotFoundError included
+            await self.get_master_address()  # type: ignore[no-untyped-call]  # closes idle ones if it moved
+
+    async def _drop_if_elsewhere(self, connection: AbstractConnection) -> None:
+        here = (getattr(connection, "host", None), getattr(connection, "port", None))
+        if self.master_address is not None and connection.is_connected and here != self.master_address:
+            await connection.disconnect()
+
+
+class BlockingSentinelPool(FollowingSentinelPool, BlockingConnectionPool):
+    """:class:`FollowingSentinelPool` that waits for a free connection when full, as the
+    web's plain pool does, instead of raising at once."""
 
 
 def open_redis(
@@ -146,7 +195,7 @@ def open_redis(
     if max_connections is not None:
         options["max_connections"] = max_connections
     if topology.kind == "sentinel":
-        pool_class = SentinelConnectionPool
+        pool_class: type[SentinelConnectionPool] = FollowingSentinelPool
         if pool_timeout is not None:
             pool_class, options["timeout"] = BlockingSentinelPool, pool_timeout
         client: Redis = sentinel_of(topology).master_for(
@@ -202,7 +251,10 @@ def pubsub_pool(topology: Topology, node: tuple[str, int] | None = None, **optio
             host=host, port=port, username=topology.username, password=topology.password, **options
         )
     if topology.kind == "sentinel":
-        return SentinelConnectionPool(  # type: ignore[no-untyped-call]
-            topology.service, sentinel_of(topology), is_master=True, **options
+        # As ``Sentinel.master_for`` builds its pool: the data nodes' db and credentials
+        # (``sentinel.connection_kwargs``) under the caller's options.
+        sentinel = sentinel_of(topology)
+        return FollowingSentinelPool(
+            topology.service, sentinel, is_master=True, **{**sentinel.connection_kwargs, **options}
         )
     return ConnectionPool.from_url(topology.url, **options)
