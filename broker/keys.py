@@ -124,6 +124,12 @@ class Keys:
         """Channel on which cancel requests for running jobs reach the workers."""
         return f"{self.prefix}cancel"
 
+    @property
+    def replication_marker(self) -> str:
+        """A channel nobody listens to: a PUBLISH on it before ``WAIT`` makes the WAIT cover
+        every write the primary took so far, not only the connection's own (see ``broker.batching``)."""
+        return f"{self.prefix}replication-marker"
+
     def lock(self, name: str) -> str:
         """A lock with an expiry (scheduler ticks)."""
         return f"{self.prefix}lock:{name}"
