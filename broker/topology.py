@@ -18,6 +18,7 @@ one setting moves all of them.
 
 from __future__ import annotations
 
+import re
 import time
 from contextlib import suppress
 from typing import Any, Literal, TypeAlias
@@ -29,6 +30,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -47,8 +49,14 @@ _SCHEMES: dict[str, Kind] = {
     "redis+cluster": "cluster",
 }
 _DEFAULT_PORTS: dict[Kind, int] = {"single": 6379, "sentinel": 26379, "cluster": 6379}
+_SENTINEL_PARAMS = ("db", "username", "password", "sentinel_username", "sentinel_password")
+"""What a Sentinel URL's query may set (anything else is a typo that would pass silently)."""
 _SENTINEL_TIMEOUT_SECONDS = 1.0
 """How long a sentinel may take to say where the primary is (a dead sentinel is skipped)."""
+_SENTINEL_RETRIES = 0
+"""A sentinel that fails is not asked again: the next one is. (redis-py's default, 10 retries
+with backoff, made one dead sentinel cost every primary lookup 3.4 s, and a missing sentinel
+password 50 s before the caller heard of it.)"""
 FOLLOW_PRIMARY_SECONDS = 1.0
 """How often a Sentinel pool asks where the primary is while its connections work."""
 
@@ -85,7 +93,7 @@ def parse_redis_url(url: str) -> Topology:
     kind = _SCHEMES.get(scheme)
     if kind is None or "://" not in url:
         known = ", ".join(f"{s}://" for s in _SCHEMES)
-        raise InvalidRedisUrl(f"JOBSTREAM_REDIS_URL must start with one of {known}: got {url!r}")
+        raise InvalidRedisUrl(f"JOBSTREAM_REDIS_URL must start with one of {known}: got {shown(url)!r}")
     if kind == "single":
         return Topology(kind=kind, url=url)
     parts = urlsplit(url)
@@ -94,9 +102,14 @@ def parse_redis_url(url: str) -> Topology:
     username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
     service = unquote(parts.path.strip("/"))
     if kind == "sentinel" and not service:
-        raise InvalidRedisUrl(f"a Sentinel URL names the primary after the hosts (.../mymaster): {url!r}")
+        raise InvalidRedisUrl(f"a Sentinel URL names the primary after the hosts (.../main): {shown(url)!r}")
+    if kind == "sentinel" and (unknown := sorted(set(query) - set(_SENTINEL_PARAMS))):
+        raise InvalidRedisUrl(
+            f"a Sentinel URL takes the query parameters {', '.join(_SENTINEL_PARAMS)}; "
+            f"not {', '.join(unknown)}: {shown(url)!r}"
+        )
     if kind == "cluster" and service:
-        raise InvalidRedisUrl(f"a Cluster URL has no path (Cluster has database 0 only): {url!r}")
+        raise InvalidRedisUrl(f"a Cluster URL has no path (Cluster has database 0 only): {shown(url)!r}")
     return Topology(
         kind=kind,
         url=url,
@@ -115,7 +128,7 @@ def _nodes(hosts: str, default_port: int, url: str) -> tuple[tuple[str, int], ..
     for item in hosts.split(","):
         host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
         if not host:
-            raise InvalidRedisUrl(f"an empty host in {url!r}")
+            raise InvalidRedisUrl(f"an empty host in {shown(url)!r}")
         nodes.append((host.strip("[]"), _int(port, "port", url) if port else default_port))
     return tuple(nodes)
 
@@ -124,7 +137,14 @@ def _int(text: str, what: str, url: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise InvalidRedisUrl(f"{what} {text!r} is not a number in {url!r}") from None
+        raise InvalidRedisUrl(f"{what} {text!r} is not a number in {shown(url)!r}") from None
+
+
+def shown(url: str) -> str:
+    """``url`` with its passwords (user info, ``*password=`` parameters) replaced by ``***``,
+    for error messages and logs."""
+    url = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"((?:^|[?&])[a-z_]*password=)[^&#]*", r"\1***", url)
 
 
 class FollowingSentinelPool(SentinelConnectionPool):
@@ -232,6 +252,7 @@ def sentinel_of(topology: Topology) -> Sentinel:
             "password": topology.sentinel_password,
             "socket_timeout": _SENTINEL_TIMEOUT_SECONDS,
             "socket_connect_timeout": _SENTINEL_TIMEOUT_SECONDS,
+            "retry": Retry(NoBackoff(), _SENTINEL_RETRIES),
         },
         db=topology.db,
         username=topology.username,
