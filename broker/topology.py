@@ -2,10 +2,12 @@
 
 - ``redis://[user:password@]host:port/db`` (and ``rediss://``, ``unix://``): one Redis.
 - ``redis+sentinel://host:port,host:port/<primary name>?db=0&password=...``: Redis
-  Sentinel. The clients ask the sentinels where the primary is, and ask again when a
-  connection to it fails (a failover), through redis-py's ``Sentinel``. Query parameters:
-  ``db``, ``username``, ``password`` (the data nodes'; user info before the hosts works
-  too), ``sentinel_username``, ``sentinel_password``.
+  Sentinel, through redis-py's ``Sentinel``. A connection asks the sentinels where the
+  primary is when it opens, and a pool asks again at most once a second while its
+  connections work (:class:`FollowingSentinelPool`), so every role leaves a replaced
+  primary by itself. Query parameters (no others): ``db``, ``username``, ``password``
+  (the data nodes'; user info before the hosts works too), ``sentinel_username``,
+  ``sentinel_password``.
 - ``redis+cluster://host:port,host:port``: Redis Cluster, through redis-py's
   ``RedisCluster`` (any reachable node is enough to find the rest). Query parameters:
   ``username``, ``password`` (or user info).
