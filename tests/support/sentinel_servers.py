@@ -1,16 +1,18 @@
-"""A Redis Sentinel set-up on 127.0.0.1 for the tests: a primary, its replicas, three sentinels.
+"""Replicated Redis on 127.0.0.1 for the tests: a primary and its replicas (``ReplicaSet``),
+and with three sentinels watching them (``SentinelServers``).
 
 Debian's ``redis-server`` and ``redis-sentinel`` as child processes, each in a folder of its
 own under the test's temporary directory, stopped by PID like ``EmbeddedRedis``. Optional
 passwords: ``password`` for the data nodes (``requirepass`` and ``masterauth``, since any
 node may become the primary), ``sentinel_password`` for the sentinels themselves.
 
-``start`` returns once every sentinel knows the primary, every replica and the other
-sentinels, so a failover can happen at once. ``kill_primary`` SIGKILLs the primary,
-``until_failed_over`` waits until every sentinel names a new one and that node says it is
-the primary, ``restart_as_replica`` brings a killed node back as a replica of the current
-primary (as an operator would), and ``until_replicated`` waits until the primary has that
-many replicas in sync. Every wait has a deadline.
+``start`` returns once the replicas confirm writes and every sentinel knows the primary,
+every replica and the other sentinels, so a failover can happen at once. ``frozen``
+SIGSTOPs a node for a block, ``kill_primary`` SIGKILLs the primary, ``until_failed_over``
+waits until every sentinel names a new one and that node says it is the primary,
+``restart_as_replica`` brings a killed node back as a replica of the current primary (as an
+operator would), and ``until_replicated`` waits until the primary has that many replicas
+confirming writes. Every wait has a deadline.
 """
 
 from __future__ import annotations
