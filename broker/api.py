@@ -194,7 +194,8 @@ class Jobstream:
 
         Raises ``UnknownTask``, ``InvalidInput``, ``InvalidSchedule``, ``InvalidOption``,
         ``InvalidCallback``, ``QuotaExceeded`` or ``IdempotencyConflict``; a replayed
-        ``idempotency_key`` returns the first job.
+        ``idempotency_key`` returns the first job. With ``create_replicas`` set, ``NotReplicated``
+        when too few replicas confirm it in time (submit again with the same idempotency key).
         """
         raw = msgspec.json.encode({} if input is None else input)
         submitted = await self._create(self._spec(task), raw, owner, options)

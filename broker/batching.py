@@ -17,6 +17,16 @@ A batch is never sent twice: when its connection fails, every call in it fails w
 error, and each caller's own policy (docs/ARCHITECTURE.md, "Faults") decides whether to
 send its call again. Only a call the server answered NOSCRIPT (it did not run) is sent
 again, once, after the script is loaded.
+
+Durable calls (creates, when ``JOBSTREAM_CREATE_REPLICAS`` asks for replicas: see
+:meth:`ScriptBatcher.wait_for_replicas`) make their batch end with ``PUBLISH <marker> ""``
+and ``WAIT <replicas> <timeout>`` on the same connection. WAIT confirms the replication
+offset of the connection's last write; the marker's PUBLISH is that last write, so the
+confirmation covers everything the primary took before it, including a job an earlier
+request created on another connection (an idempotent replay, or a create re-sent after a
+lost reply, which writes nothing itself). When fewer replicas confirm in time, the
+durable calls of the batch fail with :class:`~broker.errors.NotReplicated`; the others
+get their replies.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT
 
 from broker.connection import pack_command
+from broker.errors import NotReplicated
 from broker.lua_source import Script
 from broker.topology import RedisClient
 
@@ -44,6 +55,14 @@ class _Call:
     future: asyncio.Future[Any]
     args: tuple[EncodableT, ...] = ()  # the command, unpacked (Cluster: redis-py routes it)
     reloaded: bool = False
+    durable: bool = False  # its batch waits for replicas (``wait_for_replicas``)
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplicaWait:
+    replicas: int
+    timeout_ms: int
+    packed: bytes  # PUBLISH <marker> "" then WAIT <replicas> <timeout_ms>
 
 
 class ScriptBatcher:
@@ -56,15 +75,34 @@ class ScriptBatcher:
         self._pending: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
+        self._replica_wait: _ReplicaWait | None = None
 
-    async def call(self, script: Script, keys: tuple[EncodableT, ...], args: tuple[EncodableT, ...]) -> Any:
+    def wait_for_replicas(self, replicas: int, timeout_ms: int, marker_channel: str) -> None:
+        """Make a batch that holds a durable call wait until ``replicas`` replicas have
+        everything the primary took (``WAIT``, at most ``timeout_ms``) before any durable call
+        of it returns; 0 replicas: never wait. See the module's docstring."""
+        if replicas <= 0:
+            self._replica_wait = None
+            return
+        packed = pack_command(("PUBLISH", marker_channel, "")) + pack_command(("WAIT", replicas, timeout_ms))
+        self._replica_wait = _ReplicaWait(replicas, timeout_ms, packed)
+
+    async def call(
+        self,
+        script: Script,
+        keys: tuple[EncodableT, ...],
+        args: tuple[EncodableT, ...],
+        *,
+        durable: bool = False,
+    ) -> Any:
         """Run ``script`` with ``keys`` and ``args`` and return its reply.
 
-        Raises the script's error reply, or the connection's error if the batch failed.
+        Raises the script's error reply, or the connection's error if the batch failed;
+        a ``durable`` call raises :class:`NotReplicated` when its batch's WAIT fell short.
         """
         packed = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Call(script, packed, future))
+        self._enqueue(_Call(script, packed, future, durable=durable))
         return await future
 
     def _enqueue(self, call: _Call) -> None:
@@ -100,23 +138,48 @@ class ScriptBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        for call, reply in zip(batch, replies, strict=True):
+        unconfirmed = self._unconfirmed(replies[len(batch) :])
+        for call, reply in zip(batch, replies[: len(batch)], strict=True):
             if call.future.done():
                 continue  # the caller went away (cancelled); the command ran regardless
             if isinstance(reply, NoScriptError) and not call.reloaded:
                 await self._reload_and_resend(call)
             elif isinstance(reply, Exception):
                 call.future.set_exception(reply)
+            elif call.durable and unconfirmed is not None:
+                call.future.set_exception(unconfirmed)
             else:
                 call.future.set_result(reply)
+
+    def _waits(self, batch: list[_Call]) -> _ReplicaWait | None:
+        """The WAIT this batch ends with, if it holds a durable call and replicas are asked."""
+        wait = self._replica_wait
+        return wait if wait is not None and any(call.durable for call in batch) else None
+
+    def _unconfirmed(self, tail: list[Any]) -> Exception | None:
+        """What the durable calls of a batch raise, from the replies of its PUBLISH and WAIT
+        (none when the batch had no WAIT, or enough replicas confirmed)."""
+        wait = self._replica_wait
+        if not tail or wait is None:
+            return None
+        confirmed = tail[-1]
+        if isinstance(confirmed, Exception):
+            return confirmed
+        if confirmed >= wait.replicas:
+            return None
+        return NotReplicated(wait.replicas, confirmed, wait.timeout_ms)
 
     async def _exchange(self, batch: list[_Call]) -> list[Any]:
         """Send the batch as one write and read its replies; a failed connection is dropped."""
         assert isinstance(self.redis, Redis)  # Cluster: ClusterScriptBatcher
         pool = self.redis.connection_pool
+        packed, count, grace = b"".join(call.packed for call in batch), len(batch), 0.0
+        wait = self._waits(batch)
+        if wait is not None:  # PUBLISH and WAIT: two more replies, and WAIT's time on top
+            packed, count, grace = packed + wait.packed, count + 2, wait.timeout_ms / 1000
         conn: Connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            return await _round_trip(conn, b"".join(call.packed for call in batch), len(batch))
+            return await _round_trip(conn, packed, count, grace)
         except BaseException:
             await conn.disconnect()  # its replies may be half read: never reuse it
             raise
@@ -144,8 +207,20 @@ class ClusterScriptBatcher(ScriptBatcher):
         super().__init__(redis, max_batch, max_in_flight)
         self.cluster = redis
 
-    async def call(self, script: Script, keys: tuple[EncodableT, ...], args: tuple[EncodableT, ...]) -> Any:
-        """As :meth:`ScriptBatcher.call`, routed by the first key."""
+    def wait_for_replicas(self, replicas: int, timeout_ms: int, marker_channel: str) -> None:
+        """Not on Cluster (the settings refuse ``create_replicas`` there): 0 only."""
+        if replicas > 0:
+            raise ValueError("waiting for replicas is for one Redis or Sentinel, not Cluster")
+
+    async def call(
+        self,
+        script: Script,
+        keys: tuple[EncodableT, ...],
+        args: tuple[EncodableT, ...],
+        *,
+        durable: bool = False,
+    ) -> Any:
+        """As :meth:`ScriptBatcher.call`, routed by the first key (``durable`` changes nothing here)."""
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._enqueue(_Call(script, b"", future, command))
@@ -166,10 +241,12 @@ def batcher_for(redis: RedisClient) -> ScriptBatcher:
     return ScriptBatcher(redis)
 
 
-async def _round_trip(conn: Connection, packed: bytes, count: int) -> list[Any]:
+async def _round_trip(conn: Connection, packed: bytes, count: int, grace: float = 0.0) -> list[Any]:
+    """Send ``packed`` and read ``count`` replies within the socket timeout plus ``grace`` s."""
     await conn.send_packed_command(packed, check_health=False)
     replies: list[Any] = []
-    async with asyncio.timeout(conn.socket_timeout):
+    deadline = None if conn.socket_timeout is None else conn.socket_timeout + grace
+    async with asyncio.timeout(deadline):
         for _ in range(count):
             try:
                 # No timeout per reply (the block's deadline covers them); an error reply is

@@ -151,20 +151,25 @@ T = TypeVar("T")
 
 
 async def until_redis_answers(
-    watch: RedisWatch, where: str, call: Callable[[], Awaitable[T]], deadline: Callable[[], float]
+    watch: RedisWatch,
+    where: str,
+    call: Callable[[], Awaitable[T]],
+    deadline: Callable[[], float],
+    faults: tuple[type[Exception], ...] = REDIS_FAULTS,
 ) -> T:
     """Await ``call()`` until Redis lets it through, trying again with backoff.
 
     Gives up, raising the last error, when the next try would start past ``deadline()``
     (monotonic; asked after each failure, so it may move). Used where waiting is the
-    right answer to an outage: a role's start-up, a worker's writes of job states.
+    right answer to an outage: a role's start-up, a worker's writes of job states, a
+    schedule's firing. ``faults`` are the errors that mean "not yet".
     """
     failures = 0
     while True:
         began = time.monotonic()
         try:
             result = await call()
-        except REDIS_FAULTS as err:
+        except faults as err:
             watch.failed(where, err, began)
             failures += 1
             pause = backoff(failures)

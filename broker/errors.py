@@ -45,6 +45,21 @@ class QuotaExceeded(JobstreamError):
     """The owner has too many active jobs."""
 
 
+class NotReplicated(JobstreamError):
+    """Fewer replicas than asked (``JOBSTREAM_CREATE_REPLICAS``) confirmed a create in time.
+
+    The primary has the job, but a failover could lose it; or the primary has gone since. The
+    caller should send the same create again with the same idempotency key: that returns the
+    job if it survived (once replicas confirm it) or creates it anew if it did not.
+    """
+
+    def __init__(self, wanted: int, confirmed: int, timeout_ms: int) -> None:
+        super().__init__(f"{confirmed} of {wanted} replica(s) confirmed the write within {timeout_ms} ms")
+        self.wanted = wanted
+        self.confirmed = confirmed
+        self.timeout_ms = timeout_ms
+
+
 class IdempotencyConflict(JobstreamError):
     """An idempotency key was used again with another task type or input (names the first job)."""
 

@@ -161,6 +161,12 @@ class Keys:
         partition count any process used here."""
         return f"{self.prefix}meta"
 
+    @property
+    def replication_marker(self) -> str:
+        """A channel nobody listens to: a PUBLISH on it before ``WAIT`` makes the WAIT cover
+        every write the primary took so far, not only the connection's own (see ``broker.batching``)."""
+        return f"{self.prefix}replication-marker"
+
     def lock(self, name: str) -> str:
         """A lock with an expiry (scheduler ticks)."""
         return f"{self.prefix}lock:{name}"

@@ -158,8 +158,10 @@ class Scripts:
         """SCRIPT LOAD every script (through ``redis``, else this client) so no first EVALSHA misses."""
         await load_all(redis or self.redis)
 
-    async def _call(self, name: str, keys: tuple[EncodableT, ...], args: tuple[EncodableT, ...]) -> Any:
-        return await self.batcher.call(script(name), keys, args)
+    async def _call(
+        self, name: str, keys: tuple[EncodableT, ...], args: tuple[EncodableT, ...], durable: bool = False
+    ) -> Any:
+        return await self.batcher.call(script(name), keys, args, durable=durable)
 
     # -- job state changes (see each script's header) ---------------------------------
 
@@ -176,7 +178,8 @@ class Scripts:
         idempotency_key: str | None,
         opts: CreateOpts,
     ) -> Reply:
-        """A new PENDING job: OK with its record, DUPLICATE with the existing id, or QUOTA."""
+        """A new PENDING job: OK with its record, DUPLICATE with the existing id, or QUOTA
+        (durable: ``NotReplicated`` when replicas are asked and do not confirm)."""
         k, p = self.keys, partition_of(job_id)
         keys = (
             k.job(job_id),
@@ -187,7 +190,7 @@ class Scripts:
             k.delayed(queue, p),
         )
         args = (k.events(p), job_id, task, owner, queue, input_json, active_ttl, message)
-        return _reply(await self._call("create_job", keys, (*args, _pack_opts(opts))))
+        return _reply(await self._call("create_job", keys, (*args, _pack_opts(opts)), durable=True))
 
     async def start_job(
         self,

@@ -90,6 +90,9 @@ class JobStore:
         self.settings = settings
         self.keys = settings.keys
         self.scripts = Scripts.register(redis, self.keys)
+        self.scripts.batcher.wait_for_replicas(
+            settings.create_replicas, settings.create_replicas_timeout_ms, self.keys.replication_marker
+        )
         self.terminal_opts = TerminalOpts(webhook_window=settings.webhook_max_seconds)
 
     # -- creating and reading -------------------------------------------------------

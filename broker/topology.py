@@ -2,10 +2,12 @@
 
 - ``redis://[user:password@]host:port/db`` (and ``rediss://``, ``unix://``): one Redis.
 - ``redis+sentinel://host:port,host:port/<primary name>?db=0&password=...``: Redis
-  Sentinel. The clients ask the sentinels where the primary is, and ask again when a
-  connection to it fails (a failover), through redis-py's ``Sentinel``. Query parameters:
-  ``db``, ``username``, ``password`` (the data nodes'; user info before the hosts works
-  too), ``sentinel_username``, ``sentinel_password``.
+  Sentinel, through redis-py's ``Sentinel``. A connection asks the sentinels where the
+  primary is when it opens, and a pool asks again at most once a second while its
+  connections work (:class:`FollowingSentinelPool`), so every role leaves a replaced
+  primary by itself. Query parameters (no others): ``db``, ``username``, ``password``
+  (the data nodes'; user info before the hosts works too), ``sentinel_username``,
+  ``sentinel_password``.
 - ``redis+cluster://host:port,host:port``: Redis Cluster, through redis-py's
   ``RedisCluster`` (any reachable node is enough to find the rest). Query parameters:
   ``username``, ``password`` (or user info).
@@ -18,6 +20,8 @@ one setting moves all of them.
 
 from __future__ import annotations
 
+import re
+import time
 from contextlib import suppress
 from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -25,9 +29,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import msgspec
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from broker.connection import HiredisConnection, HiredisSentinelConnection
@@ -45,8 +53,16 @@ _SCHEMES: dict[str, Kind] = {
     "redis+cluster": "cluster",
 }
 _DEFAULT_PORTS: dict[Kind, int] = {"single": 6379, "sentinel": 26379, "cluster": 6379}
+_SENTINEL_PARAMS = ("db", "username", "password", "sentinel_username", "sentinel_password")
+"""What a Sentinel URL's query may set (anything else is a typo that would pass silently)."""
 _SENTINEL_TIMEOUT_SECONDS = 1.0
 """How long a sentinel may take to say where the primary is (a dead sentinel is skipped)."""
+_SENTINEL_RETRIES = 0
+"""A sentinel that fails is not asked again: the next one is. (redis-py's default, 10 retries
+with backoff, made one dead sentinel cost every primary lookup 3.4 s, and a missing sentinel
+password 50 s before the caller heard of it.)"""
+FOLLOW_PRIMARY_SECONDS = 1.0
+"""How often a Sentinel pool asks where the primary is while its connections work."""
 
 
 class InvalidRedisUrl(ValueError):
@@ -81,7 +97,7 @@ def parse_redis_url(url: str) -> Topology:
     kind = _SCHEMES.get(scheme)
     if kind is None or "://" not in url:
         known = ", ".join(f"{s}://" for s in _SCHEMES)
-        raise InvalidRedisUrl(f"JOBSTREAM_REDIS_URL must start with one of {known}: got {url!r}")
+        raise InvalidRedisUrl(f"JOBSTREAM_REDIS_URL must start with one of {known}: got {shown(url)!r}")
     if kind == "single":
         return Topology(kind=kind, url=url)
     parts = urlsplit(url)
@@ -90,9 +106,14 @@ def parse_redis_url(url: str) -> Topology:
     username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
     service = unquote(parts.path.strip("/"))
     if kind == "sentinel" and not service:
-        raise InvalidRedisUrl(f"a Sentinel URL names the primary after the hosts (.../mymaster): {url!r}")
+        raise InvalidRedisUrl(f"a Sentinel URL names the primary after the hosts (.../main): {shown(url)!r}")
+    if kind == "sentinel" and (unknown := sorted(set(query) - set(_SENTINEL_PARAMS))):
+        raise InvalidRedisUrl(
+            f"a Sentinel URL takes the query parameters {', '.join(_SENTINEL_PARAMS)}; "
+            f"not {', '.join(unknown)}: {shown(url)!r}"
+        )
     if kind == "cluster" and service:
-        raise InvalidRedisUrl(f"a Cluster URL has no path (Cluster has database 0 only): {url!r}")
+        raise InvalidRedisUrl(f"a Cluster URL has no path (Cluster has database 0 only): {shown(url)!r}")
     return Topology(
         kind=kind,
         url=url,
@@ -111,7 +132,7 @@ def _nodes(hosts: str, default_port: int, url: str) -> tuple[tuple[str, int], ..
     for item in hosts.split(","):
         host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
         if not host:
-            raise InvalidRedisUrl(f"an empty host in {url!r}")
+            raise InvalidRedisUrl(f"an empty host in {shown(url)!r}")
         nodes.append((host.strip("[]"), _int(port, "port", url) if port else default_port))
     return tuple(nodes)
 
@@ -120,12 +141,61 @@ def _int(text: str, what: str, url: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise InvalidRedisUrl(f"{what} {text!r} is not a number in {url!r}") from None
+        raise InvalidRedisUrl(f"{what} {text!r} is not a number in {shown(url)!r}") from None
 
 
-class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
-    """Sentinel's pool (connections follow the primary) that waits for a free connection
-    when full, as the web's plain pool does, instead of raising at once."""
+def shown(url: str) -> str:
+    """``url`` with its passwords (user info, ``*password=`` parameters) replaced by ``***``,
+    for error messages and logs."""
+    url = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"((?:^|[?&])[a-z_]*password=)[^&#]*", r"\1***", url)
+
+
+class FollowingSentinelPool(SentinelConnectionPool):
+    """Sentinel's pool, made to leave a primary that the sentinels replaced while it lives.
+
+    redis-py's asyncio pool asks the sentinels only when it opens a connection, so after a
+    failover that left the old primary running (``SENTINEL FAILOVER``, a partition that
+    healed) every open connection kept writing to it until Sentinel reconfigured it as a
+    replica, 10 s later, and what it took then was lost. This pool asks again at most every
+    :data:`FOLLOW_PRIMARY_SECONDS` when a connection is taken, and drops a connection to any
+    other node when it is taken or given back (what redis-py's sync pool does on release).
+    When no sentinel answers, or none knows a healthy primary, it keeps what it knew: a dead
+    primary fails its connections anyway, and a live one is still the best guess.
+    """
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._next_check = 0.0
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        """Connect ``connection`` (to the primary the sentinels name now), as redis-py does."""
+        await self._follow()
+        await self._drop_if_elsewhere(connection)
+        await super().ensure_connection(connection)
+
+    async def release(self, connection: AbstractConnection) -> None:
+        """Take ``connection`` back, closed if it is not to the current primary."""
+        await self._drop_if_elsewhere(connection)
+        await super().release(connection)
+
+    async def _follow(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + FOLLOW_PRIMARY_SECONDS
+        with suppress(RedisConnectionError, RedisTimeoutError):  # MasterNotFoundError included
+            await self.get_master_address()  # type: ignore[no-untyped-call]  # closes idle ones if it moved
+
+    async def _drop_if_elsewhere(self, connection: AbstractConnection) -> None:
+        here = (getattr(connection, "host", None), getattr(connection, "port", None))
+        if self.master_address is not None and connection.is_connected and here != self.master_address:
+            await connection.disconnect()
+
+
+class BlockingSentinelPool(FollowingSentinelPool, BlockingConnectionPool):
+    """:class:`FollowingSentinelPool` that waits for a free connection when full, as the
+    web's plain pool does, instead of raising at once."""
 
 
 def open_redis(
@@ -149,7 +219,7 @@ def open_redis(
     if max_connections is not None:
         options["max_connections"] = max_connections
     if topology.kind == "sentinel":
-        pool_class = SentinelConnectionPool
+        pool_class: type[SentinelConnectionPool] = FollowingSentinelPool
         if pool_timeout is not None:
             pool_class, options["timeout"] = BlockingSentinelPool, pool_timeout
         client: Redis = sentinel_of(topology).master_for(
@@ -207,6 +277,7 @@ def sentinel_of(topology: Topology) -> Sentinel:
             "password": topology.sentinel_password,
             "socket_timeout": _SENTINEL_TIMEOUT_SECONDS,
             "socket_connect_timeout": _SENTINEL_TIMEOUT_SECONDS,
+            "retry": Retry(NoBackoff(), _SENTINEL_RETRIES),
         },
         db=topology.db,
         username=topology.username,
@@ -226,7 +297,10 @@ def pubsub_pool(topology: Topology, node: tuple[str, int] | None = None, **optio
             host=host, port=port, username=topology.username, password=topology.password, **options
         )
     if topology.kind == "sentinel":
-        return SentinelConnectionPool(  # type: ignore[no-untyped-call]
-            topology.service, sentinel_of(topology), is_master=True, **options
+        # As ``Sentinel.master_for`` builds its pool: the data nodes' db and credentials
+        # (``sentinel.connection_kwargs``) under the caller's options.
+        sentinel = sentinel_of(topology)
+        return FollowingSentinelPool(
+            topology.service, sentinel, is_master=True, **{**sentinel.connection_kwargs, **options}
         )
     return ConnectionPool.from_url(topology.url, **options)

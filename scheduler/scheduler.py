@@ -11,6 +11,9 @@ Two things differ from the stock ``TaskiqScheduler``:
   slot it fired for (the minute for cron, the interval number, or "once"), so that N
   replicas firing the same schedule create one job, not N (``JobBroker.kick`` passes the
   key to ``Jobstream.submit``, the public API, which checks every creation rule).
+- A firing that meets a Redis outage or a failover (or too few replicas confirming it,
+  with ``JOBSTREAM_CREATE_REPLICAS``) is sent again until it lands, for up to
+  :data:`FIRING_PATIENCE_SECONDS`: its key makes every try the same job.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ from collections.abc import Sequence
 from taskiq import ScheduledTask, ScheduleSource, TaskiqScheduler
 from taskiq.exceptions import SendTaskError
 
-from broker.connection import STARTUP_PATIENCE_SECONDS, RedisWatch, resilient_options, until_redis_answers
+from broker.connection import (
+    REDIS_FAULTS,
+    STARTUP_PATIENCE_SECONDS,
+    RedisWatch,
+    resilient_options,
+    until_redis_answers,
+)
+from broker.errors import NotReplicated
 from broker.queues import ensure_groups
 from broker.scripts import Scripts
 from broker.settings import Settings
@@ -41,6 +51,9 @@ from workers.job_broker import JobBroker
 log = logging.getLogger("jobstream.scheduler")
 
 _SECONDS_PER_MINUTE = 60
+FIRING_PATIENCE_SECONDS = 60.0
+"""How long a due schedule's firing keeps trying through a Redis outage or a failover."""
+_FIRING_FAULTS: tuple[type[Exception], ...] = (*REDIS_FAULTS, NotReplicated)
 
 
 def fire_key(schedule: ScheduledTask, fired_at: float) -> str:
@@ -69,6 +82,7 @@ class JobScheduler(TaskiqScheduler):
         self.job_broker = broker
         self.settings = settings
         self.claimant = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.watch = RedisWatch(log, f"scheduler {self.claimant}")
         self.tickers: list[Ticker] = []
         self._redis: RedisClient | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -80,7 +94,7 @@ class JobScheduler(TaskiqScheduler):
         broker = self.job_broker
         scripts = Scripts.register(redis, broker.keys)
         queues = broker.registry.queues(self.settings.default_queue) | set(self.settings.queues)
-        watch = RedisWatch(log, f"scheduler {self.claimant}")
+        watch = self.watch
 
         async def prepare() -> None:
             await scripts.load_all()
@@ -120,14 +134,40 @@ class JobScheduler(TaskiqScheduler):
         await super().shutdown()
 
     async def on_ready(self, source: ScheduleSource, task: ScheduledTask) -> None:
-        """Send a due schedule, keyed so that replicas firing it too create one job."""
+        """Send a due schedule, keyed so that replicas firing it too create one job; through
+        a Redis outage, again until it lands (taskiq skips the schedule's next firings meanwhile)."""
         labels = dict(task.labels)
         labels.setdefault("idempotency_key", fire_key(task, time.time()))
+        keyed = task.model_copy(update={"labels": labels})
+        give_up = time.monotonic() + FIRING_PATIENCE_SECONDS
         try:
-            await super().on_ready(source, task.model_copy(update={"labels": labels}))
+            await until_redis_answers(
+                self.watch,
+                f"firing schedule {task.schedule_id}",
+                lambda: self._fire(source, keyed),
+                lambda: give_up,
+                _FIRING_FAULTS,
+            )
         except SendTaskError as err:  # an unknown task, a bad input, the owner's quota
             reason = err.__cause__ or err
             log.error("schedule %s (%s): no job created: %r", task.schedule_id, task.task_name, reason)
+        except _FIRING_FAULTS as err:
+            log.error(
+                "schedule %s (%s): no job created, Redis unavailable: %r",
+                task.schedule_id,
+                task.task_name,
+                err,
+            )
+
+    async def _fire(self, source: ScheduleSource, task: ScheduledTask) -> None:
+        """Taskiq's send; a Redis fault (or too few replicas) under its ``SendTaskError``
+        comes out bare, for :meth:`on_ready` to try again."""
+        try:
+            await super().on_ready(source, task)
+        except SendTaskError as err:
+            if isinstance(err.__cause__, _FIRING_FAULTS):
+                raise err.__cause__ from None
+            raise
 
 
 def _stop_on_sigterm() -> None:

@@ -27,6 +27,7 @@ from broker.errors import (
     IllegalTransition,
     JobNotFound,
     JobstreamError,
+    NotReplicated,
     QuotaExceeded,
     UnknownTask,
 )
@@ -172,6 +173,7 @@ _DOMAIN: dict[type[JobstreamError], tuple[int, str]] = {
     QuotaExceeded: (429, "quota-exceeded"),
     IdempotencyConflict: (422, "idempotency-key-reused"),
     InvalidCallback: (422, "invalid-callback-url"),
+    NotReplicated: (503, "not-replicated"),
 }
 
 
@@ -188,7 +190,7 @@ def _domain_problem(request: Request[Any, Any, Any], exc: JobstreamError) -> Res
     if status == 500:
         return _internal_problem(request, exc)
     job_status = JobStatus(exc.status) if isinstance(exc, IllegalTransition) else None
-    headers = {"Retry-After": QUOTA_RETRY_AFTER_SECONDS} if isinstance(exc, QuotaExceeded) else None
+    headers = _RETRY_AFTER.get(type(exc))
     return respond(request, problem(status, slug, _domain_detail(exc), job_status=job_status), headers)
 
 
@@ -204,16 +206,28 @@ def _domain_detail(exc: JobstreamError) -> str:
         )
     if isinstance(exc, QuotaExceeded):
         return "too many active jobs for this owner; wait for some to finish"
+    if isinstance(exc, NotReplicated):
+        return (
+            f"the job was not confirmed durable: {exc}. It may exist or not; send the same request "
+            "again with the same Idempotency-Key, which returns the job once replicas confirm it "
+            "or creates it if it was lost"
+        )
     return str(exc)
+
+
+REDIS_RETRY_AFTER_SECONDS = 1
+"""``Retry-After`` of a 503 while Redis is away: outages are short, and a refused retry is cheap."""
+
+_RETRY_AFTER: dict[type[JobstreamError], dict[str, str]] = {
+    QuotaExceeded: {"Retry-After": QUOTA_RETRY_AFTER_SECONDS},
+    NotReplicated: {"Retry-After": str(REDIS_RETRY_AFTER_SECONDS)},  # a replica back, or a failover done
+}
 
 
 def _internal_problem(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return respond(request, problem(500, "internal-error", "an unexpected error occurred"))
 
-
-REDIS_RETRY_AFTER_SECONDS = 1
-"""``Retry-After`` of a 503 while Redis is away: outages are short, and a refused retry is cheap."""
 
 REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
     redis_errors.ConnectionError,  # refused, reset, closed; LOADING (BusyLoadingError); pool exhausted

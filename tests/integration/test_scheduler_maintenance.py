@@ -11,13 +11,14 @@ from typing import Any
 import msgspec
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from taskiq.exceptions import ScheduledTaskCancelledError, SendTaskError
 from taskiq.kicker import AsyncKicker
 from taskiq.schedule_sources import LabelScheduleSource
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListRedisScheduleSource
 
-from broker.errors import ScriptCode, UnknownTask
+from broker.errors import NotReplicated, ScriptCode, UnknownTask
 from broker.keys import Keys, partition_of
 from broker.message import decode_message
 from broker.models import JobStatus
@@ -364,6 +365,35 @@ async def test_replicas_firing_one_schedule_create_one_job_and_bad_ones_are_logg
     bad = schedule.model_copy(update={"task_name": "demo.sleep", "kwargs": {"seconds": "soon"}})
     await replicas[0].on_ready(source, bad)  # logged, not raised: the scheduler goes on
     assert "no job created" in caplog.text
+    await broker.redis.aclose()
+
+
+async def test_a_firing_that_meets_a_redis_fault_is_sent_again_until_it_lands(
+    redis: Redis,
+    redis_url: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failover under a firing (a lost connection, then a create no replica confirmed yet)
+    delays its job; it does not drop it."""
+    settings = settings_for(redis_url, prefix)
+    broker = JobBroker(settings, registry)
+    faults: list[Exception] = [RedisConnectionError("the primary went away"), NotReplicated(1, 0, 500)]
+    kick = broker.kick
+
+    async def kick_after_faults(message: Any) -> None:
+        if faults:
+            raise faults.pop(0)
+        await kick(message)
+
+    monkeypatch.setattr(broker, "kick", kick_after_faults)
+    schedule = build_schedule(registry, "demo.noop", every_seconds=3600, owner="ops")
+    await JobScheduler(broker, [], settings).on_ready(LabelScheduleSource(broker), schedule)
+    assert not faults
+    assert len((await JobStore(redis, settings).list("ops")).jobs) == 1
+    assert "no job created" not in caplog.text
+    assert "Redis is unreachable" in caplog.text and "Redis is back" in caplog.text
     await broker.redis.aclose()
 
 

@@ -96,6 +96,68 @@ class Reader:
             await self._task
 
 
+class ResumingReader:
+    """Follows a job's stream, reconnecting with ``Last-Event-ID`` until the terminal state,
+    then once more, which must answer 204 (EventSource's cue to stop)."""
+
+    def __init__(self, http: httpx.AsyncClient, job_id: str, deadline: float) -> None:
+        self.events: list[Job] = []
+        self.connects = 0
+        self.resumed: list[tuple[int, int]] = []  # (Last-Event-ID sent, status answered)
+        self.statuses: list[int] = []
+        self._url = f"/jobs/{job_id}/events"
+        self._http = http
+        self._deadline = deadline
+        self._arrived = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    @property
+    def versions(self) -> list[int]:
+        return [event["version"] for event in self.events]
+
+    async def _run(self) -> None:
+        retry_ms = 100
+        while time.monotonic() < self._deadline:
+            headers = {"Last-Event-ID": str(self.versions[-1])} if self.events else {}
+            with suppress(httpx.TransportError):  # the server is away (restarting): retry
+                retry_ms = await self._follow(headers, retry_ms)
+            if self.statuses and self.statuses[-1] == 204:
+                return
+            await asyncio.sleep(retry_ms / 1000)
+        raise AssertionError(f"no end within the deadline: {self.statuses} {self.versions}")
+
+    async def _follow(self, headers: dict[str, str], retry_ms: int) -> int:
+        async with aconnect_sse(self._http, "GET", self._url, headers=headers) as source:
+            self.connects += 1
+            if "Last-Event-ID" in headers:
+                self.resumed.append((int(headers["Last-Event-ID"]), source.response.status_code))
+            self.statuses.append(source.response.status_code)
+            if source.response.status_code != 200:
+                return retry_ms
+            async for sse in source.aiter_sse():
+                if sse.retry is not None:
+                    retry_ms = sse.retry
+                if sse.event == "job":
+                    assert sse.id == str(json.loads(sse.data)["version"])
+                    self.events.append(json.loads(sse.data))
+                    self._arrived.set()
+        return retry_ms
+
+    async def until(self, done: Callable[[ResumingReader], bool], what: str) -> None:
+        while not done(self):
+            if self.task.done():
+                self.task.result()
+                raise AssertionError(f"reader ended before {what}: {self.versions}")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), max(0.0, self._deadline - time.monotonic()))
+            except TimeoutError:
+                raise AssertionError(f"timed out waiting for {what}: {self.versions}") from None
+
+    async def finished(self) -> None:
+        await asyncio.wait_for(asyncio.shield(self.task), max(0.1, self._deadline - time.monotonic()))
+
+
 def strictly_increasing(versions: list[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(versions))
 

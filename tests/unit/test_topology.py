@@ -41,11 +41,23 @@ def test_a_cluster_url_names_seed_nodes_and_user_info_gives_the_password() -> No
         ("redis+cluster://n1:port", "is not a number"),
         ("redis+sentinel://s1,,s2/main", "an empty host"),
         ("redis+sentinel://s1/main?db=x", "is not a number"),
+        ("redis+sentinel://s1/main?pasword=x", "not pasword"),
+        ("redis+sentinel://s1/main?socket_timeout=3", "not socket_timeout"),
     ],
 )
 def test_a_malformed_url_says_what_is_wrong(url: str, says: str) -> None:
     with pytest.raises(InvalidRedisUrl, match=says):
         parse_redis_url(url)
+
+
+def test_errors_never_show_a_password() -> None:
+    url = "redis+sentinel://app:s3cret@s1,,s2/main?password=pw1&sentinel_password=pw2"
+    with pytest.raises(InvalidRedisUrl) as raised:
+        parse_redis_url(url)
+    message = str(raised.value)
+    assert "an empty host" in message
+    assert "app:***@" in message and "password=***" in message and "sentinel_password=***" in message
+    assert not any(secret in message for secret in ("s3cret", "pw1", "pw2"))
 
 
 def test_settings_refuse_a_malformed_url_at_start_up() -> None:
