@@ -7,11 +7,12 @@ Each test has its own user on the session's stack, so it sees only its own jobs.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import pytest
@@ -22,6 +23,13 @@ from tests.browser.helpers import JWT_ENV, Stack, abort_event_streams, open_blan
 from tests.support.procs import WebServer
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="session")]
+T = TypeVar("T")
+
+
+async def bounded(outcome: Awaitable[T], seconds: float = 20.0) -> T:
+    """What the page's promise settles with; a failure, not a hang, if it does not in time."""
+    return await asyncio.wait_for(outcome, seconds)
+
 
 FOLLOW = """async ([token, transport]) => {
     const { Jobstream } = await import("/static/jobstream.js");
@@ -42,7 +50,7 @@ async def test_client_follows_a_job_to_the_end(page: Page, stack: Stack, sse: bo
     if not sse:
         await abort_event_streams(page)
     await page.goto(f"{stack.base_url}/")  # the dashboard's page: the client under its CSP
-    outcome = await page.evaluate(FOLLOW, [stack.token(user()), "auto"])
+    outcome = await bounded(page.evaluate(FOLLOW, [stack.token(user()), "auto"]))
     assert outcome["done"]["status"] == "SUCCESS"
     assert outcome["done"]["result"] == {"slept": 2.0}
     assert outcome["modes"] == (["sse"] if sse else ["poll"])
@@ -54,17 +62,17 @@ async def test_client_follows_a_job_to_the_end(page: Page, stack: Stack, sse: bo
     assert transports == ({"sse"} if sse else {"poll"})
 
 
+FOLLOW_SOMEONE_ELSES = """async ([token, id]) => {
+    const { Jobstream } = await import("/static/jobstream.js");
+    try { await new Jobstream({ token }).follow(id); return "followed"; }
+    catch (err) { return err.status; }
+}"""
+
+
 async def test_client_reports_a_job_it_cannot_see(page: Page, stack: Stack) -> None:
     job = await stack.create(user(), "demo.noop", {})
     await open_blank(page, stack.base_url)
-    status = await page.evaluate(
-        """async ([token, id]) => {
-            const { Jobstream } = await import("/static/jobstream.js");
-            try { await new Jobstream({ token }).follow(id); return "followed"; }
-            catch (err) { return err.status; }
-        }""",
-        [stack.token(user()), job["id"]],
-    )
+    status = await bounded(page.evaluate(FOLLOW_SOMEONE_ELSES, [stack.token(user()), job["id"]]))
     assert status == 404
 
 
@@ -86,7 +94,7 @@ async def test_follow_returns_to_sse_once_it_works_again(page: Page, stack: Stac
     )
     await page.wait_for_function("window.log.some(([kind, mode]) => kind === 'mode' && mode === 'poll')")
     await page.unroute("**/jobs/*/events**")
-    done = await page.evaluate("window.followed")
+    done = await bounded(page.evaluate("window.followed"))
     log = await page.evaluate("window.log")
     assert done["status"] == "SUCCESS"
     modes = [entry[1] for entry in log if entry[0] == "mode"]
@@ -97,6 +105,16 @@ async def test_follow_returns_to_sse_once_it_works_again(page: Page, stack: Stac
 
 
 STORAGE_KEY = "jobstream.jobs:/"
+RESUME_ALL = """async ([token, key, gone]) => {
+    const saved = JSON.parse(localStorage.getItem(key));
+    localStorage.setItem(key, JSON.stringify([...saved, { id: gone, type: null, savedAt: "" }]));
+    const { Jobstream } = await import("/static/jobstream.js");
+    const client = new Jobstream({ token });
+    const before = client.persisted().map((entry) => entry.id);
+    const updates = [];
+    const ended = await client.resumeAll({ onUpdate: (j, how) => updates.push([j.status, how]) });
+    return { before, ended, updates, after: client.persisted(), left: localStorage.getItem(key) };
+}"""
 
 
 async def test_a_persisted_job_resumes_after_a_reload(page: Page, stack: Stack) -> None:
@@ -119,19 +137,7 @@ async def test_a_persisted_job_resumes_after_a_reload(page: Page, stack: Stack) 
 
     await page.reload()
     gone = str(uuid.uuid4())  # a saved job the server does not know (expired): forgotten
-    outcome = await page.evaluate(
-        """async ([token, key, gone]) => {
-            const saved = JSON.parse(localStorage.getItem(key));
-            localStorage.setItem(key, JSON.stringify([...saved, { id: gone, type: null, savedAt: "" }]));
-            const { Jobstream } = await import("/static/jobstream.js");
-            const client = new Jobstream({ token });
-            const before = client.persisted().map((entry) => entry.id);
-            const updates = [];
-            const ended = await client.resumeAll({ onUpdate: (j, how) => updates.push([j.status, how]) });
-            return { before, ended, updates, after: client.persisted(), left: localStorage.getItem(key) };
-        }""",
-        [token, STORAGE_KEY, gone],
-    )
+    outcome = await bounded(page.evaluate(RESUME_ALL, [token, STORAGE_KEY, gone]))
     assert outcome["before"] == [job["id"], gone]
     assert [(ended["id"], ended["status"]) for ended in outcome["ended"]] == [(job["id"], "SUCCESS")]
     assert outcome["ended"][0]["result"] == {"slept": 3.0}
@@ -206,7 +212,7 @@ async def test_a_page_that_comes_back_during_an_sse_outage_catches_up_with_one_r
 
     page.on("request", on_request)
     await sleep_then_wake(page, wake, asleep=False)
-    done = await page.evaluate("window.followed")
+    done = await bounded(page.evaluate("window.followed"))
     assert done["status"] == "SUCCESS"
     assert (await page.evaluate("window.log"))[-1] == ["SUCCESS", "catch-up"]
     assert reads == [f"GET /jobs/{job['id']}"]  # one request, and the job had ended: nothing more
@@ -247,7 +253,7 @@ TIMEOUT = """async ([token, transport]) => {
 async def test_timeout_rejects_and_stops_every_request(page: Page, stack: Stack, transport: str) -> None:
     name = user()
     await open_blank(page, stack.base_url)
-    outcome = await page.evaluate(TIMEOUT, [stack.token(name), transport])
+    outcome = await bounded(page.evaluate(TIMEOUT, [stack.token(name), transport]))
     await stack.cancel(name, outcome["id"])  # the job itself kept running
     assert outcome["isTimeout"] and outcome["name"] == "JobstreamTimeoutError", outcome
     assert outcome["message"] == f"job {outcome['id']} did not end within 1000 ms (it may still be running)"

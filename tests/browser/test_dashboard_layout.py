@@ -21,11 +21,12 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="session")
 
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
-LONG_WORDS = "an-error-message-with-a-very-long-word-that-no-phone-can-fit-on-one-line-without-wrapping"
+LONG_WORDS = "checksum_" + "0123456789abcdef" * 5
+"""A word with no place to break a line (a digest in an error message), wider than a phone."""
 
 
 async def jobs_in_every_state(stack: Stack, name: str) -> dict[str, dict[str, Any]]:
-    labels = {"case": "42", "customer": "a-customer-name-long-enough-to-need-wrapping-on-a-phone"}
+    labels = {"case": "42", "customer": "a_customer_name_long_enough_to_need_wrapping_on_a_phone"}
     jobs = {
         "PENDING": await stack.create(name, "demo.noop", {}, delay_seconds=3600, labels=labels),
         "PROCESSING": await stack.create(name, "demo.sleep", {"seconds": 60, "steps": 600}),
@@ -91,7 +92,7 @@ async def test_the_dashboard_fits_a_phone(
     elapsed = await row["PROCESSING"].locator(".elapsed").inner_text()
     await expect(row["PROCESSING"].locator(".elapsed")).not_to_have_text(elapsed)  # it runs
     await expect(row["PROCESSING"].locator(".eta")).to_contain_text("ETA")
-    await expect(row["FAILURE"].locator(".message")).to_contain_text("DemoFailure: On fire: an-error-message")
+    await expect(row["FAILURE"].locator(".message")).to_contain_text("DemoFailure: On fire: checksum_")
     await expect(page.locator("#keeps-running")).to_be_visible()
     await page.screenshot(path=artifacts / "dashboard-phone.png", full_page=True)
 
