@@ -124,27 +124,24 @@ export class FeedWatch {
 
   async pollLoop(signal, firstAfterMs) {
     const interval = this.client.pollIntervalMs;
-    try {
-      await sleep(firstAfterMs, signal);
-      while (!signal.aborted) {
-        const listed = await this.list(signal, "poll");
-        await sleep(listed ? interval * 2 : interval * 5, signal);
-      }
-    } catch {
-      // aborted: polling stopped
+    const paused = (ms) => sleep(ms, signal).then(() => true, () => false); // false: polling stopped
+    let pause = firstAfterMs;
+    while (await paused(pause)) {
+      pause = (await this.list(signal, "poll")) ? interval * 2 : interval * 5;
     }
   }
 
   // One GET /jobs: the newest jobs, oldest first, to onJobs. False when it failed.
   async list(signal, mode) {
+    let page;
     try {
-      const page = await this.client.listJobs({ limit: this.limit, signal });
-      if (!signal.aborted) this.onJobs(page.jobs.slice().reverse(), mode);
-      return true;
+      page = await this.client.listJobs({ limit: this.limit, signal });
     } catch (err) {
       if (!signal.aborted && err instanceof JobstreamError && err.status === 401) this.unauthorized();
       return false;
     }
+    if (!signal.aborted) this.onJobs(page.jobs.slice().reverse(), mode);
+    return true;
   }
 
   async catchUp() {
