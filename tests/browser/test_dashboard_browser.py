@@ -1,10 +1,13 @@
 """The dashboard in Debian's chromium driven by Playwright: live rows, cancel, the polling
-fallback and the way back to live, the form, a token switch, the owner column, the keyboard.
+fallback and the way back to live, catching up when the page comes back into view, the form,
+a token switch, the owner column, the keyboard.
 
 Each test has its own user on the session's stack, so it sees only its own jobs.
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlparse
 
 import pytest
 from playwright.async_api import Page, Request, expect
@@ -81,6 +84,28 @@ async def test_dashboard_falls_back_to_polling_and_returns_to_live(page: Page, s
     job = await stack.create(name, "demo.sleep", {"seconds": 2.5, "steps": 5})
     await expect(page.locator(f'#jobs tr[data-id="{job["id"]}"] .status')).to_have_text("SUCCESS")
     assert listings == []  # live again: polling stopped
+
+
+SET_VISIBILITY = """(hidden) => {
+    const state = hidden ? "hidden" : "visible";
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+async def test_dashboard_catches_up_when_it_comes_back_into_view(page: Page, stack: Stack) -> None:
+    await sign_in(page, stack, user())
+    await expect(page.locator("#mode")).to_have_text("live")
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(urlparse(request.url).path))
+    await page.evaluate(SET_VISIBILITY, True)
+    assert requests == []  # going out of view asks for nothing
+    async with page.expect_response(lambda response: "/jobs?" in response.url) as listed:
+        await page.evaluate(SET_VISIBILITY, False)
+    assert (await listed.value).status == 200
+    assert requests[0] == "/jobs"  # the catch-up came first, and at once (no poll runs while live)
+    await expect(page.locator("#mode")).to_have_text("live")
 
 
 async def test_dashboard_shows_a_refused_input(page: Page, stack: Stack) -> None:
