@@ -1,16 +1,19 @@
-"""A Python client for the jobstream HTTP API: submit a job, then follow it.
+"""A Python client for the jobstream HTTP API: submit a job, then follow it, list jobs, fetch
+a result.
 
 ``follow`` takes the server-sent events stream when it can and falls back to polling
 ``GET /jobs/{id}`` with ``If-None-Match`` and the server's ``Retry-After`` when it cannot
 (an old proxy, a stream that keeps dropping), so callers see the same sequence of states
-either way.
+either way. ``wait`` and ``result`` raise as the in-process ``broker.Jobstream``'s do
+(``TimeoutError``; ``JobFailed`` and ``JobNotDone``, here built from the HTTP answer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any, Self
 
 import httpx
@@ -18,7 +21,7 @@ import msgspec
 from httpx_sse import SSEError, aconnect_sse
 
 from broker.errors import JobstreamError
-from broker.models import Job
+from broker.models import Job, JobError, JobStatus
 
 log = logging.getLogger("jobstream.client")
 _decode_job = msgspec.json.Decoder(Job).decode
@@ -30,6 +33,50 @@ class ApiError(JobstreamError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
+
+
+class JobFailed(ApiError):
+    """``result`` of a job that ended FAILURE or CANCELLED (409): how it ended, and its error."""
+
+    def __init__(self, detail: str, job_status: JobStatus | None, error: JobError | None) -> None:
+        super().__init__(409, detail)
+        self.job_status = job_status
+        self.error = error
+
+
+class JobNotDone(JobstreamError):
+    """``result`` of a job still PENDING or PROCESSING (202); ask again after ``retry_after`` s."""
+
+    def __init__(self, job_id: str, status: JobStatus, retry_after: float) -> None:
+        super().__init__(f"job {job_id} is {status}; it has no result yet")
+        self.job_id = job_id
+        self.status = status
+        self.retry_after = retry_after
+
+
+class JobPage(msgspec.Struct):
+    """One page of ``list``: newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+class _ResultAnswer(msgspec.Struct):
+    id: str
+    status: JobStatus
+    result: msgspec.Raw
+
+
+class _Problem(msgspec.Struct):
+    title: str = ""
+    detail: str | None = None
+    job_status: JobStatus | None = None
+    error: JobError | None = None
+
+
+_decode_page = msgspec.json.Decoder(JobPage).decode
+_decode_result = msgspec.json.Decoder(_ResultAnswer).decode
+_decode_problem = msgspec.json.Decoder(_Problem).decode
 
 
 class JobstreamClient:
@@ -83,11 +130,40 @@ class JobstreamClient:
         """The job's current state."""
         return _decode_job(_checked(await self._http.get(f"/jobs/{job_id}")).content)
 
+    async def list(
+        self,
+        *,
+        status: JobStatus | None = None,
+        task: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        owner: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """The caller's jobs, newest first (``GET /jobs``), filtered by status, task type and
+        labels (all must match); ``owner`` lists another owner's (admins and services only)."""
+        given = {"limit": str(limit), "status": status, "type": task, "owner": owner, "cursor": cursor}
+        params: dict[str, str | list[str]] = {name: value for name, value in given.items() if value}
+        params["label"] = [f"{key}:{value}" for key, value in (labels or {}).items()]
+        return _decode_page(_checked(await self._http.get("/jobs", params=params)).content)
+
+    async def result(self, job_id: str) -> Any:
+        """The result of a job that ended SUCCESS, decoded from JSON; ``JobFailed`` if it ended
+        FAILURE or CANCELLED, ``JobNotDone`` while it is still active (see :meth:`wait`)."""
+        response = await self._http.get(f"/jobs/{job_id}/result")
+        if response.status_code == 409:
+            problem = _decode_problem(response.content)
+            raise JobFailed(problem.detail or problem.title, problem.job_status, problem.error)
+        answer = _decode_result(_checked(response).content)
+        if response.status_code == 202:
+            raise JobNotDone(job_id, answer.status, float(response.headers.get("Retry-After", "1")))
+        return msgspec.json.decode(answer.result)
+
     async def cancel(self, job_id: str) -> Job:
         """Ask to cancel the job; returns its state right after the request."""
         return _decode_job(_checked(await self._http.post(f"/jobs/{job_id}/cancel")).content)
 
-    async def follow(self, job_id: str) -> AsyncIterator[Job]:
+    async def follow(self, job_id: str) -> AsyncGenerator[Job, None]:
         """Every state of the job from now until it ends (SSE, else polling); newest wins."""
         last = 0
         if self.use_sse:
@@ -102,11 +178,13 @@ class JobstreamClient:
         async for job in self._poll(job_id, after=last):
             yield job
 
-    async def wait(self, job_id: str) -> Job:
-        """Follow the job to its end and return its final state."""
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Follow the job to its end and return its final state; ``TimeoutError`` if it has not
+        ended within ``timeout`` seconds (the job keeps running; its stream or poll is closed)."""
         final: Job | None = None
-        async for job in self.follow(job_id):
-            final = job
+        async with asyncio.timeout(timeout), aclosing(self.follow(job_id)) as states:
+            async for job in states:
+                final = job
         assert final is not None
         return final
 

@@ -1,108 +1,89 @@
-// The dashboard: the caller's jobs, live over GET /events (polling GET /jobs as the fallback),
-// a form to create jobs and a cancel button. Every value from the server goes into the page as
-// text (textContent), never as HTML.
-import { Jobstream, JobstreamError, isTerminal } from "./jobstream.js";
+// The dashboard: the caller's jobs, live over GET /events (polling GET /jobs as the fallback,
+// back to live once SSE works again), a form to create jobs, cancel buttons and a job's
+// details. Rows are drawn by dashboard-rows.js; every value from the server goes into the
+// page as text, never as HTML.
+import { Jobstream, JobstreamError } from "./jobstream.js";
+import { fillRow, tick } from "./dashboard-rows.js";
 
 const base = new URL(".", document.baseURI).pathname.replace(/\/$/, "");
 const params = new URLSearchParams(location.search);
 const TOKEN_KEY = "jobstream.token";
 const MAX_ROWS = 200;
+const DEFAULT_TASK = "demo.sleep";
 
 const $ = (id) => document.getElementById(id);
-const jobs = new Map(); // id -> newest job seen
+const jobs = new Map(); // id -> { job: the newest state seen, receivedAt }
 const rows = new Map(); // id -> <tr>
 let client = null;
 let watch = null;
 let tasks = [];
 let needToken = false;
+let admin = false;
+let detailsOpener = null; // the button that opened the details, to give focus back to
 
-function cell(row, text, className) {
-  const td = document.createElement("td");
-  if (className) td.className = className;
-  if (text !== undefined) td.textContent = text;
-  row.append(td);
-  return td;
-}
+const rowActions = { details: showDetails, cancel: cancelJob };
 
-function when(iso) {
-  return iso ? new Date(iso).toLocaleTimeString() : "";
-}
-
-function eta(job) {
-  if (isTerminal(job) || job.eta_seconds == null) return "";
-  const seconds = Math.round(job.eta_seconds);
-  return seconds >= 60 ? `${Math.floor(seconds / 60)}m ${seconds % 60}s` : `${seconds}s`;
-}
-
-function render(job) {
-  let row = rows.get(job.id);
-  if (!row) {
-    row = document.createElement("tr");
-    row.dataset.id = job.id;
-    rows.set(job.id, row);
-    $("jobs").prepend(row);
-    while (rows.size > MAX_ROWS) {
-      const [oldest] = rows.keys(); // Map keeps insertion order: the first is the oldest row
-      rows.get(oldest).remove();
-      rows.delete(oldest);
-      jobs.delete(oldest);
-    }
+function rowOf(id) {
+  let row = rows.get(id);
+  if (row) return row;
+  row = document.createElement("tr");
+  row.dataset.id = id;
+  rows.set(id, row);
+  $("jobs").prepend(row);
+  while (rows.size > MAX_ROWS) {
+    const [oldest] = rows.keys(); // Map keeps insertion order: the first is the oldest row
+    rows.get(oldest).remove();
+    rows.delete(oldest);
+    jobs.delete(oldest);
   }
-  row.dataset.status = job.status;
-  row.replaceChildren();
-  const id = cell(row, undefined, "id");
-  const link = document.createElement("a");
-  link.href = "#";
-  link.textContent = job.id.slice(0, 8);
-  link.title = job.id;
-  link.addEventListener("click", (event) => { event.preventDefault(); showDetails(job.id); });
-  id.append(link);
-  cell(row, job.type);
-  const status = cell(row, job.status, "status");
-  status.dataset.status = job.status;
-  const bar = document.createElement("progress");
-  bar.max = 100;
-  bar.value = job.status === "SUCCESS" ? 100 : job.progress;
-  const progress = cell(row);
-  progress.append(bar, ` ${Math.round(bar.value)}%`);
-  progress.className = "progress";
-  cell(row, job.error ? `${job.error.type}: ${job.error.message}` : job.message || "", "message");
-  cell(row, eta(job), "eta");
-  cell(row, when(job.created_at), "muted");
-  const actions = cell(row);
-  if (!isTerminal(job)) {
-    const cancel = document.createElement("button");
-    cancel.textContent = job.cancel_requested ? "Cancelling" : "Cancel";
-    cancel.disabled = job.cancel_requested;
-    cancel.className = "cancel";
-    cancel.addEventListener("click", () => cancelJob(job.id, cancel));
-    actions.append(cancel);
-  }
-  $("empty").hidden = rows.size > 0;
-  if (!$("details").hidden && $("details").dataset.id === job.id) showDetails(job.id);
+  return row;
 }
 
 function offer(job) {
   const known = jobs.get(job.id);
-  if (known && known.version >= job.version) return;
-  jobs.set(job.id, job);
-  render(job);
-  counts();
+  if (known && known.job.version >= job.version) return;
+  const seen = { job, receivedAt: Date.now() };
+  jobs.set(job.id, seen);
+  fillRow(rowOf(job.id), job, seen.receivedAt, rowActions);
+  if (!$("details").hidden && $("details").dataset.id === job.id) fillDetails(job);
+  summarize();
 }
 
-function counts() {
+// Everything that depends on all the jobs at once: counts, the "keeps running" line, the
+// empty list, and the owner column (for an admin, or whenever jobs of several owners show).
+function summarize() {
   const tally = {};
-  for (const job of jobs.values()) tally[job.status] = (tally[job.status] || 0) + 1;
+  const owners = new Set();
+  for (const { job } of jobs.values()) {
+    tally[job.status] = (tally[job.status] || 0) + 1;
+    owners.add(job.owner);
+  }
   $("counts").textContent = Object.entries(tally).map(([status, n]) => `${n} ${status.toLowerCase()}`).join(" · ");
+  $("keeps-running").hidden = !(tally.PENDING || tally.PROCESSING);
+  $("empty").hidden = rows.size > 0;
+  document.body.classList.toggle("show-owner", admin || owners.size > 1);
 }
 
-function showDetails(id) {
-  const job = jobs.get(id);
-  if (!job) return;
-  $("details").hidden = false;
-  $("details").dataset.id = id;
-  $("details-title").textContent = `Job ${id}`;
+function fillDetails(job) {
+  $("details").dataset.id = job.id;
+  $("details-title").textContent = `Job ${job.id}`;
   $("details-body").textContent = JSON.stringify(job, null, 2);
+}
+
+function showDetails(id, opener) {
+  const seen = jobs.get(id);
+  if (!seen) return;
+  fillDetails(seen.job);
+  $("details").hidden = false;
+  detailsOpener = opener;
+  $("details-title").focus();
+}
+
+function closeDetails() {
+  $("details").hidden = true;
+  const opener = detailsOpener;
+  detailsOpener = null;
+  if (opener && opener.isConnected) opener.focus();
 }
 
 function setMode(mode) {
@@ -113,14 +94,15 @@ function setMode(mode) {
   $("mode").textContent = { sse: "live", poll: "polling", reconnecting: "reconnecting",
     unauthorized: "token needed" }[shown] || shown;
   $("auth").hidden = !needToken && !sessionStorage.getItem(TOKEN_KEY);
+  $("auth-title").textContent = needToken ? "Sign in" : "Switch user";
 }
 
 async function cancelJob(id, button) {
-  button.disabled = true;
+  button.setAttribute("aria-disabled", "true"); // not `disabled`: that would drop the focus
   try {
     offer(await client.cancelJob(id));
   } catch (err) {
-    button.disabled = false;
+    button.removeAttribute("aria-disabled");
     $("create-error").textContent = err.message;
   }
 }
@@ -137,13 +119,22 @@ function example(schema) {
   return JSON.stringify(input);
 }
 
-async function loadTasks() {
+// The task the form starts on: the demo that shows progress, else the first that is not
+// meant to fail.
+function defaultTask(names) {
+  return names.find((name) => name === DEFAULT_TASK) || names.find((name) => !/fail/i.test(name)) || names[0];
+}
+
+async function loadTasks(forClient) {
+  let listed;
   try {
-    tasks = (await client.listTasks()).tasks;
+    listed = (await forClient.listTasks()).tasks;
   } catch (err) {
     if (err instanceof JobstreamError && err.status === 401) setMode("unauthorized");
     return;
   }
+  if (forClient !== client) return; // the token changed meanwhile
+  tasks = listed;
   const select = $("task-type");
   select.replaceChildren(...tasks.map((task) => {
     const option = document.createElement("option");
@@ -152,6 +143,7 @@ async function loadTasks() {
     option.title = task.description || "";
     return option;
   }));
+  select.value = defaultTask(tasks.map((task) => task.name)) || "";
   select.dispatchEvent(new Event("change"));
 }
 
@@ -165,7 +157,9 @@ async function createJob(event) {
     $("create-error").textContent = "The input is not valid JSON.";
     return;
   }
-  $("create").disabled = true;
+  // Not `disabled` while it works: a disabled button would drop the keyboard's focus.
+  if ($("create").getAttribute("aria-disabled") === "true") return;
+  $("create").setAttribute("aria-disabled", "true");
   try {
     const job = await client.createJob($("task-type").value, input, {
       delaySeconds: Number($("task-delay").value) || undefined,
@@ -174,19 +168,36 @@ async function createJob(event) {
   } catch (err) {
     $("create-error").textContent = err.message;
   } finally {
-    $("create").disabled = false;
+    $("create").removeAttribute("aria-disabled");
   }
 }
 
+// Whether the bearer token says its holder is an admin (the default "roles" claim). Only a
+// hint for the owner column: the server decides what the token may see.
+function tokenSaysAdmin(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const roles = JSON.parse(atob(payload)).roles;
+    return Array.isArray(roles) && roles.includes("admin");
+  } catch {
+    return false;
+  }
+}
+
+// Start over with the token in sessionStorage: nothing the previous user saw stays on screen.
 function connect() {
   if (watch) watch.close();
   needToken = false;
-  client = new Jobstream({
-    baseUrl: base,
-    token: sessionStorage.getItem(TOKEN_KEY),
-    transport: params.get("transport") || "auto",
-  });
-  loadTasks();
+  jobs.clear();
+  rows.clear();
+  $("jobs").replaceChildren();
+  $("details").hidden = true;
+  $("create-error").textContent = "";
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  admin = Boolean(token) && tokenSaysAdmin(token);
+  summarize();
+  client = new Jobstream({ baseUrl: base, token, transport: params.get("transport") || "auto" });
+  loadTasks(client);
   watch = client.watchAll({
     onJobs: (batch) => batch.forEach(offer),
     onUpdate: offer,
@@ -203,6 +214,10 @@ $("token-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const token = $("token").value.trim();
   if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+  $("token").value = "";
   connect();
 });
+$("details-close").addEventListener("click", closeDetails);
+$("details").addEventListener("keydown", (event) => { if (event.key === "Escape") closeDetails(); });
+setInterval(() => tick($("jobs")), 1000);
 connect();

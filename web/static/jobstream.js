@@ -1,67 +1,54 @@
 // jobstream browser client: create jobs and follow them, over SSE with a polling fallback.
+// Dependency-free ES modules, no build step; types in jobstream.d.ts.
 //
 //   import { Jobstream } from "/static/jobstream.js";
 //   const js = new Jobstream({ token });            // token: a bearer JWT, or null (auth "none")
 //   const job = await js.createJob("demo.sleep", { seconds: 3, steps: 6 });
-//   const done = await js.follow(job, { onUpdate: (j) => render(j) });   // resolves on the end state
+//   const done = await js.follow(job, { persist: true, onUpdate: (j) => render(j) });
+//   // after a reload:  const ended = await js.resumeAll({ onUpdate: (j) => render(j) });
 //
 // follow() opens GET /jobs/{id}/events with EventSource (carrying a short-lived stream token,
 // never the bearer token, in its URL). When SSE cannot be had (the stream does not open within
-// `sseOpenTimeoutMs`, the server refuses it, or it keeps failing without delivering anything),
-// it falls back to long polling GET /jobs/{id}?wait= with If-None-Match, honouring Retry-After.
-// Updates are passed on only when their `version` is newer, so the two transports never make a
-// job go backwards.
+// `sseOpenTimeoutMs`, the server refuses it, or it fails `sseMaxErrors` times in a row), it
+// long-polls GET /jobs/{id}?wait= with If-None-Match, honouring Retry-After, and tries SSE
+// again after `sseRetryMs` (doubling up to `sseRetryMaxMs`) until it works. When the page
+// comes back into view or online it catches up with one request. Updates are passed on only
+// when their `version` is newer, so the transports never make a job go backwards.
 
-const TERMINAL = new Set(["SUCCESS", "FAILURE", "CANCELLED"]);
+import { JobstreamError, childController } from "./basics.js";
+import { FeedWatch } from "./feed.js";
+import { JobFollow } from "./follow.js";
+import { SavedJobs, defaultStorage } from "./saved-jobs.js";
 
-export function isTerminal(job) {
-  return TERMINAL.has(job.status);
-}
-
-export class JobstreamError extends Error {
-  // A problem+json answer: `status`, `problem` (the parsed body, or null).
-  constructor(status, problem) {
-    super((problem && (problem.detail || problem.title)) || `HTTP ${status}`);
-    this.name = "JobstreamError";
-    this.status = status;
-    this.problem = problem;
-  }
-}
-
-function sleep(ms, signal) {
-  return new Promise((resolve, reject) => {
-    if (signal && signal.aborted) return reject(signal.reason);
-    const timer = setTimeout(resolve, ms);
-    if (signal) {
-      signal.addEventListener("abort", () => { clearTimeout(timer); reject(signal.reason); }, { once: true });
-    }
-  });
-}
-
-function retryAfterMs(response, fallbackMs) {
-  const value = Number(response.headers.get("Retry-After"));
-  return Number.isFinite(value) && value >= 0 ? value * 1000 : fallbackMs;
-}
+export { JobstreamError, JobstreamTimeoutError, isTerminal } from "./basics.js";
 
 export class Jobstream {
   // baseUrl: where the API lives ("" = this origin's root; "/api" for a mounted app).
   // token: bearer JWT or null. transport: "auto" (SSE, then polling), "sse" or "poll".
+  // storage: where `persist` keeps jobs (localStorage by default; null: nowhere).
   constructor({
     baseUrl = "",
     token = null,
     transport = "auto",
     sseOpenTimeoutMs = 5000,
     sseMaxErrors = 3,
+    sseRetryMs = 2000,
+    sseRetryMaxMs = 60000,
     pollWaitSeconds = 25,
     pollIntervalMs = 1000,
+    storage = defaultStorage(),
+    storageKey,
   } = {}) {
     this.baseUrl = baseUrl.replace(/\/$/, "");
     this.token = token;
     this.transport = transport;
     this.sseOpenTimeoutMs = sseOpenTimeoutMs;
     this.sseMaxErrors = sseMaxErrors;
+    this.sseRetryMs = sseRetryMs;
+    this.sseRetryMaxMs = sseRetryMaxMs;
     this.pollWaitSeconds = pollWaitSeconds;
     this.pollIntervalMs = pollIntervalMs;
+    this.savedJobs = new SavedJobs(storage, storageKey || `jobstream.jobs:${this.baseUrl || "/"}`);
   }
 
   url(path) {
@@ -93,9 +80,17 @@ export class Jobstream {
   }
 
   // POST /jobs: the job as created (202), with `stream_token` when the server mints one.
-  createJob(type, input = {}, { delaySeconds, idempotencyKey, signal } = {}) {
+  createJob(type, input = {}, { delaySeconds, runAt, timeout, labels, callbackUrl, owner, idempotencyKey, signal } = {}) {
+    const options = {
+      delay_seconds: delaySeconds,
+      run_at: runAt instanceof Date ? runAt.toISOString() : runAt,
+      timeout,
+      labels,
+      callback_url: callbackUrl,
+      owner,
+    };
     const body = { type, input };
-    if (delaySeconds) body.delay_seconds = delaySeconds;
+    for (const [name, value] of Object.entries(options)) if (value != null) body[name] = value;
     const headers = idempotencyKey ? { "Idempotency-Key": idempotencyKey } : {};
     return this.json("POST", "/jobs", { body, headers, signal });
   }
@@ -104,12 +99,21 @@ export class Jobstream {
     return this.json("GET", `/jobs/${encodeURIComponent(id)}`, { signal });
   }
 
-  listJobs({ status, type, limit = 20, cursor, signal } = {}) {
+  // GET /jobs: newest first; pass `next_cursor` back as `cursor` for the next page.
+  listJobs({ status, type, labels, owner, limit = 20, cursor, signal } = {}) {
     const query = new URLSearchParams({ limit: String(limit) });
     if (status) query.set("status", status);
     if (type) query.set("type", type);
+    if (owner) query.set("owner", owner);
     if (cursor) query.set("cursor", cursor);
+    for (const [key, value] of Object.entries(labels || {})) query.append("label", `${key}:${value}`);
     return this.json("GET", `/jobs?${query}`, { signal });
+  }
+
+  // GET /jobs/{id}/result: { id, status, result } (result null until SUCCESS); a JobstreamError
+  // with status 409 (and the job's error in `problem.error`) if it ended FAILURE or CANCELLED.
+  getResult(id, { signal } = {}) {
+    return this.json("GET", `/jobs/${encodeURIComponent(id)}/result`, { signal });
   }
 
   cancelJob(id, { signal } = {}) {
@@ -131,176 +135,52 @@ export class Jobstream {
   }
 
   // Follow one job until it ends. `job` is a job id or a job (e.g. createJob's answer, whose
-  // stream_token is then used). onUpdate(job, mode) gets every newer state; onMode(mode) is told
-  // "sse" or "poll" when the transport is chosen. Resolves with the terminal job; rejects on
-  // abort (signal) or when the job cannot be read (404, 401).
-  async follow(job, { onUpdate = () => {}, onMode = () => {}, signal } = {}) {
-    const id = typeof job === "string" ? job : job.id;
-    let latest = typeof job === "string" ? null : job;
-    const offer = (candidate, mode) => {
-      if (latest && latest.status && candidate.version <= latest.version) return false;
-      latest = candidate;
-      onUpdate(candidate, mode);
-      return true;
-    };
-    if (latest && latest.status && latest.version !== undefined) onUpdate(latest, "initial");
-    if (latest && isTerminal(latest)) return latest;
-    if (this.transport !== "poll" && typeof EventSource !== "undefined") {
-      const done = await this.followSse(id, latest && latest.stream_token, offer, onMode, signal);
-      if (done) return done;
-    }
-    onMode("poll");
-    return this.followPoll(id, () => latest, offer, signal);
+  // stream_token is then used). onUpdate(job, how) gets every newer state ("initial", "sse",
+  // "poll" or "catch-up"); onMode(mode) is told "sse" or "poll" as the transport changes.
+  // persist: keep the job in localStorage until it ends, for resumeAll() after a reload.
+  // timeoutMs: give up, rejecting with a JobstreamTimeoutError (the job keeps running).
+  // Resolves with the terminal job; rejects on abort (signal), on timeout, or when the job
+  // cannot be read (a JobstreamError: 404, 401). Every request stops when it settles.
+  follow(job, options = {}) {
+    return new JobFollow(this, job, options).run();
   }
 
-  // Resolves with the terminal job, or with null when SSE is not working (fall back).
-  async followSse(id, streamToken, offer, onMode, signal) {
-    const path = `/jobs/${encodeURIComponent(id)}/events`;
-    let url;
+  // Follow every job saved by follow({ persist: true }) (in this page or an earlier one);
+  // resolves with their final states. A job the server no longer knows (404: expired, or
+  // another user's) is forgotten and left out. On any other failure every follow stops and
+  // the promise rejects.
+  async resumeAll({ onUpdate, onMode, signal, timeoutMs } = {}) {
+    const controller = childController(signal); // aborted at the end, which lets go of `signal`
+    const follow = (saved) =>
+      this.follow(saved.id, { persist: true, onUpdate, onMode, timeoutMs, signal: controller.signal })
+        .catch((err) => {
+          if (err instanceof JobstreamError && err.status === 404) return null;
+          controller.abort(err);
+          throw err;
+        });
     try {
-      url = await this.streamUrl(path, streamToken, `/jobs/${encodeURIComponent(id)}/stream-token`);
-    } catch (err) {
-      if (err instanceof JobstreamError && err.status === 404) throw err;
-      return null;
+      const ended = await Promise.all(this.persisted().map(follow));
+      return ended.filter((job) => job !== null);
+    } finally {
+      controller.abort();
     }
-    return new Promise((resolve, reject) => {
-      const source = new EventSource(url);
-      let delivered = false;
-      let errors = 0;
-      let finished = false;
-      const finish = (value, error) => {
-        if (finished) return;
-        finished = true;
-        clearTimeout(openTimer);
-        source.close();
-        if (signal) signal.removeEventListener("abort", onAbort);
-        if (error) reject(error); else resolve(value);
-      };
-      const onAbort = () => finish(null, signal.reason);
-      if (signal) {
-        if (signal.aborted) return finish(null, signal.reason);
-        signal.addEventListener("abort", onAbort, { once: true });
-      }
-      const openTimer = setTimeout(() => { if (!delivered) finish(null); }, this.sseOpenTimeoutMs);
-      source.addEventListener("job", (event) => {
-        let job;
-        try { job = JSON.parse(event.data); } catch { return; }
-        if (!delivered) { delivered = true; clearTimeout(openTimer); onMode("sse"); }
-        errors = 0;
-        offer(job, "sse");
-        if (isTerminal(job)) finish(job);
-      });
-      source.addEventListener("error", () => {
-        // CLOSED: the server refused the stream (401/404/503) or answered 204; the browser
-        // will not retry, so polling takes over (it also reports a 404 properly).
-        errors += 1;
-        if (source.readyState === EventSource.CLOSED || errors >= this.sseMaxErrors) finish(null);
-      });
-    });
   }
 
-  async followPoll(id, latest, offer, signal) {
-    const path = `/jobs/${encodeURIComponent(id)}`;
-    for (;;) {
-      if (signal && signal.aborted) throw signal.reason;
-      const current = latest();
-      const headers = {};
-      let query = "";
-      if (current && current.version !== undefined && current.status) {
-        headers["If-None-Match"] = `"${current.version}"`;
-        query = `?wait=${this.pollWaitSeconds}`;
-      }
-      let response;
-      const asked = Date.now();
-      try {
-        response = await this.request("GET", path + query, { headers, signal });
-      } catch (err) {
-        if (err instanceof JobstreamError && ![429, 502, 503, 504].includes(err.status)) throw err;
-        if (!(err instanceof JobstreamError) && signal && signal.aborted) throw err;
-        await sleep(this.pollIntervalMs, signal); // a network error or an overloaded server
-        continue;
-      }
-      if (response.status === 200) {
-        const job = await response.json();
-        offer(job, "poll");
-        if (isTerminal(job)) return job;
-      }
-      // After news (200) or a long poll that waited, ask again at once (the next request
-      // long-polls); a 304 that came back at once (the server cannot wait right now)
-      // waits Retry-After, so a client never spins.
-      const waited = Date.now() - asked >= this.pollIntervalMs;
-      const again = response.status === 200 || waited ? 0 : retryAfterMs(response, this.pollIntervalMs);
-      await sleep(again, signal);
-    }
+  // The jobs follow({ persist: true }) saved and that have not ended yet: [{ id, type, savedAt }].
+  persisted() {
+    return this.savedJobs.list();
+  }
+
+  // Stop keeping a saved job (it is not cancelled).
+  forget(id) {
+    this.savedJobs.remove(id);
   }
 
   // Follow all of the caller's jobs (the dashboard): GET /events, or GET /jobs every few
-  // seconds when SSE is not working. onJobs(jobs, mode) gets a snapshot (newest last),
-  // onUpdate(job, mode) each change. Returns { close(), mode }.
-  watchAll({ onJobs = () => {}, onUpdate = () => {}, onMode = () => {}, limit = 50 } = {}) {
-    const controller = new AbortController();
-    const watch = { mode: null, close: () => controller.abort() };
-    const setMode = (mode) => { watch.mode = mode; onMode(mode); };
-    const poll = async () => {
-      setMode("poll");
-      while (!controller.signal.aborted) {
-        let wait = this.pollIntervalMs * 2;
-        try {
-          const page = await this.listJobs({ limit, signal: controller.signal });
-          onJobs(page.jobs.slice().reverse(), "poll");
-        } catch (err) {
-          if (controller.signal.aborted) return;
-          if (err instanceof JobstreamError && err.status === 401) { setMode("unauthorized"); return; }
-          wait = this.pollIntervalMs * 5;
-        }
-        try { await sleep(wait, controller.signal); } catch { return; }
-      }
-    };
-    const sse = async () => {
-      if (this.transport === "poll" || typeof EventSource === "undefined") return poll();
-      let url;
-      try {
-        url = await this.streamUrl("/events", null, "/events/stream-token");
-      } catch (err) {
-        if (err instanceof JobstreamError && err.status === 401) { setMode("unauthorized"); return; }
-        return poll();
-      }
-      const source = new EventSource(url);
-      let delivered = false;
-      let errors = 0;
-      let batch = [];
-      let flush = null;
-      const fallback = () => { source.close(); clearTimeout(openTimer); if (!controller.signal.aborted) poll(); };
-      const openTimer = setTimeout(() => { if (!delivered) fallback(); }, this.sseOpenTimeoutMs);
-      controller.signal.addEventListener("abort", () => { source.close(); clearTimeout(openTimer); }, { once: true });
-      const opened = () => {
-        errors = 0;
-        if (!delivered) { delivered = true; clearTimeout(openTimer); }
-        if (watch.mode !== "sse") setMode("sse");
-      };
-      source.addEventListener("open", opened); // the feed may have no job to send yet
-      source.addEventListener("job", (event) => {
-        let job;
-        try { job = JSON.parse(event.data); } catch { return; }
-        opened();
-        // Events that arrive in one burst (the snapshot) are handed over together.
-        batch.push(job);
-        if (flush === null) {
-          flush = setTimeout(() => {
-            const jobs = batch;
-            batch = [];
-            flush = null;
-            if (jobs.length === 1) onUpdate(jobs[0], "sse"); else onJobs(jobs, "sse");
-          }, 0);
-        }
-      });
-      source.addEventListener("error", () => {
-        errors += 1;
-        if (source.readyState === EventSource.CLOSED || errors >= this.sseMaxErrors) fallback();
-        else setMode("reconnecting");
-      });
-    };
-    sse();
-    return watch;
+  // seconds while SSE is not working. onJobs(jobs, how) gets a snapshot (newest last),
+  // onUpdate(job, how) each change, onMode(mode) "sse", "poll", "reconnecting" or
+  // "unauthorized". Returns { mode, close() }.
+  watchAll(options = {}) {
+    return new FeedWatch(this, options).start();
   }
 }
