@@ -118,13 +118,15 @@ class JobStore:
         Safe to re-send after a lost reply: a create that finds its own id took effect.
         """
         replace_dangling = False
-        placement = Placement(self.keys.partitions, self.settings.max_active_per_owner)
+        settings = self.settings  # an idempotency key outlives its job's life (active, then kept):
+        idem_ttl = settings.active_ttl_seconds + settings.retention_seconds if idempotency_key else 0
+        placement = Placement(self.keys.partitions, settings.max_active_per_owner)
         partitions = placement.candidates(owner, idempotency_key)
         job_id = new_job_id(next(partitions))
         while True:
             opts = CreateOpts(
                 max_active=placement.share(partition_of(job_id)) or 0,
-                idempotency_ttl=self._idempotency_ttl if idempotency_key else 0,
+                idempotency_ttl=idem_ttl,
                 run_at=run_at_ms,
                 delay_ms=delay_ms,
                 replace_idempotency=replace_dangling,
@@ -150,11 +152,6 @@ class JobStore:
             if job.type != task or msgspec.json.decode(job.input) != msgspec.json.decode(input_json):
                 raise IdempotencyConflict(existing)
             return job, False
-
-    @property
-    def _idempotency_ttl(self) -> int:
-        """An idempotency key outlives its job's longest possible life (active, then kept)."""
-        return self.settings.active_ttl_seconds + self.settings.retention_seconds
 
     async def _create(
         self,
