@@ -16,6 +16,7 @@ from broker.keys import partition_of
 from broker.store import JobStore
 from broker.topology import parse_redis_url
 from tests.support.keyspace import index_size, queue_length
+from tests.support.web_support import app_client, web_settings
 
 pytestmark = pytest.mark.topologies("cluster")
 
@@ -55,3 +56,20 @@ async def _scan(cluster: RedisCluster, node: Any, pattern: str) -> Any:
         cursor = int(cursors[node.name])
         if cursor == 0:
             return
+
+
+async def test_every_kind_of_web_route_answers_on_cluster(redis_url: str, prefix: str) -> None:
+    """The web app's routes on Cluster: health, the operator reads, and a job's whole life."""
+    async with app_client(web_settings(redis_url, prefix, auth="none")) as client:
+        for path in ("/healthz", "/readyz", "/queues", "/workers", "/metrics", "/events/stats", "/tasks"):
+            assert (await client.get(path)).status_code == 200, path
+        created = await client.post("/jobs", json={"type": "demo.sleep", "input": {"seconds": 30}})
+        assert created.status_code == 202, created.text
+        job = created.json()
+        assert (await client.get(f"/jobs/{job['id']}")).json()["status"] == "PENDING"
+        assert (await client.get(f"/jobs/{job['id']}/result")).status_code == 202
+        listed = (await client.get("/jobs", params={"limit": 5})).json()
+        assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+        cancelled = await client.post(f"/jobs/{job['id']}/cancel")
+        assert cancelled.json()["status"] == "CANCELLED"
+        assert (await client.get(f"/jobs/{job['id']}/result")).status_code == 409

@@ -16,11 +16,11 @@ from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.asyncio import Redis
 
 from broker.fleet import QueueStats, WorkerInfo, live_workers, queue_stats
 from broker.registry import registry
 from broker.settings import Settings
+from broker.store import JobStore
 from hub.event_hub import EventHub, HubStats
 from web.auth import METRICS_OPT, operator_guard
 from web.openapi import problem_responses
@@ -41,17 +41,17 @@ OPERATOR_ROUTE: dict[str, Any] = {
 
 
 @get("/queues", summary="Queue depths", **OPERATOR_ROUTE)
-async def list_queues(redis: NamedDependency[Redis], settings: NamedDependency[Settings]) -> list[QueueStats]:
+async def list_queues(
+    store: NamedDependency[JobStore], settings: NamedDependency[Settings]
+) -> list[QueueStats]:
     """Per queue: entries waiting, held by workers (in flight), delayed, and dead-lettered."""
-    return await queue_stats(redis, settings.keys, _queues(settings))
+    return await queue_stats(store.redis, store.keys, _queues(settings))
 
 
 @get("/workers", summary="Live workers", **OPERATOR_ROUTE)
-async def list_workers(
-    redis: NamedDependency[Redis], settings: NamedDependency[Settings]
-) -> list[WorkerInfo]:
+async def list_workers(store: NamedDependency[JobStore]) -> list[WorkerInfo]:
     """Workers whose heartbeat is current: host, pid, queues, running job ids, counters."""
-    return await live_workers(redis, settings.keys)
+    return await live_workers(store.redis, store.keys)
 
 
 class _Snapshot(Collector):
@@ -112,10 +112,10 @@ class _Snapshot(Collector):
     **OPERATOR_ROUTE,
 )
 async def metrics(
-    request: Request[Any, Any, Any], redis: NamedDependency[Redis], settings: NamedDependency[Settings]
+    request: Request[Any, Any, Any], store: NamedDependency[JobStore], settings: NamedDependency[Settings]
 ) -> Response[bytes]:
     """Queue depths, live workers and their counters, and this process's live-update figures."""
-    keys = settings.keys
+    redis, keys = store.redis, store.keys
     hub: EventHub | None = getattr(request.app.state, "hub", None)
     snapshot = _Snapshot(
         await queue_stats(redis, keys, _queues(settings)),

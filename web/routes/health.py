@@ -7,9 +7,9 @@ from typing import NoReturn
 
 from litestar import get
 from litestar.di import NamedDependency
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from broker.store import JobStore
 from hub.event_hub import EventHub
 from web.auth import EXCLUDE_KEY
 from web.openapi import problem_responses
@@ -28,7 +28,7 @@ async def healthz() -> Health:
 
 
 @get("/readyz", opt=_PUBLIC, tags=["ops"], responses=problem_responses(503), summary="Readiness")
-async def readyz(redis: NamedDependency[Redis], hub: NamedDependency[EventHub]) -> Health:
+async def readyz(store: NamedDependency[JobStore], hub: NamedDependency[EventHub]) -> Health:
     """Ready when Redis answers PING and the event hub's pub/sub connection is up; otherwise 503.
 
     Without the hub a process would answer reads but refuse every event stream, so it is
@@ -36,7 +36,7 @@ async def readyz(redis: NamedDependency[Redis], hub: NamedDependency[EventHub]) 
     """
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            await redis.ping()
+            await store.redis.ping()
     except (RedisError, OSError, TimeoutError) as err:
         _not_ready(f"Redis is not reachable ({type(err).__name__})")
     if not hub.connected:
