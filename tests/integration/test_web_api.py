@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from broker.keys import Keys
 from broker.settings import Settings
+from broker.store import JobStore
 from devtools.embedded_redis import free_port
 from tests.support.web_support import PROBLEM_JSON, app_client, job_keys, keys_under, web_settings
 from web.app import create_app, normalize_prefix
@@ -374,13 +375,13 @@ async def test_health_readiness_and_home(client: Client) -> None:
 
 async def test_readyz_is_503_when_redis_is_gone(client: Client) -> None:
     app = client.app
-    live = app.state.redis
-    app.state.redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    live: JobStore = app.state.store
+    app.state.store = JobStore(Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), live.settings)
     try:
         response = await client.get("/readyz")
     finally:
-        await app.state.redis.aclose()
-        app.state.redis = live
+        await app.state.store.redis.aclose()
+        app.state.store = live
     problem = assert_problem(response, 503)
     assert "Redis" in problem["detail"]
     assert (await client.get("/healthz")).status_code == 200
