@@ -24,8 +24,9 @@ function element(tag, { className, text, children = [], ...attributes } = {}) {
   return node;
 }
 
-// The end of the id: its start is a timestamp (UUIDv7), the same for jobs created together.
-const shortId = (id) => id.slice(-8);
+// Random hex near the id's end: a UUIDv7 starts with its creation time (the same for jobs
+// created together) and ends with its partition (the same for every job on one Redis).
+const shortId = (id) => id.slice(-11, -3);
 const hidden = (text) => element("span", { className: "sr-only", text });
 const cardLabel = (text) => element("span", { className: "card-label", text: `${text} ` });
 
