@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -231,9 +231,45 @@ def open_redis(
     return Redis.from_pool(ConnectionPool.from_url(topology.url, **options))
 
 
+_CLIENT_BREAKAGE = (AttributeError, RuntimeError)
+"""What redis-py's Cluster client raises from inside a connection another task closed under it
+(``'NoneType' object has no attribute 'writelines'``; uvloop's "unable to perform operation on
+<TCPTransport closed=True>"): seen when a node restarts under load."""
+
+
+class _Pipeline(ClusterPipeline):
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        """redis-py's, with a connection broken under it reported as a ``ConnectionError``."""
+        try:
+            return await super().execute(*args, **kwargs)
+        except _CLIENT_BREAKAGE as err:
+            raise RedisConnectionError(f"a cluster connection broke: {err!r}") from err
+
+
+class ClusterClient(RedisCluster):
+    """redis-py's ``RedisCluster``, with its failures all ``RedisError``s.
+
+    Every Redis call has a policy: retried, best effort, or a 503 (docs/ARCHITECTURE.md,
+    "Faults"). Each policy catches Redis's and the network's errors; an ``AttributeError``
+    from inside redis-py's connection handling would instead have reached a task as its own
+    failure. So both ways in (a command, a pipeline) report it as a ``ConnectionError``.
+    """
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        """redis-py's, with a connection broken under it reported as a ``ConnectionError``."""
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except _CLIENT_BREAKAGE as err:
+            raise RedisConnectionError(f"a cluster connection broke: {err!r}") from err
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        """redis-py's pipeline, reporting a connection broken under it as a ``ConnectionError``."""
+        return _Pipeline(self, transaction)  # type: ignore[abstract]  # as redis-py makes its own
+
+
 def _cluster(topology: Topology, max_connections: int | None, options: dict[str, Any]) -> RedisCluster:
     options.pop("retry_on_timeout", None)  # not a RedisCluster option; its retry covers timeouts
-    return RedisCluster(
+    return ClusterClient(
         startup_nodes=[ClusterNode(host, port) for host, port in topology.nodes],
         username=topology.username,
         password=topology.password,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from broker.settings import DEFAULT_CLUSTER_PARTITIONS, load_settings
-from broker.topology import InvalidRedisUrl, Topology, parse_redis_url
+from broker.topology import InvalidRedisUrl, Topology, open_redis, parse_redis_url
 
 
 def test_a_plain_url_is_one_redis_passed_as_it_is() -> None:
@@ -78,3 +80,21 @@ def test_create_replicas_is_refused_on_cluster() -> None:
     assert load_settings({"JOBSTREAM_CREATE_REPLICAS": "1"}).create_replicas == 1
     with pytest.raises(msgspec.ValidationError, match="create_replicas"):
         load_settings({"JOBSTREAM_REDIS_URL": "redis+cluster://n:7000", "JOBSTREAM_CREATE_REPLICAS": "1"})
+
+
+async def test_a_cluster_connection_broken_under_redis_py_is_a_connection_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """redis-py's Cluster client can raise AttributeError from a connection another task closed;
+    jobstream's client reports it as the ConnectionError every fault policy handles."""
+
+    async def broken(*_args: object, **_kwargs: object) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+    client = open_redis(parse_redis_url("redis+cluster://127.0.0.1:1"))
+    monkeypatch.setattr(RedisCluster, "execute_command", broken)
+    monkeypatch.setattr(ClusterPipeline, "execute", broken)
+    with pytest.raises(RedisConnectionError, match="writelines"):
+        await client.execute_command("GET", "k")
+    with pytest.raises(RedisConnectionError, match="writelines"):
+        await client.pipeline(transaction=False).execute()
