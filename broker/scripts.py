@@ -32,12 +32,14 @@ class Reply(NamedTuple):
     """What a job script answers: its code, and the record or the detail that comes with it.
 
     ``record``: the job's fields after the change (create, start, cancel); ``detail``: the
-    job's status on ``BAD_TRANSITION``/``SKIPPED``, or the existing job id on ``DUPLICATE``.
+    job's status on ``BAD_TRANSITION``/``SKIPPED``, or the existing job id on ``DUPLICATE``;
+    ``waited_ms``: how long a started job had waited since it was due (start only).
     """
 
     code: ScriptCode
     record: dict[bytes, bytes] | None = None
     detail: str | None = None
+    waited_ms: int | None = None
 
 
 class Progressed(NamedTuple):
@@ -136,7 +138,7 @@ def _reply(raw: list[Any]) -> Reply:
     if len(raw) < 2:
         return Reply(code)
     if isinstance(raw[1], list):
-        return Reply(code, pairs_to_fields(raw[1]))
+        return Reply(code, pairs_to_fields(raw[1]), None, int(raw[2]) if len(raw) > 2 else None)
     detail = raw[1]
     return Reply(code, None, detail.decode() if isinstance(detail, bytes) else str(detail))
 
@@ -185,6 +187,8 @@ class Scripts:
             k.idempotency(owner, idempotency_key, p) if idempotency_key else k.tag(p),
             k.queue(queue, p),
             k.delayed(queue, p),
+            k.all_jobs(p),
+            k.counts(p),
         )
         args = (k.events(p), job_id, task, owner, queue, input_json, active_ttl, message)
         return _reply(await self._call("create_job", keys, (*args, _pack_opts(opts))))

@@ -91,6 +91,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_queues: str = ""
     # Freeze what start-up made and collect garbage rarely (see ``workers.gc_tuning``).
     worker_gc_freeze: bool = True
+    # Each worker process serves its own Prometheus metrics on this port (0: none).
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "0.0.0.0"
     # Live updates.
     stream_token_ttl_seconds: int = 300
     sse_keepalive_seconds: float = 15.0

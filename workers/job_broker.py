@@ -65,6 +65,7 @@ from workers.executor import JobExecutor
 from workers.frames import JobFormatter, split_batch, split_frame
 from workers.leases import Leases
 from workers.webhook_sender import WebhookSender
+from workers.worker_metrics import serve_worker_metrics
 
 log = logging.getLogger("jobstream.broker")
 _SHUTDOWN_WRITES_SECONDS = 5.0
@@ -140,6 +141,11 @@ class JobBroker(AsyncBroker):
         )
         self.deliveries = deliveries
         self.leases = Leases(self.settings, deliveries, executor, self.watch)
+        self.leases.slots = limit
+        executor.on_running_changed = self.leases.changed
+        if self.settings.worker_metrics_port:
+            host, port = self.settings.worker_metrics_host, self.settings.worker_metrics_port
+            serve_worker_metrics(port, host, limit, lambda: len(executor.running))
         self._cancels = self._cancel_listener(executor)
         await self._cancels.start()
         self._loops = [
