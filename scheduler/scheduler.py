@@ -29,6 +29,7 @@ from taskiq import ScheduledTask, ScheduleSource, TaskiqScheduler
 from taskiq.exceptions import SendTaskError
 
 from broker.connection import STARTUP_PATIENCE_SECONDS, RedisWatch, resilient_options, until_redis_answers
+from broker.log_format import use_log_format
 from broker.queues import ensure_groups
 from broker.scripts import Scripts
 from broker.settings import Settings
@@ -75,6 +76,7 @@ class JobScheduler(TaskiqScheduler):
 
     async def startup(self) -> None:
         """Start the broker, create the consumer groups, and start the maintenance timers."""
+        use_log_format(self.settings.log_format)
         await super().startup()
         redis = self._redis = open_redis(self.settings.topology, **resilient_options())
         broker = self.job_broker

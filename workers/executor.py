@@ -21,6 +21,7 @@ import msgspec
 
 from broker.connection import REDIS_FAULTS, RedisWatch, until_redis_answers
 from broker.errors import IllegalTransition, JobNotFound, JobstreamError, StaleAttempt
+from broker.log_format import enter_job, leave_job
 from broker.models import JobError, JobStatus
 from broker.registry import JobContext, TaskRegistry, TaskSpec
 from broker.store import Delivery, JobStore, Started
@@ -140,12 +141,16 @@ class JobExecutor:
         if started is None:
             return
         began = time.monotonic()
-        self.metrics.started(started.job.type, started.waited_ms)
+        job = started.job
+        self.metrics.started(job.type, started.waited_ms)
+        logged = enter_job(job.id, job.type, job.owner, started.attempt)
         try:
             ended = await self._run_started(started, delivery, received)
         except LeaseLapsed:
             ended = "lost"
-        self.metrics.ended(started.job.type, ended, time.monotonic() - began)
+        finally:
+            leave_job(logged)
+        self.metrics.ended(job.type, ended, time.monotonic() - began)
 
     async def _run_started(self, started: Started, delivery: Delivery, received: float) -> str:
         """Run a started job and record its end; answers how the attempt ended (an outcome of

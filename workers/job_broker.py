@@ -51,6 +51,7 @@ from broker.connection import (
     until_redis_answers,
 )
 from broker.default_client import close_default_jobstream
+from broker.log_format import set_worker, use_log_format
 from broker.message import decode_message
 from broker.queues import ensure_groups
 from broker.registry import TaskRegistry
@@ -122,6 +123,8 @@ class JobBroker(AsyncBroker):
         if not self.is_worker_process:
             return
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        set_worker(self.consumer_name)
+        use_log_format(self.settings.log_format)
         # Taskiq logs a line per task at INFO; at thousands of jobs a second that is a
         # sizeable share of the worker's time. Job changes are in Redis and its events.
         logging.getLogger("taskiq.receiver.receiver").setLevel(logging.WARNING)
