@@ -151,14 +151,31 @@ def _count(reply: Any) -> int:
 _COUNTERS = ("started", "succeeded", "failed", "retried", "cancelled", "lost")
 
 
-async def live_workers(redis: RedisClient, keys: Keys) -> list[WorkerInfo]:
-    """Every worker whose heartbeat has not expired (SCAN, never KEYS)."""
+HEARTBEAT_TTL_LEASES = 3
+"""A heartbeat's TTL, in leases: every beat sets it again (``workers.leases``)."""
+
+
+async def live_workers(
+    redis: RedisClient, keys: Keys, lease_seconds: float | None = None
+) -> list[WorkerInfo]:
+    """Every worker whose heartbeat has not expired (SCAN, never KEYS); with ``lease_seconds``,
+    also none that missed two beats in a row (a worker beats every lease/3): a SIGKILLed
+    worker leaves the list after about two thirds of a lease, not only once its key expires.
+    The key's remaining TTL tells, so the hosts' clocks do not matter."""
     found = [key async for key in redis.scan_iter(match=keys.worker_pattern, count=500)]
     async with redis.pipeline(transaction=False) as pipe:
         for key in found:
             pipe.hgetall(key)
-        records: list[dict[bytes, bytes]] = await pipe.execute()
-    workers = [_worker(record) for record in records if record.get(b"consumer")]
+            pipe.pttl(key)
+        replies: list[Any] = await pipe.execute()
+    fresh_ms = -1.0
+    if lease_seconds is not None:  # the TTL left after two missed beats, and a second to spare
+        fresh_ms = (HEARTBEAT_TTL_LEASES - 2 / 3) * lease_seconds * 1000 - 1000
+    workers = [
+        _worker(record)
+        for record, ttl_ms in zip(replies[::2], replies[1::2], strict=True)
+        if record.get(b"consumer") and (ttl_ms < 0 or ttl_ms >= fresh_ms)
+    ]
     return sorted(workers, key=lambda w: w.consumer)
 
 

@@ -35,6 +35,7 @@ from web.routes.admin import ROUTES as ADMIN_ROUTES
 from web.routes.dashboard import ROUTES as DASHBOARD_ROUTES
 from web.routes.health import healthz, readyz
 from web.routes.jobs import JobController
+from web.routes.operator_page import operator_page
 from web.routes.task_catalog import list_tasks
 
 
@@ -89,6 +90,7 @@ def create_app(
             healthz,
             readyz,
             *DASHBOARD_ROUTES,
+            operator_page,
         ],
     )
     exclude = [f"^{re.escape(docs_path)}(/|$)"]

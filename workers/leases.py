@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from broker.connection import REDIS_FAULTS, RedisWatch, backoff
+from broker.fleet import HEARTBEAT_TTL_LEASES
 from broker.settings import Settings
 from broker.store import GROUP
 from broker.topology import RedisClient
@@ -32,7 +33,6 @@ from workers.deliveries import Deliveries
 from workers.executor import JobExecutor
 
 log = logging.getLogger("jobstream.broker")
-_HEARTBEAT_FIELDS_TTL_LEASES = 3
 _HAND_BACK_IDLE_LEASES = 10
 """A handed-back entry's idle time, in leases: far past one, so the next reclaim anywhere takes it."""
 PROMPT_BEAT_SECONDS = 0.2
@@ -160,5 +160,5 @@ class Leases:
                 **counters,
             }
             pipe.hset(key, mapping=mapping)
-            pipe.expire(key, max(1, int(self.settings.lease_seconds * _HEARTBEAT_FIELDS_TTL_LEASES)))
+            pipe.pexpire(key, max(1000, int(self.settings.lease_seconds * HEARTBEAT_TTL_LEASES * 1000)))
             await pipe.execute()

@@ -52,7 +52,7 @@ OPERATOR_ROUTE: dict[str, Any] = {
 async def list_queues(redis: NamedDependency[Redis], settings: NamedDependency[Settings]) -> list[QueueStats]:
     """Per queue: entries waiting, in flight, delayed and dead-lettered, the group's lag, the
     oldest waiting entry's age, and the live workers' slots and busy slots."""
-    workers = await live_workers(redis, settings.keys)
+    workers = await live_workers(redis, settings.keys, settings.lease_seconds)
     return await queue_stats(redis, settings.keys, _queues(settings), workers)
 
 
@@ -60,9 +60,10 @@ async def list_queues(redis: NamedDependency[Redis], settings: NamedDependency[S
 async def list_workers(
     redis: NamedDependency[Redis], settings: NamedDependency[Settings]
 ) -> list[WorkerInfo]:
-    """Workers whose heartbeat is current: host, pid, queues, running job ids (within a
-    fraction of a second of a start or an end), slots, busy slots by queue, counters."""
-    return await live_workers(redis, settings.keys)
+    """Workers whose heartbeat is current (one that missed two beats is left out): host, pid,
+    queues, running job ids (within a fraction of a second of a start or an end), slots, busy
+    slots by queue, counters."""
+    return await live_workers(redis, settings.keys, settings.lease_seconds)
 
 
 _QUEUE_GAUGES = (
@@ -139,7 +140,7 @@ async def metrics(
     SSE and pub/sub figures, and its process metrics."""
     keys = settings.keys
     streams: EventStreams | None = getattr(request.app.state, "streams", None)
-    workers = await live_workers(redis, keys)
+    workers = await live_workers(redis, keys, settings.lease_seconds)
     snapshot = _Snapshot(
         await queue_stats(redis, keys, _queues(settings), workers),
         workers,
