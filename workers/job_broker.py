@@ -31,10 +31,11 @@ import functools
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import msgspec
 from redis.exceptions import RedisError
@@ -43,14 +44,12 @@ from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
 from taskiq.message import BrokerMessage
 
-from broker.api import Jobstream
 from broker.connection import (
     STARTUP_PATIENCE_SECONDS,
     RedisWatch,
     resilient_options,
     until_redis_answers,
 )
-from broker.default_client import close_default_jobstream
 from broker.log_format import set_worker, use_log_format
 from broker.message import decode_message
 from broker.queues import ensure_groups
@@ -67,6 +66,9 @@ from workers.frames import JobFormatter, split_batch, split_frame
 from workers.leases import Leases
 from workers.webhook_sender import WebhookSender
 from workers.worker_metrics import serve_worker_metrics
+
+if TYPE_CHECKING:
+    from broker.api import Jobstream
 
 log = logging.getLogger("jobstream.broker")
 _SHUTDOWN_WRITES_SECONDS = 5.0
@@ -173,7 +175,9 @@ class JobBroker(AsyncBroker):
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._cancels is not None:
             await self._cancels.stop()
-        if self.is_worker_process:
+        if self.is_worker_process and "broker.default_client" in sys.modules:
+            from broker.default_client import close_default_jobstream  # made only if task code used it
+
             await close_default_jobstream()  # the one task code's submit/kiq made, if any
         await super().shutdown()
         await self.redis.aclose()
@@ -322,7 +326,10 @@ class JobBroker(AsyncBroker):
 
     @functools.cached_property
     def _jobs(self) -> Jobstream:
-        """The public API on this broker's pool (scripts load on first use, by EVALSHA's fallback)."""
+        """The public API on this broker's pool (scripts load on first use, by EVALSHA's fallback);
+        imported here, as only the scheduler kicks: a worker starts without the event hub."""
+        from broker.api import Jobstream
+
         return Jobstream(self.redis, self.settings, self.registry)
 
 
