@@ -147,7 +147,7 @@ async def test_metrics_move_with_a_run_and_the_oldest_waiting_age_falls_back_to_
     assert slept is not None and 0.2 <= slept < 5
     waited = value(worker, "jobstream_job_queue_wait_seconds_sum", task="demo.noop")
     assert value(worker, "jobstream_job_queue_wait_seconds_count", task="demo.noop") == 3
-    assert waited is not None and waited >= 3 * age  # they waited at least as long as sampled
+    assert waited is not None and waited >= age  # the oldest alone waited longer than sampled
     assert value(worker, "jobstream_worker_slots") == 100
     assert value(worker, "jobstream_worker_busy_slots") == 0
 
