@@ -32,14 +32,19 @@ class Reply(NamedTuple):
     """What a job script answers: its code, and the record or the detail that comes with it.
 
     ``record``: the job's fields after the change (create, start, cancel); ``detail``: the
-    job's status on ``BAD_TRANSITION``/``SKIPPED``, or the existing job id on ``DUPLICATE``;
-    ``waited_ms``: how long a started job had waited since it was due (start only).
+    job's status on ``BAD_TRANSITION``/``SKIPPED``, or the existing job id on ``DUPLICATE``.
     """
 
     code: ScriptCode
     record: dict[bytes, bytes] | None = None
     detail: str | None = None
-    waited_ms: int | None = None
+
+
+class StartReply(NamedTuple):
+    """``start_job``'s :class:`Reply`, and the ms the job waited since due (None: a re-sent start)."""
+
+    reply: Reply
+    waited_ms: int | None
 
 
 class Progressed(NamedTuple):
@@ -138,7 +143,7 @@ def _reply(raw: list[Any]) -> Reply:
     if len(raw) < 2:
         return Reply(code)
     if isinstance(raw[1], list):
-        return Reply(code, pairs_to_fields(raw[1]), None, int(raw[2]) if len(raw) > 2 else None)
+        return Reply(code, pairs_to_fields(raw[1]))
     detail = raw[1]
     return Reply(code, None, detail.decode() if isinstance(detail, bytes) else str(detail))
 
@@ -180,16 +185,9 @@ class Scripts:
     ) -> Reply:
         """A new PENDING job: OK with its record, DUPLICATE with the existing id, or QUOTA."""
         k, p = self.keys, partition_of(job_id)
-        keys = (
-            k.job(job_id),
-            k.owner_jobs(owner, p),
-            k.owner_active(owner, p),
-            k.idempotency(owner, idempotency_key, p) if idempotency_key else k.tag(p),
-            k.queue(queue, p),
-            k.delayed(queue, p),
-            k.all_jobs(p),
-            k.counts(p),
-        )
+        idem = k.idempotency(owner, idempotency_key, p) if idempotency_key else k.tag(p)
+        keys: tuple[str, ...] = (k.job(job_id), k.owner_jobs(owner, p), k.owner_active(owner, p), idem)
+        keys += (k.queue(queue, p), k.delayed(queue, p), k.all_jobs(p), k.counts(p))
         args = (k.events(p), job_id, task, owner, queue, input_json, active_ttl, message)
         return _reply(await self._call("create_job", keys, (*args, _pack_opts(opts))))
 
@@ -204,11 +202,12 @@ class Scripts:
         dispatch: int,
         active_ttl: int,
         run_token: str,
-    ) -> Reply:
+    ) -> StartReply:
         """PENDING -> PROCESSING: OK with the record, or STALE, NOT_FOUND, SKIPPED (status)."""
         k = self.keys
         args = (k.events(partition_of(job_id)), group, consumer, entry_id, dispatch, active_ttl, run_token)
-        return _reply(await self._call("start_job", (k.job(job_id), stream), args))
+        raw = await self._call("start_job", (k.job(job_id), stream), args)
+        return StartReply(_reply(raw), int(raw[2]) if len(raw) > 2 else None)
 
     async def progress_job(
         self, *, job_id: str, attempt: int, progress: float, active_ttl: int, opts: ProgressOpts

@@ -236,7 +236,7 @@ class JobStore:
         after a dropped connection, the start counts once and answers the same job.
         """
         run_token = token or uuid.uuid4().hex
-        reply = await self._resend_safe(
+        started = await self._resend_safe(
             lambda: self.scripts.start_job(
                 job_id=delivery.job_id,
                 stream=delivery.stream,
@@ -248,9 +248,10 @@ class JobStore:
                 run_token=run_token,
             )
         )
+        reply = started.reply
         if reply.code != ScriptCode.OK or reply.record is None:
             return None
-        return Started.from_record(reply.record, reply.waited_ms)
+        return Started.from_record(reply.record, started.waited_ms)
 
     async def progress(
         self,
