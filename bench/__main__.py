@@ -23,6 +23,7 @@ SCENARIOS = {
     "latency": "one job at a time: enqueue -> SUCCESS and progress -> SSE client, against Redis's RTT",
     "fanout": "10,000 idle SSE streams on one web process, one job: delivery time, RSS per stream",
     "cluster": "the throughput workload on a three-primary Redis Cluster against one Redis, 1 and 3 workers",
+    "startup": "a new worker process: spawn to its first job started, and its imports alone",
 }
 
 

@@ -267,7 +267,7 @@ class Jobstream:
 
     async def list(
         self,
-        owner: str,
+        owner: str | None,
         *,
         status: JobStatus | None = None,
         task: str | None = None,
@@ -275,7 +275,8 @@ class Jobstream:
         limit: int = 20,
         cursor: str | None = None,
     ) -> Page:
-        """The owner's jobs, newest first (creation order); pass ``page.cursor`` for the next page.
+        """The owner's jobs (None: every owner's, an admin's view), newest first (creation
+        order); pass ``page.cursor`` for the next page.
 
         ``labels`` keeps the jobs carrying all of these labels. Listing never counts as a fetch.
         """

@@ -67,6 +67,15 @@ class Keys:
         """Sorted set of job ids whose webhook is due, by due ms (a claimed one: by lease end)."""
         return f"{self.tag(partition)}webhooks:due"
 
+    def all_jobs(self, partition: int) -> str:
+        """Sorted set of every job id in the partition, by the creation sequence of the owner
+        indexes: what an admin lists, merged over the partitions as an owner's are."""
+        return f"{self.tag(partition)}jobs"
+
+    def counts(self, partition: int) -> str:
+        """Hash of the partition's running totals, kept by the scripts: ``created:<task>``."""
+        return f"{self.tag(partition)}counts"
+
     def owner_jobs(self, owner: str, partition: int) -> str:
         """Sorted set of the owner's job ids in the partition, by creation sequence."""
         return f"{self.tag(partition)}owner:{owner}:jobs"

@@ -31,7 +31,7 @@ class Page:
 async def list_jobs(
     redis: RedisClient,
     keys: Keys,
-    owner: str,
+    owner: str | None,
     *,
     status: JobStatus | None = None,
     task: str | None = None,
@@ -39,20 +39,23 @@ async def list_jobs(
     limit: int = 20,
     cursor: str | None = None,
 ) -> Page:
-    """The owner's jobs, newest first, optionally filtered; resumable with ``cursor``.
+    """The owner's jobs (None: everyone's), newest first, optionally filtered; resumable with ``cursor``.
 
     ``labels`` keeps the jobs that carry every one of these labels (key and value).
 
     The order is (creation sequence, id) descending and the cursor names the last job
     returned, so jobs created while a client pages neither repeat nor shift a page. The
-    owner's index is kept per partition; a page merges them (:class:`_Merge`). Reads the
+    owner's index is kept per partition, and so is the index of every job (``owner=None``); a
+    page merges a partition's indexes (:class:`_Merge`). Reads the
     indexes in bounded batches; ids whose record expired are skipped (the cleanup task
     prunes them). A page may hold fewer than ``limit`` jobs when a filter matches rarely;
     the cursor then continues the scan where it stopped.
     """
     after = _parse_cursor(cursor)
     batch = max(limit * 2, 50)
-    merge = _Merge(redis, [keys.owner_jobs(owner, p) for p in range(keys.partitions)], after, batch)
+    partitions = range(keys.partitions)
+    indexes = [keys.all_jobs(p) if owner is None else keys.owner_jobs(owner, p) for p in partitions]
+    merge = _Merge(redis, indexes, after, batch)
     found: list[Job] = []
     last: tuple[float, str] | None = after
     scanned = 0
@@ -72,7 +75,7 @@ async def list_jobs(
 
 
 class _Merge:
-    """A k-way merge of the owner's per-partition indexes, newest first, below ``after``.
+    """A k-way merge of per-partition indexes (an owner's, or every job's), newest first, below ``after``.
 
     Each index is read in batches; a row is handed out only once every index that may hold
     more rows has its next row buffered, so none could still hold a newer one. With one

@@ -72,6 +72,8 @@ class Job(msgspec.Struct, kw_only=True):
     run_at: datetime | None = None
     version: int
     cancel_requested: bool = False
+    # The worker (consumer) running it, or that ran its last attempt; admins only over HTTP.
+    worker: str | None = None
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     created_by: str | None = None  # the service that created it for its owner (None: the owner did)
     timeout_seconds: float | None = None  # this job's own timeout (None: its task's)
@@ -147,6 +149,7 @@ def job_from_fields(fields: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[
         run_at=_time(f.get("run_at")),
         version=int(f.get("version") or 0),
         cancel_requested=bool(f.get("cancel_requested")),
+        worker=_text(f.get("worker")),
         labels=_labels_decoder.decode(labels) if labels else {},
         created_by=_text(f.get("created_by")),
         timeout_seconds=_num(f.get("timeout")),
@@ -182,6 +185,12 @@ def without_traceback(job: Job) -> Job:
         return job
     details = {key: value for key, value in error.details.items() if key != "traceback"}
     return msgspec.structs.replace(job, error=msgspec.structs.replace(error, details=details or None))
+
+
+def without_worker(job: Job) -> Job:
+    """``job`` without ``worker`` (the same object when it names none), for a caller who is
+    no operator: host names and process ids are nobody else's business."""
+    return job if job.worker is None else msgspec.structs.replace(job, worker=None)
 
 
 def pairs_to_fields(flat: list[bytes]) -> dict[bytes, bytes]:

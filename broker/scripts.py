@@ -3,11 +3,10 @@
 Each method takes named parameters, builds the script's KEYS (through :class:`Keys`) and
 ARGV (required values in the order the script's header lists them; optional ones packed
 into one MessagePack ``opts`` map, the last ARGV, so adding an option shifts nothing) and
-turns the reply into a typed value. Every call goes through the one
-:class:`ScriptBatcher`: calls made together (``asyncio.gather``) share a pipeline, a call
-made alone goes out at the end of the loop turn. A failed connection fails the call; its
-caller's policy decides whether to make it again (docs/ARCHITECTURE.md, "Faults").
-"""
+turns the reply into a typed value. Every call goes through the one :class:`ScriptBatcher`:
+calls made together (``asyncio.gather``) share a pipeline, a call made alone goes out at the
+end of the loop turn. A failed connection fails the call; its caller's policy decides
+whether to make it again (docs/ARCHITECTURE.md, "Faults")."""
 
 from __future__ import annotations
 
@@ -38,6 +37,13 @@ class Reply(NamedTuple):
     code: ScriptCode
     record: dict[bytes, bytes] | None = None
     detail: str | None = None
+
+
+class StartReply(NamedTuple):
+    """``start_job``'s :class:`Reply`, and the ms the job waited since due (None: a re-sent start)."""
+
+    reply: Reply
+    waited_ms: int | None
 
 
 class Progressed(NamedTuple):
@@ -181,14 +187,9 @@ class Scripts:
         """A new PENDING job: OK with its record, DUPLICATE with the existing id, or QUOTA
         (durable: ``NotReplicated`` when replicas are asked and do not confirm)."""
         k, p = self.keys, partition_of(job_id)
-        keys = (
-            k.job(job_id),
-            k.owner_jobs(owner, p),
-            k.owner_active(owner, p),
-            k.idempotency(owner, idempotency_key, p) if idempotency_key else k.tag(p),
-            k.queue(queue, p),
-            k.delayed(queue, p),
-        )
+        idem = k.idempotency(owner, idempotency_key, p) if idempotency_key else k.tag(p)
+        keys: tuple[str, ...] = (k.job(job_id), k.owner_jobs(owner, p), k.owner_active(owner, p), idem)
+        keys += (k.queue(queue, p), k.delayed(queue, p), k.all_jobs(p), k.counts(p))
         args = (k.events(p), job_id, task, owner, queue, input_json, active_ttl, message)
         return _reply(await self._call("create_job", keys, (*args, _pack_opts(opts)), durable=True))
 
@@ -203,11 +204,12 @@ class Scripts:
         dispatch: int,
         active_ttl: int,
         run_token: str,
-    ) -> Reply:
+    ) -> StartReply:
         """PENDING -> PROCESSING: OK with the record, or STALE, NOT_FOUND, SKIPPED (status)."""
         k = self.keys
         args = (k.events(partition_of(job_id)), group, consumer, entry_id, dispatch, active_ttl, run_token)
-        return _reply(await self._call("start_job", (k.job(job_id), stream), args))
+        raw = await self._call("start_job", (k.job(job_id), stream), args)
+        return StartReply(_reply(raw), int(raw[2]) if len(raw) > 2 else None)
 
     async def progress_job(
         self, *, job_id: str, attempt: int, progress: float, active_ttl: int, opts: ProgressOpts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -17,6 +17,14 @@ AuthMode = Literal["jwt", "none"]
 JwtAlgorithm = Literal["HS256", "HS384", "HS512"]
 """HMAC only: stream tokens are signed with the same shared secret as the bearer tokens."""
 ReapPending = Literal["resend", "fail"]
+LogFormat = Literal["auto", "json", "text"]
+
+
+def _doc(meaning: str) -> msgspec.Meta:
+    """What a settings field means (``Annotated[type, _doc(...)]``), which ``jobstream config``
+    and the README's table print."""
+    return msgspec.Meta(description=meaning)
+
 
 _ENV_PREFIX = "JOBSTREAM_"
 MAX_PARTITIONS = 1024
@@ -31,91 +39,139 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     validated by msgspec, so a typo in a number fails at start-up, not mid-request.
     """
 
-    # One Redis (redis://), Sentinel (redis+sentinel://h:p,h:p/<primary>) or Cluster
-    # (redis+cluster://h:p,h:p): see broker.topology.
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    prefix: str = "js:"
-    # Queues, owner indexes and events are split into this many partitions, each in one
-    # Cluster slot (0: 1 on one Redis or Sentinel, DEFAULT_CLUSTER_PARTITIONS on Cluster).
-    # Every process must use the same number; it may be raised, never lowered while jobs remain.
-    partitions: int = 0
-    # POST /jobs answers 202 only once this many replicas have the job (Redis WAIT), else
-    # 503 after create_replicas_timeout_ms: a failover then cannot lose an acknowledged job.
-    create_replicas: int = 0
-    create_replicas_timeout_ms: int = 1_000
-    # Auth: "jwt" needs jwt_secret; "none" serves one local user and is for trusted
-    # networks and ``jobstream dev`` only.
-    auth: AuthMode = "jwt"
-    jwt_secret: str | None = None
-    jwt_algorithm: JwtAlgorithm = "HS256"
-    local_user: str = "local"
-    admin_role: str = "admin"
-    # Operator access (web, JWT mode): a credential (``Authorization: Bearer <it>``, 32+
-    # bytes) that reads /metrics and /events/stats only, so Prometheus can scrape without a
-    # user JWT; unset, those routes need an admin JWT.
-    metrics_token: str | None = None
-    # Identity providers (web): verify bearer JWTs against a JWKS URL (RS256/ES256 keys an
-    # identity provider publishes) with these issuer and audience checks, instead of the
-    # shared secret. Stream tokens are then signed with stream_token_secret (32+ bytes; a
-    # JWKS verifier holds no signing key); unset, with the JWT secret, else a per-process key.
-    jwks_url: str | None = None
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
-    stream_token_secret: str | None = None
-    # Where a bearer JWT keeps the caller's roles: a top-level claim, or a dotted path into
-    # nested objects (Keycloak: "realm_access.roles"; Cognito: "cognito:groups").
-    jwt_roles_claim: str = "roles"
-    # A caller with this role may create jobs for another owner ("owner" in POST /jobs) and
-    # read or cancel any owner's jobs; the job records it as created_by.
-    service_role: str = "service"
-    # Browsers on other origins (comma-separated, e.g. "https://app.example.com"); empty: no CORS.
-    cors_origins: str = ""
-    # Job lifetimes. Retention: how long a finished job is kept (a task's own ``retention``
-    # overrides it); 0: not kept, deleted as soon as its final state is published.
-    active_ttl_seconds: int = 86_400
-    retention_seconds: int = 7 * 86_400
-    max_body_bytes: int = 1_048_576
-    max_active_per_owner: int = 10_000
-    # A task's keep_until_fetched results: how long the record stays once its result was read.
-    fetched_grace_seconds: int = 60
-    # Failures: owners see their failed jobs' tracebacks (admins always do). On in ``jobstream dev``.
-    expose_tracebacks: bool = False
-    default_queue: str = "default"
-    # Comma-separated modules whose import registers the tasks (web and workers both load them).
-    task_modules: str = "workers.tasks"
-    # Workers.
-    lease_seconds: float = 30.0
-    max_deliveries: int = 5
-    shutdown_grace_seconds: float = 30.0
-    worker_concurrency: int = 100
-    worker_queues: str = ""
-    # Freeze what start-up made and collect garbage rarely (see ``workers.gc_tuning``).
-    worker_gc_freeze: bool = True
-    # Live updates.
-    stream_token_ttl_seconds: int = 300
-    sse_keepalive_seconds: float = 15.0
-    sse_retry_ms: int = 2_000
-    long_poll_max_seconds: float = 30.0
-    # Open SSE streams plus waiting long polls one owner may hold on one web process; past
-    # it a new one is answered 429 with Retry-After. 0: no cap. Without auth every client
-    # is the one local user, so there it caps the whole process.
-    max_streams_per_owner: int = 100
-    poll_retry_after_seconds: int = 1
-    # Completion webhooks (Standard Webhooks): callback_url hosts allowed (comma-separated,
-    # exact names; empty: callback_url is refused), the signing key ("whsec_" + base64), and
-    # how long a delivery is retried before it is given up. Hosts need a secret, or no process
-    # starts. Each attempt waits webhook_timeout_seconds for an answer.
-    webhook_allowed_hosts: str = ""
-    webhook_secret: str | None = None
-    webhook_max_seconds: int = 3_600
-    webhook_timeout_seconds: float = 10.0
-    # Scheduler.
-    cleanup_interval_seconds: int = 60
-    dead_retention_seconds: int = 7 * 86_400
-    # The reaper: how often it looks for lost jobs, and what it does with a PENDING job
-    # whose message is gone ("resend": a new dispatch; "fail": FAILURE with a Lost error).
-    reaper_interval_seconds: int = 30
-    reap_pending: ReapPending = "resend"
+    redis_url: Annotated[
+        str,
+        _doc(
+            "Where Redis is: redis://[:password@]host:port/db (one Redis), "
+            "redis+sentinel://h:p,h:p/<primary> (Sentinel) or redis+cluster://h:p,h:p (Cluster)"
+        ),
+    ] = "redis://127.0.0.1:6379/0"
+    prefix: Annotated[str, _doc("What every Redis key and channel of this deployment starts with")] = "js:"
+    partitions: Annotated[
+        int,
+        _doc(
+            "Partitions queues, indexes and events are split into, each in one Cluster slot (0: 1 on one "
+            "Redis or Sentinel, 16 on Cluster); the same in every process, raised but never lowered"
+        ),
+    ] = 0
+    create_replicas: Annotated[
+        int,
+        _doc("POST /jobs answers 202 only once this many replicas have the job (Redis WAIT; not on Cluster)"),
+    ] = 0
+    create_replicas_timeout_ms: Annotated[
+        int, _doc("How long a create waits for create_replicas before its 503")
+    ] = 1_000
+    auth: Annotated[
+        AuthMode, _doc("jwt (bearer tokens) or none (one local user: trusted networks, jobstream dev)")
+    ] = "jwt"
+    jwt_secret: Annotated[
+        str | None, _doc("HMAC key bearer JWTs are signed with (32/48/64+ bytes for HS256/384/512)")
+    ] = None
+    jwt_algorithm: Annotated[JwtAlgorithm, _doc("HS256, HS384 or HS512")] = "HS256"
+    local_user: Annotated[str, _doc("The one owner of the no-auth mode")] = "local"
+    admin_role: Annotated[
+        str, _doc("The role (in the roles claim) that sees and cancels every owner's jobs")
+    ] = "admin"
+    metrics_token: Annotated[
+        str | None,
+        _doc("A bearer credential (32+ bytes) that reads /metrics and /events/stats only (Prometheus)"),
+    ] = None
+    jwks_url: Annotated[
+        str | None, _doc("Verify bearer JWTs against an identity provider's published keys")
+    ] = None
+    jwt_issuer: Annotated[str | None, _doc("The iss a JWKS-verified token must carry")] = None
+    jwt_audience: Annotated[str | None, _doc("The aud a JWKS-verified token must carry")] = None
+    stream_token_secret: Annotated[
+        str | None,
+        _doc("Key (32+ bytes) stream tokens are signed with; else the JWT secret, else one per process"),
+    ] = None
+    jwt_roles_claim: Annotated[
+        str, _doc("Where a token keeps its roles: a claim, or a dotted path (realm_access.roles)")
+    ] = "roles"
+    service_role: Annotated[
+        str, _doc("The role that creates jobs for another owner and reads any owner's jobs")
+    ] = "service"
+    cors_origins: Annotated[
+        str, _doc("Browser origins allowed to call the API, comma-separated (empty: no CORS)")
+    ] = ""
+    active_ttl_seconds: Annotated[int, _doc("How long a job record lives while PENDING or PROCESSING")] = (
+        86_400
+    )
+    retention_seconds: Annotated[
+        int,
+        _doc("How long a finished job is kept (a task's retention overrides it; 0: deleted once published)"),
+    ] = 7 * 86_400
+    max_body_bytes: Annotated[int, _doc("Largest request body (413 past it)")] = 1_048_576
+    max_active_per_owner: Annotated[
+        int, _doc("Jobs one owner may have PENDING or PROCESSING (429 past it)")
+    ] = 10_000
+    fetched_grace_seconds: Annotated[
+        int, _doc("How long a keep_until_fetched task's finished record stays once its result was read")
+    ] = 60
+    expose_tracebacks: Annotated[
+        bool, _doc("Owners see their failed jobs' tracebacks (admins always do)")
+    ] = False
+    default_queue: Annotated[str, _doc("The queue of a task that names none")] = "default"
+    task_modules: Annotated[
+        str, _doc("Comma-separated modules whose import registers the tasks (web and workers)")
+    ] = "workers.tasks"
+    lease_seconds: Annotated[
+        float, _doc("A running job's lease: renewed every third of it; a dead worker's job restarts after it")
+    ] = 30.0
+    max_deliveries: Annotated[
+        int, _doc("Deliveries of one message before it goes to the dead-letter stream")
+    ] = 5
+    shutdown_grace_seconds: Annotated[
+        float,
+        _doc("On SIGTERM a worker lets running jobs finish this long (and jobstream dev waits as long)"),
+    ] = 30.0
+    worker_concurrency: Annotated[int, _doc("Jobs one worker process runs at once (its slots)")] = 100
+    worker_queues: Annotated[
+        str, _doc("Queues a worker consumes, comma-separated (empty: the default queue)")
+    ] = ""
+    worker_gc_freeze: Annotated[
+        bool,
+        _doc("A worker freezes its start-up objects and collects garbage rarely (see workers.gc_tuning)"),
+    ] = True
+    worker_metrics_port: Annotated[
+        int, _doc("Each worker process serves its Prometheus metrics on this port (0: none)")
+    ] = 0
+    worker_metrics_host: Annotated[str, _doc("The address a worker's metrics endpoint listens on")] = (
+        "0.0.0.0"
+    )
+    log_format: Annotated[LogFormat, _doc("auto (JSON lines unless stderr is a terminal), json or text")] = (
+        "auto"
+    )
+    stream_token_ttl_seconds: Annotated[int, _doc("How long a stream token opens its stream")] = 300
+    sse_keepalive_seconds: Annotated[
+        float, _doc("A quiet SSE stream gets a keepalive comment this often")
+    ] = 15.0
+    sse_retry_ms: Annotated[int, _doc("The retry: an SSE stream tells EventSource")] = 2_000
+    long_poll_max_seconds: Annotated[float, _doc("The longest GET /jobs/{id}?wait= waits")] = 30.0
+    max_streams_per_owner: Annotated[
+        int,
+        _doc(
+            "Open SSE streams and waiting long polls of one owner on one web process (429 past it; 0: no cap)"
+        ),
+    ] = 100
+    poll_retry_after_seconds: Annotated[int, _doc("The Retry-After polling hint of an active job")] = 1
+    webhook_allowed_hosts: Annotated[
+        str, _doc("Hosts a callback_url may name, comma-separated (empty: completion webhooks are off)")
+    ] = ""
+    webhook_secret: Annotated[
+        str | None, _doc("The webhooks' signing key: whsec_ and base64 of 24-64 random bytes")
+    ] = None
+    webhook_max_seconds: Annotated[int, _doc("How long after a job ended its webhook is retried")] = 3_600
+    webhook_timeout_seconds: Annotated[float, _doc("How long one webhook attempt waits for an answer")] = 10.0
+    cleanup_interval_seconds: Annotated[
+        int, _doc("How often the scheduler prunes what expired jobs left behind")
+    ] = 60
+    dead_retention_seconds: Annotated[int, _doc("How long dead letters are kept")] = 7 * 86_400
+    reaper_interval_seconds: Annotated[int, _doc("How often the scheduler looks for lost jobs")] = 30
+    reap_pending: Annotated[
+        ReapPending,
+        _doc("A PENDING job whose message is gone: resend (a new dispatch) or fail (FAILURE, Lost)"),
+    ] = "resend"
 
     def __post_init__(self) -> None:
         try:

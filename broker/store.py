@@ -62,13 +62,14 @@ class StartedJob:
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """A job a worker has just started, and the attempt number that fences it."""
+    """A job a worker has just started, its attempt (the fence), and ms it waited since due."""
 
     job: StartedJob
     attempt: int
+    waited_ms: int | None = None
 
     @classmethod
-    def from_record(cls, f: dict[bytes, bytes]) -> Started:
+    def from_record(cls, f: dict[bytes, bytes], waited_ms: int | None = None) -> Started:
         """Read the record a start script returned."""
         job = StartedJob(
             id=f[b"id"].decode(),
@@ -79,7 +80,7 @@ class Started:
             cancel_requested=b"cancel_requested" in f,
             timeout=float(f[b"timeout"]) if f.get(b"timeout") else None,
         )
-        return cls(job, int(f[b"attempts"]))
+        return cls(job, int(f[b"attempts"]), waited_ms)
 
 
 class JobStore:
@@ -217,17 +218,11 @@ class JobStore:
         return job, fields
 
     async def list(
-        self,
-        owner: str,
-        *,
-        status: JobStatus | None = None,
-        task: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        limit: int = 20,
-        cursor: str | None = None,
-    ) -> Page:
-        """The owner's jobs, newest first, optionally filtered; resumable with ``cursor``
-        (see :func:`broker.listing.list_jobs`)."""
+        self, owner: str | None, *, status: JobStatus | None = None, task: str | None = None,
+        labels: Mapping[str, str] | None = None, limit: int = 20, cursor: str | None = None,
+    ) -> Page:  # fmt: skip
+        """The owner's jobs (None: everyone's), newest first, optionally filtered; resumable
+        with ``cursor`` (see :func:`broker.listing.list_jobs`)."""
         return await list_jobs(
             self.redis, self.keys, owner, status=status, task=task, labels=labels, limit=limit, cursor=cursor
         )
@@ -241,7 +236,7 @@ class JobStore:
         after a dropped connection, the start counts once and answers the same job.
         """
         run_token = token or uuid.uuid4().hex
-        reply = await self._resend_safe(
+        started = await self._resend_safe(
             lambda: self.scripts.start_job(
                 job_id=delivery.job_id,
                 stream=delivery.stream,
@@ -253,9 +248,10 @@ class JobStore:
                 run_token=run_token,
             )
         )
+        reply = started.reply
         if reply.code != ScriptCode.OK or reply.record is None:
             return None
-        return Started.from_record(reply.record)
+        return Started.from_record(reply.record, started.waited_ms)
 
     async def progress(
         self,

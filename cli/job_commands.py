@@ -1,7 +1,10 @@
-"""``jobstream submit``, ``watch``, ``get`` and ``cancel``: the HTTP API from a terminal.
+"""``jobstream submit``, ``watch``, ``get``, ``cancel`` and ``list``: the HTTP API from a terminal.
 
 ``submit --watch`` and ``watch`` draw a progress bar (percent, current step, ETA) that
-follows the job over SSE, or by polling where SSE is not available.
+follows the job over SSE, or by polling where SSE is not available. ``watch``, ``get`` and
+``cancel`` take a job id or a unique start of one (:mod:`cli.job_listing`). The server is
+``--url``, else ``JOBSTREAM_URL``, else the ``jobstream dev`` running here, else
+``http://127.0.0.1:8000``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from broker.models import Job, JobStatus
+from cli.job_listing import http_client, listed, print_rows, resolve_job_id
 from client.http_client import JobstreamClient
 
 URL_ENV = "JOBSTREAM_URL"
@@ -26,6 +30,12 @@ _console = Console(stderr=True)
 
 def _client(args: argparse.Namespace) -> JobstreamClient:
     return JobstreamClient(args.url, os.environ.get(TOKEN_ENV), use_sse=not args.poll)
+
+
+async def _job_id(args: argparse.Namespace) -> str:
+    """``args.id``, a job id or the unique start of one."""
+    async with http_client(args.url, os.environ.get(TOKEN_ENV)) as http:
+        return await resolve_job_id(http, args.id)
 
 
 def _print_job(job: Job) -> None:
@@ -78,19 +88,37 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace) -> int:
+    job_id = await _job_id(args)
     async with _client(args) as client:
-        return _report(await watch_job(client, args.id))
+        return _report(await watch_job(client, job_id))
 
 
 async def _get(args: argparse.Namespace) -> int:
+    job_id = await _job_id(args)
     async with _client(args) as client:
-        _print_job(await client.get(args.id))
+        _print_job(await client.get(job_id))
     return 0
 
 
 async def _cancel(args: argparse.Namespace) -> int:
+    job_id = await _job_id(args)
     async with _client(args) as client:
-        _print_job(await client.cancel(args.id))
+        _print_job(await client.cancel(job_id))
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"status": args.status, "type": args.type, "owner": args.owner}
+    params = {name: value for name, value in params.items() if value}
+    if args.label:
+        params["label"] = [f"{key}:{value}" for key, value in args.label]
+    async with http_client(args.url, os.environ.get(TOKEN_ENV)) as http:
+        jobs = [job async for job in listed(http, params, args.limit)]
+    if args.json:
+        for job in jobs:
+            sys.stdout.write(msgspec.json.encode(job).decode() + "\n")
+    else:
+        print_rows(jobs)
     return 0
 
 
@@ -132,5 +160,21 @@ def register(subparsers: Any) -> None:
         ("cancel", _cancel, "cancel a job"),
     ):
         parser = subparsers.add_parser(name, parents=[common], help=text)
-        parser.add_argument("id")
+        parser.add_argument("id", help="a job id, or the start of one that no other job id has")
         parser.set_defaults(handler=lambda a, run=run: asyncio.run(run(a)))
+    _register_list(subparsers, common)
+
+
+def _register_list(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    listing = subparsers.add_parser(
+        "list", parents=[common], help="list jobs, newest first (an admin's: every owner's)"
+    )
+    listing.add_argument("--status", choices=[status.value for status in JobStatus])
+    listing.add_argument("--type", help="task type, e.g. demo.sleep")
+    listing.add_argument(
+        "--label", action="append", type=_label, metavar="KEY=VALUE", help="carrying this label (repeatable)"
+    )
+    listing.add_argument("--owner", help="another owner's jobs (admins and services)")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many (default: %(default)s)")
+    listing.add_argument("--json", action="store_true", help="one JSON job a line")
+    listing.set_defaults(handler=lambda a: asyncio.run(_list(a)))

@@ -1,22 +1,27 @@
 """The ``jobstream`` command line.
 
-``jobstream dev`` runs the whole system locally (embedded Redis, web, workers, scheduler)
-and stops it all on Ctrl-C (:mod:`devtools.dev_stack`); ``jobstream redis`` runs the embedded
-Redis in the foreground; ``jobstream submit|get|...`` talk to a running API
-(:mod:`cli.job_commands`); ``jobstream schedule ...`` manages recurring jobs
-(:mod:`cli.schedule_commands`). A new subcommand is one ``add_<name>_command(subparsers)``
+``jobstream dev`` runs the whole system locally (embedded Redis, web, workers, scheduler),
+restarts a worker that dies, and stops it all on Ctrl-C (:mod:`devtools.dev_stack`);
+``jobstream redis`` runs the embedded Redis in the foreground; ``jobstream
+submit|get|list|...`` talk to a running API (:mod:`cli.job_commands`); ``jobstream schedule
+...`` manages recurring jobs (:mod:`cli.schedule_commands`); ``jobstream config`` prints every
+setting (:mod:`cli.config_command`). Every command but ``dev`` and ``redis`` finds the Redis
+and the web app of a ``jobstream dev`` running in this folder by itself
+(:mod:`devtools.dev_state`). A new subcommand is one ``add_<name>_command(subparsers)``
 function that sets ``handler`` on its parser, listed in :data:`COMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from broker.errors import JobstreamError
 from cli import job_commands, schedule_commands
+from cli.config_command import add_config_command
 from devtools.dev_stack import (
     DEV_REDIS_PORT,
     JWT_SECRET_ENV,
@@ -25,6 +30,7 @@ from devtools.dev_stack import (
     run_redis,
     say,
 )
+from devtools.dev_state import adopt_dev
 from devtools.embedded_redis import DEFAULT_DATA_DIR
 
 SubParsers = argparse._SubParsersAction  # argparse has no public name for it
@@ -65,8 +71,9 @@ def add_dev_command(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--stop-timeout",
         type=float,
-        default=10.0,
-        help="seconds a process gets to stop after SIGTERM before SIGKILL (default: %(default)s)",
+        default=None,
+        help="seconds a process gets to stop after SIGTERM before SIGKILL (default: the workers' "
+        "grace, JOBSTREAM_SHUTDOWN_GRACE_SECONDS, plus 10)",
     )
     parser.set_defaults(handler=run_dev)
 
@@ -94,7 +101,10 @@ COMMANDS: tuple[Callable[[SubParsers[argparse.ArgumentParser]], None], ...] = (
     add_redis_command,
     job_commands.register,
     schedule_commands.register,
+    add_config_command,
 )
+_OWN_REDIS = frozenset({"dev", "redis"})
+"""Commands that start a Redis rather than look for one."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; answers the process exit code."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or words[0] not in _OWN_REDIS:
+        adopt_dev(os.environ)  # before the parser reads its defaults from the environment
+    args = build_parser().parse_args(words)
     handler: Handler = args.handler
     try:
         return handler(args)

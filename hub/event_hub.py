@@ -30,7 +30,7 @@ import msgspec
 
 from broker.errors import JobNotFound, JobstreamError
 from broker.keys import partition_of
-from broker.models import Job, job_encoder, job_from_fields
+from broker.models import Job, job_encoder, job_from_fields, without_worker
 from broker.store import JobStore
 from broker.topology import parse_redis_url
 from hub.feeds import Feed, FeedClosed, JobFeed, OwnerFeed, Resync
@@ -109,11 +109,11 @@ class EventHub:
             backoff_cap=backoff_cap,
         )
         self._job_feeds: dict[str, set[JobFeed]] = {}
-        self._owner_feeds: dict[str, set[OwnerFeed]] = {}
+        self._owner_feeds: dict[str | None, set[OwnerFeed]] = {}  # None: feeds of every owner
         self._running = False
         self._last_payload: bytes | None = None
         self._last_job: Job | None = None
-        self._json: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._json: OrderedDict[tuple[str, int, bool], bytes] = OrderedDict()
         self._events = 0
         self._decode_errors = 0
 
@@ -143,16 +143,17 @@ class EventHub:
         for feed in feeds:
             feed.end()
 
-    def json(self, job: Job) -> bytes:
-        """The job as JSON (an SSE ``data:`` line), encoded once per state for all its feeds.
+    def json(self, job: Job, *, hide_worker: bool = False) -> bytes:
+        """The job as JSON (an SSE ``data:`` line), encoded once per state for all its feeds;
+        with ``hide_worker``, without its ``worker`` (what a caller who is no admin gets).
 
-        A version names one state of one job, so ``(id, version)`` is a safe cache key; the
-        cache keeps the last ``_JSON_CACHE`` states.
+        A version names one state of one job, so ``(id, version, hide_worker)`` is a safe cache
+        key; the cache keeps the last ``_JSON_CACHE`` encodings.
         """
-        key = (job.id, job.version)
+        key = (job.id, job.version, hide_worker)
         body = self._json.get(key)
         if body is None:
-            body = self._json[key] = job_encoder.encode(job)
+            body = self._json[key] = job_encoder.encode(without_worker(job) if hide_worker else job)
             if len(self._json) > _JSON_CACHE:
                 self._json.popitem(last=False)
         return body
@@ -183,9 +184,9 @@ class EventHub:
         await self._confirmed(feed, [self._subs.of_channel[self.keys.events(partition_of(job_id))]])
         return feed
 
-    async def open_owner(self, owner: str) -> OwnerFeed:
-        """Follow all of one owner's jobs, in every partition; returns once Redis confirmed.
-        Close it after."""
+    async def open_owner(self, owner: str | None) -> OwnerFeed:
+        """Follow all of one owner's jobs (None: every owner's, an admin's feed), in every
+        partition; returns once Redis confirmed. Close it after."""
         feed = OwnerFeed(self.store, self._detach, owner, **self._owner_limits)
         self._owner_feeds.setdefault(owner, set()).add(feed)
         await self._confirmed(feed, self._subs.subscriptions)
@@ -201,7 +202,7 @@ class EventHub:
             feed.close()
 
     @asynccontextmanager
-    async def listen_owner(self, owner: str) -> AsyncIterator[OwnerFeed]:
+    async def listen_owner(self, owner: str | None) -> AsyncIterator[OwnerFeed]:
         """``async with hub.listen_owner(owner) as feed``: :meth:`open_owner`, closed on exit."""
         feed = await self.open_owner(owner)
         try:
@@ -276,12 +277,13 @@ class EventHub:
             log.error("event hub: undecodable event dropped: %s", exc)
             return
         job_feeds, owner_feeds = self._job_feeds.get(job_id), self._owner_feeds.get(owner)
-        if not job_feeds and not owner_feeds:
+        every_owner = self._owner_feeds.get(None)
+        if not job_feeds and not owner_feeds and not every_owner:
             return  # nobody here follows it: not decoded at all
         job = self._decode(record)
         if job is None:
             return
-        for feed in (*(job_feeds or ()), *(owner_feeds or ())):
+        for feed in (*(job_feeds or ()), *(owner_feeds or ()), *(every_owner or ())):
             feed.offer(job)
 
     def _decode(self, data: bytes) -> Job | None:
@@ -330,7 +332,7 @@ class EventHub:
                 await asyncio.sleep(self._subs.subscriptions[0].backoff(failures))
 
 
-def _discard(feeds: dict[str, set[Any]], key: str, feed: Feed[Any]) -> None:
+def _discard(feeds: dict[Any, set[Any]], key: str | None, feed: Feed[Any]) -> None:
     group = feeds.get(key)
     if group is not None:
         group.discard(feed)

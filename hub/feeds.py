@@ -187,7 +187,8 @@ class JobFeed(Feed[Job]):
 
 
 class OwnerFeed(Feed[Job | Resync]):
-    """The changes of all one owner's jobs: per job its newest state, oldest change first.
+    """The changes of all one owner's jobs (``owner=None``: every owner's, for an admin): per
+    job its newest state, oldest change first.
 
     The backlog holds at most ``max_pending`` distinct jobs; past that it is dropped and the
     reader gets a :class:`Resync` instead, as it does after a reconnect. Iterating yields
@@ -200,7 +201,7 @@ class OwnerFeed(Feed[Job | Resync]):
         self,
         store: JobStore,
         leave: Callable[[Feed[Job | Resync]], None],
-        owner: str,
+        owner: str | None,
         *,
         max_pending: int,
         max_tracked: int,
@@ -214,7 +215,7 @@ class OwnerFeed(Feed[Job | Resync]):
         self._max_tracked = max_tracked
 
     def __repr__(self) -> str:
-        return f"feed of owner {self.owner}"
+        return f"feed of owner {self.owner}" if self.owner is not None else "feed of every owner"
 
     @property
     def done(self) -> bool:
@@ -230,7 +231,8 @@ class OwnerFeed(Feed[Job | Resync]):
                 self._seen.popitem(last=False)
 
     async def snapshot(self, limit: int = 50) -> list[Job]:
-        """The owner's ``limit`` newest jobs, marked seen: what to send on connect or Resync."""
+        """The owner's (or everyone's) ``limit`` newest jobs, marked seen: what to send on
+        connect or Resync."""
         page = await self.store.list(self.owner, limit=limit)
         for job in page.jobs:
             self.mark_seen(job.id, job.version)

@@ -1,8 +1,9 @@
 """The cleanup run: prune what expired job records leave behind, in bounded batches.
 
 A job hash expires by itself; what points at it does not. Each run removes owner-index
-ids and active-set ids whose job is gone (or, for active sets, ended), idempotency keys
-whose job is gone, dead letters older than the retention, and heartbeats without a TTL.
+ids (and ids of the partitions' indexes of every job) and active-set ids whose job is gone
+(or, for active sets, ended), idempotency keys whose job is gone, dead letters older than
+the retention, and heartbeats without a TTL.
 
 Removing an id whose job is gone needs no script: job ids are never reused, so a job that
 is gone (or terminal) stays so, and a plain ZREM/SREM cannot undo a concurrent change.
@@ -38,6 +39,7 @@ class CleanupCounts:
     """What one cleanup run removed."""
 
     index: int = 0
+    every_job_index: int = 0
     active: int = 0
     idempotency: int = 0
     dead: int = 0
@@ -47,6 +49,7 @@ class CleanupCounts:
         """The counters by name, for the tick record and the log line."""
         return {
             "index": self.index,
+            "every_job_index": self.every_job_index,
             "active": self.active,
             "idempotency": self.idempotency,
             "dead": self.dead,
@@ -68,6 +71,7 @@ class Cleanup:
         """Run every step once and say what each removed."""
         counts = CleanupCounts(
             index=await self.prune_owner_indexes(),
+            every_job_index=await self.prune_job_indexes(),
             active=await self.reconcile_active_sets(),
             idempotency=await self.prune_idempotency_keys(),
             dead=await self.trim_dead_letters(),
@@ -80,10 +84,19 @@ class Cleanup:
         removed = 0
         async for index_keys in scan_keys(self.redis, self.keys.owner_index_pattern, "zset", self.batch):
             for index in index_keys:
-                async for ids in zset_members(self.redis, index.decode(), self.batch):
-                    gone = await self._gone(ids)
-                    if gone:
-                        removed += await self.redis.zrem(index, *gone)
+                removed += await self._prune_index(index.decode())
+        return removed
+
+    async def prune_job_indexes(self) -> int:
+        """ZREM ids whose job record no longer exists from each partition's index of every job."""
+        return sum([await self._prune_index(self.keys.all_jobs(p)) for p in range(self.keys.partitions)])
+
+    async def _prune_index(self, index: str) -> int:
+        removed = 0
+        async for ids in zset_members(self.redis, index, self.batch):
+            gone = await self._gone(ids)
+            if gone:
+                removed += await self.redis.zrem(index, *gone)
         return removed
 
     async def reconcile_active_sets(self) -> int:

@@ -39,6 +39,7 @@ from broker.connection import (
     until_redis_answers,
 )
 from broker.errors import NotReplicated
+from broker.log_format import use_log_format
 from broker.queues import ensure_groups
 from broker.scripts import Scripts
 from broker.settings import Settings
@@ -89,6 +90,7 @@ class JobScheduler(TaskiqScheduler):
 
     async def startup(self) -> None:
         """Start the broker, create the consumer groups, and start the maintenance timers."""
+        use_log_format(self.settings.log_format)
         await super().startup()
         redis = self._redis = open_redis(self.settings.topology, **resilient_options())
         broker = self.job_broker

@@ -18,6 +18,7 @@ from typing import Any
 from litestar import Litestar, Request, Response, Router, route
 from litestar.enums import HttpMethod
 
+from broker.log_format import use_log_format
 from broker.registry import load_task_modules
 from broker.settings import Settings, load_settings
 from web.auth import Authenticate
@@ -28,11 +29,13 @@ from web.live.stream_tokens import StreamTokens
 from web.log_redaction import install_log_redaction
 from web.openapi import RawJsonSchemaPlugin, finalize_openapi, openapi_config
 from web.problems import EXCEPTION_HANDLERS
+from web.request_ids import RequestIds
 from web.resources import Resources, dependencies
 from web.routes.admin import ROUTES as ADMIN_ROUTES
 from web.routes.dashboard import ROUTES as DASHBOARD_ROUTES
 from web.routes.health import healthz, readyz
 from web.routes.jobs import JobController
+from web.routes.operator_page import operator_page
 from web.routes.task_catalog import list_tasks
 
 
@@ -87,6 +90,7 @@ def create_app(
             healthz,
             readyz,
             *DASHBOARD_ROUTES,
+            operator_page,
         ],
     )
     exclude = [f"^{re.escape(docs_path)}(/|$)"]
@@ -100,6 +104,7 @@ def create_app(
         plugins=[RawJsonSchemaPlugin()],
         cors_config=cors_config(settings),
         request_max_body_size=settings.max_body_bytes,
+        middleware=[RequestIds],
     )
     resources.app = app
     app.state.resources = resources
@@ -111,10 +116,13 @@ _app: Litestar | None = None
 
 
 def __getattr__(name: str) -> Litestar:
-    """``web.app.app``: built once, on first access, from the environment."""
+    """``web.app.app``: built once, on first access, from the environment; the server's log
+    lines then follow ``JOBSTREAM_LOG_FORMAT`` (JSON unless on a terminal)."""
     global _app  # noqa: PLW0603 - the module-level app is a lazily built singleton
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if _app is None:
-        _app = create_app()
+        settings = load_settings()
+        _app = create_app(settings)
+        use_log_format(settings.log_format)
     return _app

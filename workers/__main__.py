@@ -9,7 +9,6 @@ kill workers one by one.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 from taskiq.cli.worker.args import WorkerArgs
@@ -30,12 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.queues:
         os.environ["JOBSTREAM_WORKER_QUEUES"] = args.queues
+    from broker.log_format import use_log_format
     from broker.settings import load_settings  # after the environment is final
 
     settings = load_settings()
     concurrency = args.concurrency or settings.worker_concurrency
     grace = settings.shutdown_grace_seconds if args.grace is None else args.grace
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    use_log_format(settings.log_format, args.log_level)  # JSON lines unless on a terminal
     start_listen(
         WorkerArgs.from_cli(
             [

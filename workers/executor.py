@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,17 +21,18 @@ import msgspec
 
 from broker.connection import REDIS_FAULTS, RedisWatch, until_redis_answers
 from broker.errors import IllegalTransition, JobNotFound, JobstreamError, StaleAttempt
+from broker.log_format import enter_job, leave_job
 from broker.models import JobError, JobStatus
-from broker.registry import JobContext, TaskOptions, TaskRegistry, TaskSpec
+from broker.registry import JobContext, TaskRegistry, TaskSpec
 from broker.store import Delivery, JobStore, Started
-from workers.failures import failure_of, log_failed_attempt, retryable
+from workers.failures import failure_of, log_failed_attempt, retry_delay, retryable
+from workers.worker_metrics import Counters, JobMetrics
 
 log = logging.getLogger("jobstream.worker")
 _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
-_MAX_BACKOFF_EXPONENT = 64
 _RECANCEL_SECONDS = 0.25
-_ENDS = {  # the counter each end adds to, and what its write is called in a log line
+_ENDS = {  # the outcome each end counts as, and what its write is called in a log line
     JobStatus.SUCCESS: ("succeeded", "record its SUCCESS"),
     JobStatus.FAILURE: ("failed", "record its FAILURE"),
     JobStatus.CANCELLED: ("cancelled", "record its CANCELLED"),
@@ -41,18 +41,6 @@ _ENDS = {  # the counter each end adds to, and what its write is called in a log
 
 class LeaseLapsed(JobstreamError):
     """A write could not reach Redis before the job's lease lapsed; the job will run again."""
-
-
-@dataclass(slots=True)
-class Counters:
-    """What this worker has done, for its heartbeat and metrics."""
-
-    started: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    cancelled: int = 0
-    lost: int = 0
 
 
 @dataclass(slots=True)
@@ -122,13 +110,20 @@ class JobExecutor:
     registry: TaskRegistry
     consumer: str
     running: dict[str, Running] = field(default_factory=dict)
-    counters: Counters = field(default_factory=Counters)
+    metrics: JobMetrics = field(default_factory=JobMetrics)
+    # Called whenever a job joins or leaves ``running`` (the lease loop then beats soon).
+    on_running_changed: Callable[[], None] = field(default=lambda: None)
     # Cancel requests that arrived between a job's start script and its registration here.
     early_cancels: dict[str, float] = field(default_factory=dict)
     watch: RedisWatch = field(default_factory=lambda: RedisWatch(log, "worker"))
     # When the last renewal of every held entry that went through began (monotonic).
     leases_renewed_at: float = 0.0
     starts: int = 0
+
+    @property
+    def counters(self) -> Counters:
+        """What this worker has done (its heartbeat carries them)."""
+        return self.metrics.counters
 
     async def run(self, delivery: Delivery) -> None:
         """Run the job a delivery names, from start to its final state."""
@@ -138,27 +133,35 @@ class JobExecutor:
         self.starts += 1
         token = f"{self.consumer}/{self.starts}"  # unique: consumer names are
         try:
-            started = await self._persist(
-                delivery.job_id,
-                "start it",
-                received,
-                lambda: self.store.start(delivery, self.consumer, token),
-            )
-            if started is None:
-                return
-            self.counters.started += 1
-            await self._run_started(started, delivery, received)
+            start = lambda: self.store.start(delivery, self.consumer, token)  # noqa: E731
+            started = await self._persist(delivery.job_id, "start it", received, start)
         except LeaseLapsed:
-            self.counters.lost += 1
+            self.metrics.lost_before_start()
+            return
+        if started is None:
+            return
+        began = time.monotonic()
+        job = started.job
+        self.metrics.started(job.type, started.waited_ms)
+        logged = enter_job(job.id, job.type, job.owner, started.attempt)
+        try:
+            ended = await self._run_started(started, delivery, received)
+        except LeaseLapsed:
+            ended = "lost"
+        finally:
+            leave_job(logged)
+        self.metrics.ended(job.type, ended, time.monotonic() - began)
 
-    async def _run_started(self, started: Started, delivery: Delivery, received: float) -> None:
+    async def _run_started(self, started: Started, delivery: Delivery, received: float) -> str:
+        """Run a started job and record its end; answers how the attempt ended (an outcome of
+        :data:`workers.worker_metrics.OUTCOMES`)."""
         job = started.job
         spec = self.registry.get(job.type) if job.type in self.registry else None
         if spec is None:
             outcome: Outcome = ("invalid", JobError("UnknownTask", job.type))
         else:
             outcome = await self._execute(spec, started, delivery)
-        await self._record(spec, started, delivery, received, outcome)
+        return await self._record(spec, started, delivery, received, outcome)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job running here (a cancel request arrived); False if not here."""
@@ -232,12 +235,14 @@ class JobExecutor:
         running = Running(task, delivery)
         running.ctx = ctx = JobContext(self.store, started, running.interrupt, running.abandon)
         self.running[started.job.id] = running
+        self.on_running_changed()
         if self.early_cancels.pop(started.job.id, None) is not None:
             ctx.request_cancel()
         try:
             outcome = await self._call(spec, ctx, data, running, spec.timeout_for(started.job.timeout))
         finally:
             del self.running[started.job.id]
+            self.on_running_changed()
             running.ctx = None  # ctx holds running's methods: unlinked, both go by refcount, not GC
         if ctx.cancelled and outcome[0] in ("ok", "error"):
             outcome = ("cancelled", None)  # it saw ctx.cancelled and returned (or gave up) early
@@ -285,30 +290,32 @@ class JobExecutor:
 
     async def _record(
         self, spec: TaskSpec | None, started: Started, delivery: Delivery, received: float, outcome: Outcome
-    ) -> None:
-        kind, value = outcome
-        if kind == "lost":
-            self.counters.lost += 1
-            return
-        job_id = started.job.id
+    ) -> str:
+        """Write how the attempt ended; answers its outcome (``lost`` when the write was refused)."""
+        if outcome[0] == "lost":
+            return "lost"
         try:
-            if kind == "invalid" or spec is None:
-                await self._fail(started, delivery, spec, received, value)
-            elif kind == "timeout":
-                error = JobError("Timeout", f"ran longer than {spec.timeout_for(started.job.timeout)} s")
-                await self._fail_or_retry(spec, started, delivery, received, error)
-            elif kind == "cancelled":
-                await self._end_cancelled(started, delivery, spec, received)
-            elif kind == "error":
-                await self._fail_or_retry(spec, started, delivery, received, failure_of(value), value)
-            else:
-                await self._succeed(spec, started, delivery, received, value)
+            return await self._write_end(spec, started, delivery, received, outcome)
         except StaleAttempt:
-            self.counters.lost += 1
-            log.warning("job %s: lost its lease before it could record its end", job_id)
+            log.warning("job %s: lost its lease before it could record its end", started.job.id)
         except (IllegalTransition, JobNotFound) as err:
-            self.counters.lost += 1
-            log.warning("job %s: its end was refused (%s); another actor ended it first", job_id, err)
+            log.warning("job %s: its end was refused (%s); another actor ended it first", started.job.id, err)
+        return "lost"
+
+    async def _write_end(
+        self, spec: TaskSpec | None, started: Started, delivery: Delivery, received: float, outcome: Outcome
+    ) -> str:
+        kind, value = outcome
+        if kind == "invalid" or spec is None:
+            return await self._fail(started, delivery, spec, received, value)
+        if kind == "timeout":
+            error = JobError("Timeout", f"ran longer than {spec.timeout_for(started.job.timeout)} s")
+            return await self._fail_or_retry(spec, started, delivery, received, error)
+        if kind == "cancelled":
+            return await self._end_cancelled(started, delivery, spec, received)
+        if kind == "error":
+            return await self._fail_or_retry(spec, started, delivery, received, failure_of(value), value)
+        return await self._succeed(spec, started, delivery, received, value)
 
     async def _end(
         self,
@@ -317,29 +324,28 @@ class JobExecutor:
         received: float,
         status: JobStatus,
         write: Callable[[int], Awaitable[None]],
-    ) -> None:
+    ) -> str:
         """Write the job's terminal state with ``write(retention)``, retried as every end is."""
         retention = self._retention(spec)
-        counter, what = _ENDS[status]
+        ended, what = _ENDS[status]
         await self._persist(started.job.id, what, received, lambda: write(retention))
-        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+        return ended
 
     async def _end_cancelled(
         self, started: Started, delivery: Delivery, spec: TaskSpec | None, received: float
-    ) -> None:
-        await self._end(
+    ) -> str:
+        return await self._end(
             started, spec, received, JobStatus.CANCELLED, lambda r: self.store.cancelled(started, delivery, r)
         )
 
     async def _succeed(
         self, spec: TaskSpec, started: Started, delivery: Delivery, received: float, result: Any
-    ) -> None:
+    ) -> str:
         try:
             payload = _encode(result)
         except (TypeError, msgspec.EncodeError) as err:
-            await self._fail(started, delivery, spec, received, JobError("BadResult", str(err)))
-            return
-        await self._end(
+            return await self._fail(started, delivery, spec, received, JobError("BadResult", str(err)))
+        return await self._end(
             started,
             spec,
             received,
@@ -355,7 +361,7 @@ class JobExecutor:
         received: float,
         error: JobError,
         exc: BaseException | None = None,
-    ) -> None:
+    ) -> str:
         if started.attempt <= spec.options.retries and retryable(exc):
             delay = retry_delay(spec.options, started.attempt)  # run_at: Redis TIME + delay, in the script
             log_failed_attempt(started, spec, error, exc, delay)
@@ -365,9 +371,8 @@ class JobExecutor:
                 received,
                 lambda: self.store.retry(started, delivery, error, delay),
             )
-            self.counters.retried += 1
-            return
-        await self._fail(started, delivery, spec, received, error, exc)
+            return "retried"
+        return await self._fail(started, delivery, spec, received, error, exc)
 
     async def _fail(
         self,
@@ -377,23 +382,12 @@ class JobExecutor:
         received: float,
         error: JobError,
         exc: BaseException | None = None,
-    ) -> None:
+    ) -> str:
         log_failed_attempt(started, spec, error, exc)
-        await self._end(
+        return await self._end(
             started, spec, received, JobStatus.FAILURE, lambda r: self.store.fail(started, delivery, error, r)
         )
 
     def _retention(self, spec: TaskSpec | None) -> int:
         default = self.store.settings.retention_seconds
         return default if spec is None else spec.retention(default)
-
-
-def retry_delay(options: TaskOptions, attempt: int, jitter: float | None = None) -> float:
-    """Seconds from failed attempt ``attempt`` (1-based) to the next: ``backoff * 2**(attempt-1)``,
-    at most ``backoff_max``, times a jitter in [0.5, 1] (random unless given).
-
-    The exponent is capped, so a task with thousands of retries never overflows a float.
-    """
-    exponent = min(max(attempt - 1, 0), _MAX_BACKOFF_EXPONENT)
-    delay = min(options.backoff_max, options.backoff * 2.0**exponent)
-    return delay * (random.uniform(0.5, 1.0) if jitter is None else jitter)  # noqa: S311 - jitter, not crypto

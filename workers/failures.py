@@ -19,6 +19,7 @@ catches the exception, so neither taskiq nor the receiver sees it or logs it aga
 from __future__ import annotations
 
 import logging
+import random
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,7 +28,7 @@ import msgspec
 
 from broker.errors import JobstreamError, TaskError
 from broker.models import JobError
-from broker.registry import TaskSpec
+from broker.registry import TaskOptions, TaskSpec
 from broker.store import Started
 
 log = logging.getLogger("jobstream.worker")
@@ -37,6 +38,7 @@ TRACEBACK_LIMIT = 8192
 DETAILS_LIMIT = 16384
 """Bytes of JSON a task's own details may take in the record."""
 _CUT = " [...]\n"
+MAX_BACKOFF_EXPONENT = 64
 
 
 def failure_of(exc: BaseException) -> JobError:
@@ -129,3 +131,14 @@ def _safe(show: Callable[[Any], str], value: Any) -> str:
         return show(value)
     except Exception:  # a broken __str__ or __repr__ in a task's value
         return f"<{type(value).__name__} that cannot be shown>"
+
+
+def retry_delay(options: TaskOptions, attempt: int, jitter: float | None = None) -> float:
+    """Seconds from failed attempt ``attempt`` (1-based) to the next: ``backoff * 2**(attempt-1)``,
+    at most ``backoff_max``, times a jitter in [0.5, 1] (random unless given).
+
+    The exponent is capped, so a task with thousands of retries never overflows a float.
+    """
+    exponent = min(max(attempt - 1, 0), MAX_BACKOFF_EXPONENT)
+    delay = min(options.backoff_max, options.backoff * 2.0**exponent)
+    return delay * (random.uniform(0.5, 1.0) if jitter is None else jitter)  # noqa: S311 - jitter, not crypto

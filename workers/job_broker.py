@@ -31,10 +31,11 @@ import functools
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import msgspec
 from redis.exceptions import RedisError
@@ -43,14 +44,13 @@ from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
 from taskiq.message import BrokerMessage
 
-from broker.api import Jobstream
 from broker.connection import (
     STARTUP_PATIENCE_SECONDS,
     RedisWatch,
     resilient_options,
     until_redis_answers,
 )
-from broker.default_client import close_default_jobstream
+from broker.log_format import set_worker, use_log_format
 from broker.message import decode_message
 from broker.queues import ensure_groups
 from broker.registry import TaskRegistry
@@ -65,6 +65,10 @@ from workers.executor import JobExecutor
 from workers.frames import JobFormatter, split_batch, split_frame
 from workers.leases import Leases
 from workers.webhook_sender import WebhookSender
+from workers.worker_metrics import serve_worker_metrics
+
+if TYPE_CHECKING:
+    from broker.api import Jobstream
 
 log = logging.getLogger("jobstream.broker")
 _SHUTDOWN_WRITES_SECONDS = 5.0
@@ -121,6 +125,8 @@ class JobBroker(AsyncBroker):
         if not self.is_worker_process:
             return
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        set_worker(self.consumer_name)
+        use_log_format(self.settings.log_format)
         # Taskiq logs a line per task at INFO; at thousands of jobs a second that is a
         # sizeable share of the worker's time. Job changes are in Redis and its events.
         logging.getLogger("taskiq.receiver.receiver").setLevel(logging.WARNING)
@@ -140,6 +146,11 @@ class JobBroker(AsyncBroker):
         )
         self.deliveries = deliveries
         self.leases = Leases(self.settings, deliveries, executor, self.watch)
+        self.leases.slots = limit
+        executor.on_running_changed = self.leases.changed
+        if self.settings.worker_metrics_port:
+            host, port = self.settings.worker_metrics_host, self.settings.worker_metrics_port
+            serve_worker_metrics(port, host, limit, lambda: len(executor.running))
         self._cancels = self._cancel_listener(executor)
         await self._cancels.start()
         self._loops = [
@@ -164,7 +175,9 @@ class JobBroker(AsyncBroker):
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._cancels is not None:
             await self._cancels.stop()
-        if self.is_worker_process:
+        if self.is_worker_process and "broker.default_client" in sys.modules:
+            from broker.default_client import close_default_jobstream  # made only if task code used it
+
             await close_default_jobstream()  # the one task code's submit/kiq made, if any
         await super().shutdown()
         await self.redis.aclose()
@@ -313,7 +326,10 @@ class JobBroker(AsyncBroker):
 
     @functools.cached_property
     def _jobs(self) -> Jobstream:
-        """The public API on this broker's pool (scripts load on first use, by EVALSHA's fallback)."""
+        """The public API on this broker's pool (scripts load on first use, by EVALSHA's fallback);
+        imported here, as only the scheduler kicks: a worker starts without the event hub."""
+        from broker.api import Jobstream
+
         return Jobstream(self.redis, self.settings, self.registry)
 
 

@@ -3,8 +3,11 @@
 The entries a worker holds (``Deliveries.inflight``) are renewed by its own consumer, so a
 live worker's long job is never reclaimed by another; an entry renewed elsewhere (this
 worker stalled past a lease) is lost here, and its job is stopped. The heartbeat hash
-names the worker, its queues, the jobs it runs and its counters, with a TTL of three
-leases. See docs/ARCHITECTURE.md, "Faults".
+names the worker, its queues, its slots, the jobs it runs (and how many of each queue) and
+its counters, with a TTL of three leases. It is written every lease/3, and also
+``PROMPT_BEAT_SECONDS`` after a job starts or ends (the changes of that time coalesced:
+at most a few writes a second however many jobs run), so ``GET /workers`` shows a job as
+running within a fraction of a second of its start. See docs/ARCHITECTURE.md, "Faults".
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from typing import Any
 
+import msgspec
+
 from broker.connection import REDIS_FAULTS, RedisWatch, backoff
+from broker.fleet import HEARTBEAT_TTL_LEASES
 from broker.settings import Settings
 from broker.store import GROUP
 from broker.topology import RedisClient
@@ -26,9 +33,10 @@ from workers.deliveries import Deliveries
 from workers.executor import JobExecutor
 
 log = logging.getLogger("jobstream.broker")
-_HEARTBEAT_FIELDS_TTL_LEASES = 3
 _HAND_BACK_IDLE_LEASES = 10
 """A handed-back entry's idle time, in leases: far past one, so the next reclaim anywhere takes it."""
+PROMPT_BEAT_SECONDS = 0.2
+"""How soon after a job starts or ends the heartbeat is written (changes meanwhile ride along)."""
 
 
 class Leases:
@@ -45,15 +53,25 @@ class Leases:
         self.watch = watch
         self._redis: RedisClient = executor.store.redis
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # set by stop() and changed()
+        self._beat_due = False
         self._hand_back: dict[str, set[str]] = {}
+        self.slots = settings.worker_concurrency
 
     def stop(self, hand_back: dict[str, set[str]]) -> None:
         """End the loop: it hands ``hand_back`` (stream -> entry ids) back and deletes the heartbeat."""
         self._hand_back = hand_back
         self._stopping.set()
+        self._wake.set()
+
+    def changed(self) -> None:
+        """A job started or ended here: write the heartbeat soon (``PROMPT_BEAT_SECONDS``)."""
+        self._beat_due = True
+        self._wake.set()
 
     async def keep(self) -> None:
-        """Renew held entries and refresh the heartbeat every lease/3, until :meth:`stop`.
+        """Renew held entries and refresh the heartbeat every lease/3, and the heartbeat alone
+        soon after a job starts or ends, until :meth:`stop`.
 
         While Redis fails, it tries again with backoff (never slower than lease/3), so the
         leases are renewed as soon as Redis is back and a blip shorter than the lease
@@ -61,23 +79,38 @@ class Leases:
         """
         period = self.settings.lease_seconds / 3
         failures = 0
+        renew_at = 0.0
         while not self._stopping.is_set():
             began = time.monotonic()
+            self._beat_due = False
             try:
-                await self._renew(self.deliveries.inflight, idle_ms=0)
-                self.executor.leases_renewed_at = began
-                await self._heartbeat()
-                await self.executor.flush_progress()
+                if began >= renew_at:
+                    await self._renew(self.deliveries.inflight, idle_ms=0)
+                    self.executor.leases_renewed_at = began
+                    renew_at = began + period
+                    await self._heartbeat()
+                    await self.executor.flush_progress()
+                else:
+                    await self._heartbeat()
             except REDIS_FAULTS as err:
                 self.watch.failed("renewing leases", err, began)
                 failures += 1
             else:
                 self.watch.answered()
                 failures = 0
-            wait = min(period, backoff(failures)) if failures else period
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), wait)
+            await self._pause(min(period, backoff(failures)) if failures else renew_at - time.monotonic())
         await self._sign_off()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when a job starts or ends (then a little, for the changes of
+        that moment to ride along), or until :meth:`stop`."""
+        if not self._beat_due:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
+        if self._beat_due and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), PROMPT_BEAT_SECONDS)
 
     async def _sign_off(self) -> None:
         """Hand held entries back for prompt reclaim, and delete this worker's heartbeat.
@@ -112,16 +145,20 @@ class Leases:
     async def _heartbeat(self) -> None:
         key = self.keys.worker(self.consumer_name)
         counters: dict[str, Any] = dataclasses.asdict(self.executor.counters)
+        running = self.executor.running
+        busy = Counter(self.keys.queue_of(job.delivery.stream)[0] for job in running.values())
         async with self._redis.pipeline(transaction=False) as pipe:
             mapping: Any = {
                 "consumer": self.consumer_name,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "queues": ",".join(self.deliveries.queues),
-                "running": ",".join(self.executor.running),
+                "running": ",".join(running),
+                "slots": self.slots,
+                "busy": msgspec.json.encode(busy),
                 "seen_at": int(time.time() * 1000),
                 **counters,
             }
             pipe.hset(key, mapping=mapping)
-            pipe.expire(key, max(1, int(self.settings.lease_seconds * _HEARTBEAT_FIELDS_TTL_LEASES)))
+            pipe.pexpire(key, max(1000, int(self.settings.lease_seconds * HEARTBEAT_TTL_LEASES * 1000)))
             await pipe.execute()

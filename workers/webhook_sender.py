@@ -32,9 +32,8 @@ import logging
 import random
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 
 from broker.connection import REDIS_FAULTS, RedisWatch, backoff
@@ -43,6 +42,9 @@ from broker.settings import Settings
 from broker.store import JobStore
 from broker.webhook_signing import decode_secret, webhook_headers
 from broker.webhook_targets import url_refusal
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("jobstream.webhooks")
 
@@ -108,29 +110,40 @@ class WebhookSender:
         self.lease_ms = round(2 * self.timeout * 1000)
         self.poll = _POLL_SECONDS if settings.webhook_allowed_hosts.strip() else _POLL_SECONDS_WHEN_OFF
         self.inflight: set[asyncio.Task[None]] = set()
+        self._client: httpx.AsyncClient | None = None
 
     async def run(self) -> None:
         """Claim and deliver, forever; Redis faults are waited out (an unwritten outcome's lease lapses)."""
         failures = 0
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, trust_env=False) as client:
-            try:
-                while True:
-                    began = time.monotonic()
-                    try:
-                        wait = await self.send_due(client)
-                    except REDIS_FAULTS as err:
-                        self.watch.failed("claiming webhooks", err, began)
-                        failures += 1
-                        wait = backoff(failures)
-                    else:
-                        failures = 0
-                    await asyncio.sleep(max(wait, 0.01))
-            finally:
-                for task in self.inflight:
-                    task.cancel()
-                await asyncio.gather(*self.inflight, return_exceptions=True)
+        try:
+            while True:
+                began = time.monotonic()
+                try:
+                    wait = await self.send_due()
+                except REDIS_FAULTS as err:
+                    self.watch.failed("claiming webhooks", err, began)
+                    failures += 1
+                    wait = backoff(failures)
+                else:
+                    failures = 0
+                await asyncio.sleep(max(wait, 0.01))
+        finally:
+            for task in self.inflight:
+                task.cancel()
+            await asyncio.gather(*self.inflight, return_exceptions=True)
+            if self._client is not None:
+                await self._client.aclose()
 
-    async def send_due(self, client: httpx.AsyncClient) -> float:
+    def client(self) -> httpx.AsyncClient:
+        """The HTTP client, made for the first webhook due: httpx is imported then, not at a
+        worker's start (``python -m bench startup``), and never by a worker that sends none."""
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, trust_env=False)
+        return self._client
+
+    async def send_due(self) -> float:
         """Start delivering what is due (as many as there is room for); seconds until the next look."""
         room = _MAX_AT_ONCE - len(self.inflight)
         if room <= 0:
@@ -143,7 +156,7 @@ class WebhookSender:
         wait = self.poll
         for claim in claims:
             for job_id in claim.job_ids:
-                task = asyncio.create_task(self.deliver(client, job_id, claim.lease_end_ms))
+                task = asyncio.create_task(self.deliver(self.client(), job_id, claim.lease_end_ms))
                 self.inflight.add(task)
                 task.add_done_callback(self.inflight.discard)
             if claim.next_due_ms is not None:
@@ -173,6 +186,8 @@ class WebhookSender:
 
     async def attempt(self, client: httpx.AsyncClient, job_id: str) -> Outcome:
         """POST the webhook once; what came of it."""
+        import httpx  # imported already by client(): a dictionary lookup
+
         fields: Any = await self.store.redis.hgetall(self.store.keys.webhook(job_id))
         if not fields:
             return Outcome("failed", "the webhook expired")  # the outcome script drops its due entry

@@ -1,10 +1,12 @@
--- create_job: a new PENDING job, indexed for its owner and queued (or scheduled).
--- The owner index is scored by a creation sequence: Redis time in microseconds, raised
--- to one past the index's newest score when the clock has not moved on (or went back), so
--- listing order is creation order even for jobs made within one microsecond.
+-- create_job: a new PENDING job, indexed for its owner and for admins, counted, and queued
+-- (or scheduled). Both indexes are scored by one creation sequence: Redis time in
+-- microseconds, raised to one past either index's newest score when the clock has not
+-- moved on (or went back), so listing order is creation order even for jobs made within
+-- one microsecond, in the owner's listing and in the partition's.
 -- KEYS: 1 job hash, 2 owner index (zset), 3 owner active set, 4 idempotency key (without
 --       one: any name in the job's slot, never touched),
---       5 queue stream, 6 queue delayed zset
+--       5 queue stream, 6 queue delayed zset, 7 the partition's index of every job (zset),
+--       8 the partition's counts (hash; field created:<type> += 1)
 -- ARGV: 1 the partition's events channel, 2 id, 3 type, 4 owner, 5 queue, 6 input JSON,
 --       7 active TTL s, 8 Taskiq message, 9 opts (MessagePack map, every key optional):
 --       max_active (active-job quota; none when absent), idempotency_ttl (s; no key when
@@ -20,6 +22,7 @@
 --   after a lost reply finds its own job, and the caller takes it as created.
 -- Publishes: the PENDING job.
 local job, index, active, idem, stream, delayed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local all_jobs, counts = KEYS[7], KEYS[8]
 local id, ttl, message = ARGV[2], tonumber(ARGV[7]), ARGV[8]
 local opts = js_opts(ARGV[9])
 local quota, idem_ttl = opts.max_active or 0, opts.idempotency_ttl or 0
@@ -59,11 +62,16 @@ if opts.keep_until_fetched then
 end
 local flat = js_commit(job, changes, ttl, now, ARGV[1])
 local seq = now_us
-local newest = redis.call('ZRANGE', index, 0, 0, 'REV', 'WITHSCORES')
-if newest[2] and tonumber(newest[2]) >= seq then
-  seq = tonumber(newest[2]) + 1
+for _, key in ipairs({index, all_jobs}) do
+  local newest = redis.call('ZRANGE', key, 0, 0, 'REV', 'WITHSCORES')
+  if newest[2] and tonumber(newest[2]) >= seq then
+    seq = tonumber(newest[2]) + 1
+  end
 end
-redis.call('ZADD', index, string.format('%.0f', seq), id)
+seq = string.format('%.0f', seq)
+redis.call('ZADD', index, seq, id)
+redis.call('ZADD', all_jobs, seq, id)
+redis.call('HINCRBY', counts, 'created:' .. ARGV[3], 1)
 redis.call('SADD', active, id)
 if idem_ttl > 0 then
   redis.call('SET', idem, id, 'EX', idem_ttl)

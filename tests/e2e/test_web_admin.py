@@ -28,9 +28,16 @@ async def test_queues_count_waiting_delayed_and_dead(redis_url: str, prefix: str
         response = await client.get("/queues")
         assert response.status_code == 200
         default = next(q for q in response.json() if q["name"] == "default")
-        assert default == {"name": "default", "waiting": 2, "in_flight": 0, "delayed": 1, "dead": 1}
+        oldest = default.pop("oldest_waiting_seconds")
+        assert default == {
+            "name": "default", "waiting": 2, "in_flight": 0, "delayed": 1, "dead": 1, "lag": 2,
+            "worker_slots": 0, "busy_slots": 0,
+        }  # fmt: skip
+        assert 0 <= oldest < 30
         text = (await client.get("/metrics")).text
         assert 'jobstream_queue_waiting{queue="default"} 2.0' in text
+        assert 'jobstream_queue_dead_letters{queue="default"} 1.0' in text
+        assert 'jobstream_jobs_created_total{task="demo.noop"} 3.0' in text
         assert 'jobstream_queue_delayed{queue="default"} 1.0' in text
         assert "jobstream_sse_listeners" in text
 

@@ -30,6 +30,9 @@ def env_for(redis_url: str, prefix: str, extra: Mapping[str, str] | None = None)
         JOBSTREAM_REDIS_URL=redis_url,
         JOBSTREAM_PREFIX=prefix,
         JOBSTREAM_AUTH="none",
+        # Plain text, which the tests read line by line (their logs go to files, where the
+        # default would be JSON lines); tests/e2e/test_json_logs.py asks for the default.
+        JOBSTREAM_LOG_FORMAT="text",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra or {})

@@ -27,7 +27,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 
 from broker.errors import JobNotFound
-from broker.models import Job, job_encoder, without_traceback
+from broker.models import Job, job_encoder
 from broker.settings import Settings
 from broker.store import JobStore
 from hub.event_hub import EventHub, EventsUnavailable, FeedClosed, HubStats, JobFeed, OwnerFeed
@@ -52,7 +52,7 @@ from web.live.streams import (
 )
 from web.openapi import problem_responses
 from web.problems import REDIS_RETRY_AFTER_SECONDS, ProblemError, problem
-from web.tracebacks import sees_tracebacks
+from web.tracebacks import JobView
 
 F = TypeVar("F", JobFeed, OwnerFeed)
 
@@ -178,12 +178,13 @@ class EventStreams:
                 self.slots.give_back(holder)
                 return Response(None, status_code=204, headers={"Cache-Control": "no-cache"})
             first = None
-        return EventStream(JobStream(self, feed, first, holder, not sees_tracebacks(caller, self.settings)))
+        return EventStream(JobStream(self, feed, first, holder, JobView.of(caller, self.settings)))
 
     async def owner_stream(self, caller: User) -> Response[Any]:
-        """Subscribe to the caller's channel, read the newest jobs, then stream their changes
-        (429 if the caller holds too many streams already)."""
-        holder = owner = caller.id
+        """Follow the caller's jobs (an admin's: every owner's), read the newest, then stream
+        their changes (429 if the caller holds too many streams already)."""
+        holder = caller.id
+        owner = None if caller.admin else caller.id
         self.slots.take(holder)
         try:
             feed = await _opened(self.hub.open_owner(owner))
@@ -196,7 +197,7 @@ class EventStreams:
             feed.close()
             self.slots.give_back(holder)
             raise
-        return EventStream(OwnerStream(self, feed, jobs, holder, not sees_tracebacks(caller, self.settings)))
+        return EventStream(OwnerStream(self, feed, jobs, holder, JobView.of(caller, self.settings)))
 
     async def wait_for_newer(self, job: Job, seconds: float, caller: User) -> Job:
         """Long polling: the job once it moves past ``job.version``, else ``job`` after ``seconds``.
@@ -216,22 +217,22 @@ class EventStreams:
 
     # -- frames ----------------------------------------------------------------------------
 
-    def frame(self, job: Job, *, with_id: bool = True, hide_tracebacks: bool = False) -> bytes:
-        """One ``event: job`` (the JSON is encoded once per state, whoever receives it).
+    def frame(self, job: Job, *, view: JobView, with_id: bool = True) -> bytes:
+        """One ``event: job`` (the JSON is encoded once per state and view, whoever receives it).
 
-        With ``hide_tracebacks``, a state carrying a traceback is encoded without it for this
-        client alone: the hub's cache holds whole states only (keyed by id and version).
+        When ``view`` hides tracebacks, a state carrying an error is encoded for this client
+        alone: the hub's cache holds whole states, and states without their worker.
         """
         head = b"id: %d\nevent: job\ndata: " % job.version if with_id else b"event: job\ndata: "
-        shown = without_traceback(job) if hide_tracebacks and job.error is not None else job
-        body = self.hub.json(job) if shown is job else job_encoder.encode(shown)
+        if view.hide_tracebacks and job.error is not None:
+            body = job_encoder.encode(view.apply(job))
+        else:
+            body = self.hub.json(job, hide_worker=view.hide_worker)
         return head + body + b"\n\n"
 
-    def snapshot_frames(self, jobs: list[Job], *, hide_tracebacks: bool = False) -> bytes:
+    def snapshot_frames(self, jobs: list[Job], *, view: JobView) -> bytes:
         """Oldest first, so a client that appends shows the newest last."""
-        return b"".join(
-            self.frame(job, with_id=False, hide_tracebacks=hide_tracebacks) for job in reversed(jobs)
-        )
+        return b"".join(self.frame(job, with_id=False, view=view) for job in reversed(jobs))
 
 
 async def _opened(opening: Awaitable[F]) -> F:

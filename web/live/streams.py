@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from broker.models import Job
 from hub.event_hub import JobFeed, OwnerFeed, Resync
+from web.tracebacks import JobView
 
 EVENT_STREAM = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -50,10 +51,10 @@ class Frames(Protocol):
 
     retry: bytes
 
-    def frame(self, job: Job, *, with_id: bool = True, hide_tracebacks: bool = False) -> bytes:
+    def frame(self, job: Job, *, view: JobView, with_id: bool = True) -> bytes:
         """One ``event: job``."""
 
-    def snapshot_frames(self, jobs: list[Job], *, hide_tracebacks: bool = False) -> bytes:
+    def snapshot_frames(self, jobs: list[Job], *, view: JobView) -> bytes:
         """Several jobs' events, oldest first."""
 
     def opened(self, stream: Stream) -> None:
@@ -121,10 +122,10 @@ class Stream(ABC):
 
     ``sent`` tells the keepalive tick whether it wrote since the last tick; the tick calls
     :meth:`nudge` on a quiet one, which then sends ``: keepalive`` from its own task.
-    ``hide_tracebacks``: its caller may not see tracebacks (see :mod:`web.tracebacks`).
+    ``view``: what its caller may not see of a job (see :mod:`web.tracebacks`).
     """
 
-    __slots__ = ("feed", "frames", "hide_tracebacks", "holder", "keepalive_due", "kind", "sent")
+    __slots__ = ("feed", "frames", "holder", "keepalive_due", "kind", "sent", "view")
 
     def __init__(
         self,
@@ -132,10 +133,10 @@ class Stream(ABC):
         kind: StreamKind,
         feed: JobFeed | OwnerFeed,
         holder: str,
-        hide_tracebacks: bool = False,
+        view: JobView,
     ) -> None:
         self.frames = frames
-        self.hide_tracebacks = hide_tracebacks
+        self.view = view
         self.kind = kind
         self.feed = feed
         self.holder: str | None = holder  # whose stream-cap slot this holds; None once given back
@@ -196,44 +197,41 @@ class JobStream(Stream):
 
     __slots__ = ("first",)
 
-    def __init__(
-        self, frames: Frames, feed: JobFeed, first: Job | None, holder: str, hide_tracebacks: bool = False
-    ) -> None:
-        super().__init__(frames, "job", feed, holder, hide_tracebacks)
+    def __init__(self, frames: Frames, feed: JobFeed, first: Job | None, holder: str, view: JobView) -> None:
+        super().__init__(frames, "job", feed, holder, view)
         self.first = first
 
     async def opening(self, send: Send) -> bool:
         first, self.first = self.first, None
-        frame = b"" if first is None else self.frames.frame(first, hide_tracebacks=self.hide_tracebacks)
+        frame = b"" if first is None else self.frames.frame(first, view=self.view)
         await send(_body(self.frames.retry + frame))
         return first is None or not first.terminal
 
     async def forward(self, send: Send, item: Job | Resync) -> None:
         if isinstance(item, Job):  # a job feed never resyncs
-            await send(_body(self.frames.frame(item, hide_tracebacks=self.hide_tracebacks)))
+            await send(_body(self.frames.frame(item, view=self.view)))
 
 
 class OwnerStream(Stream):
-    """``GET /events``: the owner's newest jobs, then each change; the newest jobs again on a resync."""
+    """``GET /events``: the owner's newest jobs (an admin's: everyone's), then each change; the
+    newest jobs again on a resync."""
 
     __slots__ = ("jobs",)
 
-    def __init__(
-        self, frames: Frames, feed: OwnerFeed, jobs: list[Job], holder: str, hide_tracebacks: bool = False
-    ) -> None:
-        super().__init__(frames, "owner", feed, holder, hide_tracebacks)
+    def __init__(self, frames: Frames, feed: OwnerFeed, jobs: list[Job], holder: str, view: JobView) -> None:
+        super().__init__(frames, "owner", feed, holder, view)
         self.jobs = jobs
 
     async def opening(self, send: Send) -> bool:
         jobs, self.jobs = self.jobs, []
         await send(
-            _body(self.frames.retry + self.frames.snapshot_frames(jobs, hide_tracebacks=self.hide_tracebacks))
+            _body(self.frames.retry + self.frames.snapshot_frames(jobs, view=self.view))
         )
         return True
 
     async def forward(self, send: Send, item: Job | Resync) -> None:
         if isinstance(item, Job):
-            await send(_body(self.frames.frame(item, with_id=False, hide_tracebacks=self.hide_tracebacks)))
+            await send(_body(self.frames.frame(item, with_id=False, view=self.view)))
             return
         assert isinstance(self.feed, OwnerFeed)
         try:
@@ -242,7 +240,7 @@ class OwnerStream(Stream):
             self.feed.close()  # Redis went away again: the client reconnects and starts afresh
             return
         if jobs:
-            await send(_body(self.frames.snapshot_frames(jobs, hide_tracebacks=self.hide_tracebacks)))
+            await send(_body(self.frames.snapshot_frames(jobs, view=self.view)))
 
 
 def _body(data: bytes) -> HTTPResponseBodyEvent:

@@ -103,11 +103,12 @@ def creation_owner(caller: User, owner: str | None) -> str:
     raise ProblemError(problem(403, "forbidden", "only a service may create a job for another owner"))
 
 
-def listing_owner(caller: User, owner: str | None) -> str:
-    """Whose jobs ``GET /jobs`` lists: the caller's, or (admins and services) the one asked for."""
-    if owner is None or owner == caller.id:
-        return caller.id
-    if caller.admin or caller.service:
+def listing_owner(caller: User, owner: str | None) -> str | None:
+    """Whose jobs ``GET /jobs`` lists: the caller's, or (admins and services) the one asked for;
+    without ``owner``, an admin's listing is every owner's (None)."""
+    if owner is None:
+        return None if caller.admin else caller.id
+    if owner == caller.id or caller.admin or caller.service:
         return owner
     raise ProblemError(problem(403, "forbidden", "only an admin or a service may list another owner's jobs"))
 
@@ -230,7 +231,8 @@ class JobController(Controller):
         ] = None,
         label: LabelFilter = None,
     ) -> Response[JobPage]:
-        """The owner's jobs, newest first, filtered by ``status``, ``type`` and ``label``."""
+        """The caller's jobs, newest first, filtered by ``status``, ``type`` and ``label``; an
+        admin's are every owner's unless ``owner`` names one."""
         whose = listing_owner(request.user, owner)
         labels = label_filter(label)
         if labels is None:
