@@ -2,12 +2,13 @@
 
 Every job change is published by its Lua script on its partition's events channel (a shard
 channel, SPUBLISH): a header line ``["<id>","<owner>"]``, then the whole record (a JSON array
-``[field, value, ...]``). The hub holds every partition's channel for the life of the
-process (:mod:`hub.subscriptions`: one connection on one Redis or Sentinel, one per
-partition on Cluster), routes each message by its header to the feeds that follow that
-job or owner, decodes it once if any does, and offers the resulting
-:class:`~broker.models.Job` to them (:mod:`hub.feeds`), which keep the newest state and
-wake their readers. Following a job or an owner is a dict operation: no command to Redis.
+``[field, value, ...]``). The hub subscribes a partition's channel when the process first
+follows something in it, then holds it for the life of the process (:mod:`hub.subscriptions`:
+one connection on one Redis or Sentinel, one per partition on Cluster); a process that
+follows nothing (one that only creates jobs) receives no events. It routes each message by
+its header to the feeds that follow that job or owner, decodes it once if any does, and
+offers the resulting :class:`~broker.models.Job` to them (:mod:`hub.feeds`), which keep the
+newest state and wake their readers. Following a job or an owner is then a dict operation.
 
 Opening a feed returns once Redis confirmed the partition's subscription: a caller that
 then reads the job hash sees every later change on its feed (the SSE contract's "subscribe
@@ -107,6 +108,7 @@ class EventHub:
             keepalive_seconds=keepalive_seconds,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
+            lazy=True,
         )
         self._job_feeds: dict[str, set[JobFeed]] = {}
         self._owner_feeds: dict[str | None, set[OwnerFeed]] = {}  # None: feeds of every owner
@@ -239,9 +241,10 @@ class EventHub:
         if not self._running:
             self._detach(feed)
             raise FeedClosed("the event hub is not running")
+        timeout = self._subscribe_timeout if self.connected else self._offline_timeout
+        self._subs.need(subscriptions)
         waiting = [s for s in subscriptions if not s.confirmed.is_set()]
         if waiting:
-            timeout = self._subscribe_timeout if self.connected else self._offline_timeout
             try:
                 async with asyncio.timeout(timeout):
                     for subscription in waiting:

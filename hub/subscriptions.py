@@ -181,7 +181,12 @@ class Subscription:
 
 class ShardSubscriptions:
     """The shard channels of every partition, held on as few connections as the topology
-    allows: one on one Redis or Sentinel, one per channel on Cluster."""
+    allows: one on one Redis or Sentinel, one per channel on Cluster.
+
+    ``lazy``: a subscription starts the first time :meth:`need` asks for it, then stays, so
+    a process that never follows anything (a web process that only creates jobs) receives
+    no events at all; eager ones all start with :meth:`start`.
+    """
 
     def __init__(
         self,
@@ -197,8 +202,11 @@ class ShardSubscriptions:
         backoff_base: float = 0.05,
         backoff_cap: float = 1.0,
         role: str = "event hub",
+        lazy: bool = False,
     ) -> None:
         self.topology = topology
+        self._lazy = lazy
+        self._running = False
         self._redis = redis
         self._client_name = client_name
         self._connect_timeout = connect_timeout
@@ -217,7 +225,7 @@ class ShardSubscriptions:
             for group in groups
         ]
         self.of_channel = {channel: s for s in self.subscriptions for channel in s.channels}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[Subscription, asyncio.Task[None]] = {}
 
     def _pool_factory(self, channel: str) -> PoolFactory:
         async def pool() -> ConnectionPool:
@@ -238,26 +246,36 @@ class ShardSubscriptions:
         return node.host, int(node.port)
 
     async def start(self) -> None:
-        """Start every reader; returns after each made its first connection attempt."""
-        self._tasks = [s.start() for s in self.subscriptions]
-        for subscription in self.subscriptions:
-            await subscription.first_attempt.wait()
+        """Start every reader (none yet when lazy); returns after each made its first
+        connection attempt."""
+        self._running = True
+        if not self._lazy:
+            self.need(self.subscriptions)
+            for subscription in self.subscriptions:
+                await subscription.first_attempt.wait()
+
+    def need(self, subscriptions: list[Subscription]) -> None:
+        """Start the readers of ``subscriptions`` that are not running yet. Never blocks."""
+        for subscription in subscriptions:
+            if self._running and subscription not in self._tasks:
+                self._tasks[subscription] = subscription.start()
 
     async def stop(self) -> None:
         """Cancel the readers (again if a library swallowed the cancellation), close the connections."""
-        pending = set(self._tasks)
+        self._running = False
+        pending = set(self._tasks.values())
         while pending:
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=1.0)
-        self._tasks = []
-        for subscription in self.subscriptions:
+        for subscription in self._tasks:
             await subscription.close()
+        self._tasks = {}
 
     @property
     def confirmed(self) -> bool:
-        """Whether every channel is subscribed and confirmed now."""
-        return all(s.confirmed.is_set() for s in self.subscriptions)
+        """Whether every channel started is subscribed and confirmed now (true before any is)."""
+        return all(s.confirmed.is_set() for s in self._tasks)
 
     @property
     def reconnects(self) -> int:

@@ -410,8 +410,9 @@ async def test_stop_ends_feeds_cleanly(
         return len([item async for item in feed])
 
     readers = [asyncio.create_task(iterate(job_feed)), asyncio.create_task(iterate(owner_feed))]
+    received = hub.stats().events_received
     await store.progress(started.job.id, started.attempt, 1.0)
-    await until(lambda: _true(hub.stats().events_received >= 2))
+    await until(lambda: _true(hub.stats().events_received > received))
     await hub.stop()
     counts = await asyncio.wait_for(asyncio.gather(*readers), 5)
     assert counts == [1, 1]
@@ -527,3 +528,21 @@ async def test_a_stream_whose_send_raises_does_not_stop_the_other_streams(
     for client in (clients[0], clients[3]):
         assert client.has('"first"') and client.has('"second"') and client.has(f"id: {end.version}\n")
     assert streams.stats().job_streams == 0 and hub.stats().listeners == 0
+
+
+async def test_a_hub_that_follows_nothing_receives_nothing(
+    hub: EventHub, store: JobStore, redis: Redis, hub_name: str
+) -> None:
+    """A process that only creates jobs pays nothing for events: the partitions' channels are
+    subscribed the first time it follows something, and held from then on."""
+    started, _ = await running_job(store)
+    await store.progress(started.job.id, started.attempt, 5.0)
+    assert hub.stats().events_received == 0
+    assert await hub_connections(redis, hub_name, "pubsub") == []
+    async with hub.listen_job(started.job.id) as feed:
+        await feed.snapshot()
+        assert len(await hub_connections(redis, hub_name, "pubsub")) == 1
+        await store.progress(started.job.id, started.attempt, 6.0)
+        job = await feed.next(timeout=5)
+        assert job is not None and job.progress == 6.0
+    assert len(await hub_connections(redis, hub_name, "pubsub")) == 1  # held from then on
