@@ -162,9 +162,9 @@ class EventHub:
 
     @property
     def connected(self) -> bool:
-        """Whether every partition's subscription is up (readiness: without it a web process
-        serves no events)."""
-        return self._subs.confirmed
+        """Whether no subscription the hub holds has lost its connection (readiness: while it
+        reconnects a web process serves no events)."""
+        return self._subs.up
 
     def stats(self) -> HubStats:
         """Counters for metrics."""

@@ -74,6 +74,7 @@ class Subscription:
         self._pubsub: PubSub | None = None
         self._pool: ConnectionPool | None = None
         self.confirmed = asyncio.Event()  # connected, and Redis confirmed every channel
+        self.was_confirmed = False  # at least once: from then on, a loss is an outage
         self.first_attempt = asyncio.Event()
         self.reconnects = 0
         self._resync: asyncio.Task[None] | None = None
@@ -168,6 +169,7 @@ class Subscription:
 
     def _confirmed(self, resync: bool) -> None:
         self.confirmed.set()
+        self.was_confirmed = True
         if resync:
             self.reconnects += 1
             log.warning("%s: reconnected (reconnect #%d)", self._role, self.reconnects)
@@ -273,9 +275,10 @@ class ShardSubscriptions:
         self._tasks = {}
 
     @property
-    def confirmed(self) -> bool:
-        """Whether every channel started is subscribed and confirmed now (true before any is)."""
-        return all(s.confirmed.is_set() for s in self._tasks)
+    def up(self) -> bool:
+        """Whether no subscription has lost its connection: each one confirmed once is confirmed
+        now (one still making its first connection, or none started yet, is no outage)."""
+        return all(s.confirmed.is_set() for s in self._tasks if s.was_confirmed)
 
     @property
     def reconnects(self) -> int:

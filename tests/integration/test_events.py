@@ -436,7 +436,7 @@ async def test_unreachable_redis_times_out_subscribing(store: JobStore) -> None:
     try:
         with pytest.raises(EventsUnavailable):
             await hub.open_job("any")
-        assert hub.stats().listeners == 0 and not hub.stats().connected
+        assert hub.stats().listeners == 0  # the feed that waited is gone again
     finally:
         await hub.stop()
 
