@@ -56,6 +56,8 @@ export interface Job<Result = unknown, Input = unknown> {
   /** +1 on every change: the ETag and the SSE event id. */
   version: number;
   cancel_requested: boolean;
+  /** The worker running it, or that ran its last attempt: shown to admins only (null otherwise). */
+  worker: string | null;
   labels: Record<string, string>;
   /** The service that created it for its owner (null: the owner did). */
   created_by: string | null;
