@@ -14,6 +14,10 @@ COPY cli cli
 COPY client client
 COPY devtools devtools
 RUN uv sync --frozen --no-dev
+# UV_COMPILE_BYTECODE compiles the dependencies only; the app's own modules are compiled here,
+# since the image runs as nobody, who could not write their __pycache__ (a worker would then
+# compile about forty modules at every start).
+RUN python -m compileall -q broker web workers scheduler hub cli client devtools
 USER nobody
 EXPOSE 8000
 CMD ["uvicorn", "web.app:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -2,23 +2,28 @@
 
 Each round queues one ``demo.noop`` job, spawns ``python -m workers`` and measures from the
 spawn (this machine's clock) to the job's ``started_at`` (Redis's clock, same machine), then
-stops the worker. A first round, not counted, compiles the modules (``.pyc``), as an image's
-build does (``UV_COMPILE_BYTECODE=1`` in the Dockerfile). Reported beside it: the imports
-alone (``python -c "import ..."`` of what ``python -m workers`` imports, spawn to exit), and,
-for each round, what ``python -X importtime`` says the largest imports cost.
+stops the worker. The same run measures stock taskiq beside it: ``taskiq worker`` on
+``bench.peer_apps.taskiq_app`` (taskiq-redis's ``RedisStreamBroker``, ``--workers 1``, its
+production form) with one noop message queued, from the spawn to its result being stored
+(a noop ends within a millisecond of its start). Reported beside them: the imports alone
+(``python -c "import ..."`` of what ``python -m workers`` imports, spawn to exit), and what
+``python -X importtime`` says the largest imports cost.
+
+Both run in a production environment, as the image has it: ``uv sync --frozen --no-dev``
+into ``.venv-production`` with the dependencies compiled (``UV_COMPILE_BYTECODE=1``), and
+the project's own packages compiled too (``compileall``, as the Dockerfile does): where
+``PYTHONDONTWRITEBYTECODE`` is set, nothing else would ever compile them, and the dev
+environment's FastAPI (a test dependency) makes taskiq's dependency injection import it,
+about 0.4 s more. ``BENCH_WORKER_PYTHON=/path/to/python`` runs another interpreter instead.
 
 The goal (issue 14): at most 0.3 s from spawn to the first job once compiled.
-
-``BENCH_WORKER_PYTHON=/path/to/python`` runs the workers (and the import runs) with another
-environment's interpreter: the production one (``uv sync --no-dev``, as the image has it)
-lacks the dev group's FastAPI, which taskiq's dependency injection imports when it is there
-(about half of taskiq's import time here).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,8 +50,29 @@ from bench.common import (
 )
 
 GOAL_SECONDS = 0.3
-WORKER_PYTHON = os.environ.get("BENCH_WORKER_PYTHON", sys.executable)
 IMPORTS = "import workers.__main__, workers.app, workers.receiver, taskiq.cli.worker.run"
+PROJECT_PACKAGES = ["broker", "workers", "hub", "bench"]
+PRODUCTION_VENV = ROOT / ".venv-production"
+
+
+def production_python() -> str:
+    """The interpreter to run workers with: ``BENCH_WORKER_PYTHON``, else a production
+    environment (no dev group, dependencies compiled) synced here, else this one."""
+    if chosen := os.environ.get("BENCH_WORKER_PYTHON"):
+        return chosen
+    uv = shutil.which("uv")
+    if uv is None:
+        return sys.executable
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(PRODUCTION_VENV), "UV_COMPILE_BYTECODE": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    subprocess.run([uv, "sync", "--frozen", "--no-dev", "--quiet"], env=env, cwd=ROOT, check=True)
+    return str(PRODUCTION_VENV / "bin" / "python")
+
+
+def compile_project(python: str) -> None:
+    """Compile the project's own modules, as the image's build does (``compileall``)."""
+    argv = [python, "-m", "compileall", "-q", "-j0", *PROJECT_PACKAGES]
+    subprocess.run(argv, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -55,7 +81,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def first_job_seconds(url: str, log: Path) -> tuple[float, float]:
+async def first_job_seconds(python: str, url: str, log: Path) -> tuple[float, float]:
     """Spawn one worker with one job queued: seconds from the spawn to the job's start, and the
     CPU time the worker had used by then (which the machine's other load does not inflate)."""
     prefix = f"s{uuid.uuid4().hex[:6]}:"
@@ -63,7 +89,7 @@ async def first_job_seconds(url: str, log: Path) -> tuple[float, float]:
     async with job_store(url, prefix) as store:
         job, _ = await store.create(task="demo.noop", input_json=b"{}", owner="bench", queue="default")
         spawned = time.time()
-        proc = spawn([WORKER_PYTHON, *worker_argv()[1:]], env, log)
+        proc = spawn([python, *worker_argv()[1:]], env, log)
         try:
             deadline = time.monotonic() + 60
             while not (started := await store.redis.hget(store.keys.job(job.id), "started_at")):
@@ -76,16 +102,45 @@ async def first_job_seconds(url: str, log: Path) -> tuple[float, float]:
     return int(started) / 1000 - spawned, cpu
 
 
-def import_seconds(env: dict[str, str]) -> float:
-    """Spawn to exit of a Python that only imports what ``python -m workers`` does."""
+async def taskiq_first_seconds(python: str, url: str, log: Path) -> float:
+    """Stock taskiq: spawn ``taskiq worker`` with one noop message queued; seconds from the
+    spawn to its result being stored."""
+    from taskiq.kicker import AsyncKicker
+    from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
+
+    backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(redis_url=url)
+    broker = RedisStreamBroker(url=url).with_result_backend(backend)
+    await broker.startup()  # makes the consumer group the worker reads (at "$", then kept)
+    try:
+        task = await AsyncKicker("noop", broker, {}).kiq()
+        argv = [python, "-m", "taskiq", "worker", "bench.peer_apps.taskiq_app:broker", "--workers", "1",
+                "--log-level", "WARNING"]  # fmt: skip
+        spawned = time.time()
+        proc = spawn(argv, {"BENCH_REDIS_URL": url}, log)
+        try:
+            deadline = time.monotonic() + 60
+            while not await backend.is_result_ready(task.task_id):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"taskiq never ran the task\n{log_tail(log)}")
+                await asyncio.sleep(0.002)
+            return time.time() - spawned
+        finally:
+            stop(proc)
+    finally:
+        await broker.shutdown()
+
+
+def import_seconds(python: str, env: dict[str, str], statement: str = IMPORTS) -> float:
+    """Spawn to exit of a Python that only runs ``statement`` (by default: imports what
+    ``python -m workers`` does)."""
     began = time.perf_counter()
-    subprocess.run([WORKER_PYTHON, "-c", IMPORTS], env={**os.environ, **env}, cwd=ROOT, check=True)
+    subprocess.run([python, "-c", statement], env={**os.environ, **env}, cwd=ROOT, check=True)
     return time.perf_counter() - began
 
 
-def largest_imports(env: dict[str, str], count: int = 8) -> list[tuple[str, float]]:
+def largest_imports(python: str, env: dict[str, str], count: int = 8) -> list[tuple[str, float]]:
     """The top-level packages whose import took longest (``-X importtime``, cumulative, s)."""
-    argv = [WORKER_PYTHON, "-X", "importtime", "-c", IMPORTS]
+    argv = [python, "-X", "importtime", "-c", IMPORTS]
     environ = {**os.environ, **env}
     done = subprocess.run(argv, env=environ, cwd=ROOT, capture_output=True, text=True, check=True)
     packages: dict[str, float] = {}
@@ -100,30 +155,42 @@ def largest_imports(env: dict[str, str], count: int = 8) -> list[tuple[str, floa
 
 async def _main(options: Options) -> Report:
     rounds = options.pick(2, 10, options.rounds)
+    python = production_python()
+    compile_project(python)
     with bench_redis() as server, tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "workers.log"
         env = jobstream_env(server.url, "unused:")
-        await first_job_seconds(server.url, log)  # compiles what the first run imports
-        measured = [await first_job_seconds(server.url, log) for _ in range(rounds)]
-        firsts = [wall for wall, _ in measured]
-        imports = [import_seconds(env) for _ in range(rounds)]
-        heavy = largest_imports(env)
+        await first_job_seconds(python, server.url, log)  # a first round of each, not counted
+        await taskiq_first_seconds(python, server.url, log)
+        measured, stock = [], []
+        for _ in range(rounds):  # alternated, so that both see the same machine
+            measured.append(await first_job_seconds(python, server.url, log))
+            stock.append(await taskiq_first_seconds(python, server.url, log))
+        imports = [import_seconds(python, env) for _ in range(rounds)]
+        taskiq_import = [import_seconds(python, {}, "import taskiq") for _ in range(rounds)]
+        heavy = largest_imports(python, env)
         version = redis_version(server.url)
-    first, imported, cpu = summary(firsts), summary(imports), summary([c for _, c in measured])
+    firsts = [wall for wall, _ in measured]
+    first, cpu, taskiq_first = summary(firsts), summary([c for _, c in measured]), summary(stock)
+    imported, taskiq_imported = summary(imports), summary(taskiq_import)
     rows = [
         [what, f"{s['median']:.3f}", f"{s['min']:.3f}-{s['max']:.3f}"]
         for what, s in (
-            ("spawn -> first job started", first),
-            ("worker CPU by then", cpu),
-            ("imports alone (spawn -> exit)", imported),
+            ("jobstream: spawn -> first job started", first),
+            ("jobstream: worker CPU by then", cpu),
+            ("stock taskiq worker: spawn -> first task done", taskiq_first),
+            ("jobstream's imports alone (spawn -> exit)", imported),
+            ("`import taskiq` alone (spawn -> exit)", taskiq_imported),
         )
     ]
     met = "met" if first["median"] <= GOAL_SECONDS else "NOT met"
+    ratio = first["median"] / taskiq_first["median"]
     notes = [
-        f"{rounds} rounds after a compiling one; one job queued before each spawn; Redis {version}; "
-        f"workers run by {WORKER_PYTHON}.",
+        f"{rounds} rounds of each, alternated, after an uncounted one; one job queued before each "
+        f"spawn; Redis {version}; workers run by {python}.",
         f"goal: first job within {GOAL_SECONDS} s of the spawn: {met} (median {first['median']:.3f} s, "
-        f"stdev {statistics.pstdev(firsts):.3f} s).",
+        f"stdev {statistics.pstdev(firsts):.3f} s); stock taskiq's worker on this machine: "
+        f"{taskiq_first['median']:.3f} s (jobstream / stock = {ratio:.2f}).",
         "largest imports (cumulative, one run): "
         + ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in heavy),
     ]
@@ -131,22 +198,25 @@ async def _main(options: Options) -> Report:
     def chart(path: Path) -> None:
         bar_chart(
             path,
-            "worker start-up (python -m workers)",
-            ["spawn -> first job", "imports alone"],
-            [first["median"], imported["median"]],
+            "worker start-up: spawn to first job",
+            ["jobstream", "stock taskiq", "jobstream imports", "import taskiq"],
+            [first["median"], taskiq_first["median"], imported["median"], taskiq_imported["median"]],
             "seconds (median)",
-            [(first["min"], first["max"]), (imported["min"], imported["max"])],
+            [(s["min"], s["max"]) for s in (first, taskiq_first, imported, taskiq_imported)],
         )
 
     data: dict[str, Any] = {
         "goal_s": GOAL_SECONDS,
         "first_job_s": first,
         "first_job_cpu_s": cpu,
+        "stock_taskiq_first_task_s": taskiq_first,
         "imports_s": imported,
+        "import_taskiq_s": taskiq_imported,
         "largest_imports_s": dict(heavy),
         "redis": version,
-        "worker_python": WORKER_PYTHON,
+        "worker_python": python,
         "runs": firsts,
+        "stock_taskiq_runs": stock,
     }
     title = "worker start-up: spawn to first job"
     return Report("startup", title, ["what", "median s", "spread s"], rows, data, notes, chart)

@@ -5,7 +5,9 @@ each time tracing every job in flight, and a full collection traced every object
 imported libraries: about a tenth of a worker's time at a few thousand noop jobs a second.
 Jobs leave no reference cycles behind (``tests/e2e/test_workers.py`` checks succeeding,
 failing and timed-out ones), so collecting rarely costs little memory; what start-up made
-is frozen out of every collection.
+is frozen out of every collection. Start-up freezes without collecting first: a collection of
+everything the imports made took 20 to 40 ms before the first job and found a few dozen
+unreachable objects, which staying frozen costs a few kilobytes.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ GC_THRESHOLD = 50_000
 
 
 def tune_gc() -> None:
-    """Collect once, freeze what survives (imports, start-up), and collect rarely from now on."""
-    gc.collect()
+    """Freeze what start-up made (imports included) and collect rarely from now on."""
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,10 +20,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_bench(scenario: str, out: Path) -> dict[str, Any]:
+def run_bench(scenario: str, out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "bench", scenario, "--quick", "--out", str(out)],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=110,
@@ -52,6 +54,16 @@ def test_cluster_quick(tmp_path: Path) -> None:
         ["cluster (3 primaries, 16 partitions)", "3"],
     ]
     assert all(run["n"] == report["data"]["n"] for run in report["data"]["runs"])  # each ran them all
+
+
+@pytest.mark.timeout(120)
+def test_startup_quick(tmp_path: Path) -> None:
+    # This interpreter, not a production environment synced for the bench (as a full run does).
+    report = run_bench("startup", tmp_path, {"BENCH_WORKER_PYTHON": sys.executable})
+    data = report["data"]
+    assert data["worker_python"] == sys.executable
+    assert len(data["runs"]) == len(data["stock_taskiq_runs"]) == data["first_job_s"]["n"]
+    assert data["largest_imports_s"]
 
 
 @pytest.mark.timeout(120)
