@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +154,20 @@ def largest_imports(python: str, env: dict[str, str], count: int = 8) -> list[tu
     return sorted(packages.items(), key=lambda item: -item[1])[:count]
 
 
-async def _main(options: Options) -> Report:
-    rounds = options.pick(2, 10, options.rounds)
+@dataclass
+class Measured:
+    """Every run of one bench: (wall, CPU) to jobstream's first job, stock taskiq's, imports."""
+
+    python: str
+    jobstream: list[tuple[float, float]]
+    stock: list[float]
+    imports: list[float]
+    taskiq_import: list[float]
+    heavy: list[tuple[str, float]]
+    redis: str
+
+
+async def _measure(rounds: int) -> Measured:
     python = production_python()
     compile_project(python)
     with bench_redis() as server, tempfile.TemporaryDirectory() as folder:
@@ -162,17 +175,27 @@ async def _main(options: Options) -> Report:
         env = jobstream_env(server.url, "unused:")
         await first_job_seconds(python, server.url, log)  # a first round of each, not counted
         await taskiq_first_seconds(python, server.url, log)
-        measured, stock = [], []
+        jobstream, stock = [], []
         for _ in range(rounds):  # alternated, so that both see the same machine
-            measured.append(await first_job_seconds(python, server.url, log))
+            jobstream.append(await first_job_seconds(python, server.url, log))
             stock.append(await taskiq_first_seconds(python, server.url, log))
-        imports = [import_seconds(python, env) for _ in range(rounds)]
-        taskiq_import = [import_seconds(python, {}, "import taskiq") for _ in range(rounds)]
-        heavy = largest_imports(python, env)
-        version = redis_version(server.url)
-    firsts = [wall for wall, _ in measured]
-    first, cpu, taskiq_first = summary(firsts), summary([c for _, c in measured]), summary(stock)
-    imported, taskiq_imported = summary(imports), summary(taskiq_import)
+        return Measured(
+            python,
+            jobstream,
+            stock,
+            [import_seconds(python, env) for _ in range(rounds)],
+            [import_seconds(python, {}, "import taskiq") for _ in range(rounds)],
+            largest_imports(python, env),
+            redis_version(server.url),
+        )
+
+
+async def _main(options: Options) -> Report:
+    rounds = options.pick(2, 10, options.rounds)
+    m = await _measure(rounds)
+    firsts = [wall for wall, _ in m.jobstream]
+    first, cpu, taskiq_first = summary(firsts), summary([c for _, c in m.jobstream]), summary(m.stock)
+    imported, taskiq_imported = summary(m.imports), summary(m.taskiq_import)
     rows = [
         [what, f"{s['median']:.3f}", f"{s['min']:.3f}-{s['max']:.3f}"]
         for what, s in (
@@ -187,12 +210,12 @@ async def _main(options: Options) -> Report:
     ratio = first["median"] / taskiq_first["median"]
     notes = [
         f"{rounds} rounds of each, alternated, after an uncounted one; one job queued before each "
-        f"spawn; Redis {version}; workers run by {python}.",
+        f"spawn; Redis {m.redis}; workers run by {m.python}.",
         f"goal: first job within {GOAL_SECONDS} s of the spawn: {met} (median {first['median']:.3f} s, "
         f"stdev {statistics.pstdev(firsts):.3f} s); stock taskiq's worker on this machine: "
         f"{taskiq_first['median']:.3f} s (jobstream / stock = {ratio:.2f}).",
         "largest imports (cumulative, one run): "
-        + ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in heavy),
+        + ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in m.heavy),
     ]
 
     def chart(path: Path) -> None:
@@ -212,11 +235,11 @@ async def _main(options: Options) -> Report:
         "stock_taskiq_first_task_s": taskiq_first,
         "imports_s": imported,
         "import_taskiq_s": taskiq_imported,
-        "largest_imports_s": dict(heavy),
-        "redis": version,
-        "worker_python": python,
+        "largest_imports_s": dict(m.heavy),
+        "redis": m.redis,
+        "worker_python": m.python,
         "runs": firsts,
-        "stock_taskiq_runs": stock,
+        "stock_taskiq_runs": m.stock,
     }
     title = "worker start-up: spawn to first job"
     return Report("startup", title, ["what", "median s", "spread s"], rows, data, notes, chart)
