@@ -231,7 +231,7 @@ def open_redis(
     return Redis.from_pool(ConnectionPool.from_url(topology.url, **options))
 
 
-_CLIENT_BREAKAGE = (AttributeError, RuntimeError)
+CLIENT_BREAKAGE = (AttributeError, RuntimeError)
 """What redis-py's Cluster client raises from inside a connection another task closed under it
 (``'NoneType' object has no attribute 'writelines'``; uvloop's "unable to perform operation on
 <TCPTransport closed=True>"): seen when a node restarts under load."""
@@ -242,7 +242,7 @@ class _Pipeline(ClusterPipeline):
         """redis-py's, with a connection broken under it reported as a ``ConnectionError``."""
         try:
             return await super().execute(*args, **kwargs)
-        except _CLIENT_BREAKAGE as err:
+        except CLIENT_BREAKAGE as err:
             raise RedisConnectionError(f"a cluster connection broke: {err!r}") from err
 
 
@@ -259,7 +259,7 @@ class ClusterClient(RedisCluster):
         """redis-py's, with a connection broken under it reported as a ``ConnectionError``."""
         try:
             return await super().execute_command(*args, **kwargs)
-        except _CLIENT_BREAKAGE as err:
+        except CLIENT_BREAKAGE as err:
             raise RedisConnectionError(f"a cluster connection broke: {err!r}") from err
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:

@@ -151,16 +151,21 @@ class Deliveries:
         return self.limit - self.held
 
     async def _read_partitions(self, redis: RedisClient, room: int) -> list[Entry]:
-        """New entries, at most ``room``: from the one partition, or from whichever partitions
-        answer first.
+        """New entries, at most ``room``: from the one partition, or from several.
 
-        Each partition has at most one read outstanding, and the entries they asked for never
-        add up to more than ``room``, so the worker still never holds more than it runs. When
-        there is less room than partitions, the reads go round the partitions, each blocking
-        for its share of ``block``, so a job in any partition waits about ``block`` at most.
+        With no read outstanding, the partitions are swept first, each read without blocking,
+        starting one further round each time, until the room is filled: under a backlog one
+        read takes a full count, as on one partition. Only when they are all empty does each
+        partition get a blocking read of its own. Each partition has at most one read
+        outstanding, and the entries they asked for never add up to more than ``room``, so
+        the worker still never holds more than it runs. When there is less room than
+        partitions, the blocking reads go round the partitions, each blocking for its share of
+        ``block``, so a job in any partition waits about ``block`` at most.
         """
         if len(self._groups) == 1:
             return await self._read(redis, self._groups[0], min(room, self.count), self.block)
+        if not self._reads and (swept := await self._sweep(redis, min(room, self.count))):
+            return swept
         self._start_reads(redis, room)
         reads = [task for task, _count in self._reads.values()]
         await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
@@ -175,6 +180,19 @@ class Deliveries:
                     failure = task.exception()
         if failure is not None and not entries:
             raise failure
+        return entries
+
+    async def _sweep(self, redis: RedisClient, want: int) -> list[Entry]:
+        """Up to ``want`` entries from the partitions in turn, none of the reads blocking."""
+        partitions = len(self._groups)
+        entries: list[Entry] = []
+        for partition in [(self._next_partition + n) % partitions for n in range(partitions)]:
+            entries += await self._read(redis, self._groups[partition], want - len(entries), None)
+            if len(entries) >= want:
+                self._next_partition = (partition + 1) % partitions
+                break
+        else:
+            self._next_partition = (self._next_partition + 1) % partitions
         return entries
 
     def _start_reads(self, redis: RedisClient, room: int) -> None:
@@ -199,11 +217,14 @@ class Deliveries:
                 break
 
     async def _read(
-        self, redis: RedisClient, read: Any, count: int, block: int
+        self, redis: RedisClient, read: Any, count: int, block: int | None
     ) -> list[Entry]:
-        """New entries of ``read``'s streams: at most ``count``, waiting up to ``block`` ms."""
+        """New entries of ``read``'s streams: at most ``count``, waiting up to ``block`` ms
+        (None: not at all)."""
         streams = list(read)
-        command = ("XREADGROUP", "GROUP", GROUP, self.consumer_name, "COUNT", count, "BLOCK", block)
+        command: tuple[str | int, ...] = ("XREADGROUP", "GROUP", GROUP, self.consumer_name, "COUNT", count)
+        if block is not None:
+            command += ("BLOCK", block)
         fetched: Any = await slot_command(redis, streams[0], *command, "STREAMS", *streams, *read.values())
         return [
             (stream.decode(), entry_id.decode(), fields[b"data"])
