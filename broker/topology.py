@@ -179,6 +179,13 @@ class FollowingSentinelPool(SentinelConnectionPool):
         await self._drop_if_elsewhere(connection)
         await super().release(connection)
 
+    async def serves(self, connection: AbstractConnection) -> bool:
+        """Whether ``connection`` (one that stays taken: a pub/sub reader's) is to the primary
+        the sentinels name now; asked of them at most every :data:`FOLLOW_PRIMARY_SECONDS`."""
+        await self._follow()
+        here = (getattr(connection, "host", None), getattr(connection, "port", None))
+        return self.master_address is None or here == self.master_address
+
     async def _follow(self) -> None:
         now = time.monotonic()
         if now < self._next_check:

@@ -36,7 +36,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from broker.topology import RedisClient, Topology, pubsub_pool
+from broker.topology import (
+    FOLLOW_PRIMARY_SECONDS,
+    FollowingSentinelPool,
+    RedisClient,
+    Topology,
+    pubsub_pool,
+)
 
 log = logging.getLogger("jobstream.events")
 
@@ -142,30 +148,48 @@ class Subscription:
                 await pool.aclose()
 
     async def _read(self, pubsub: PubSub, *, resync: bool) -> None:
-        """Dispatch messages until the connection fails; PING when idle to notice a dead peer."""
+        """Dispatch messages until the connection fails; PING when idle to notice a dead peer.
+
+        On Sentinel, while no message comes, the reader also asks every second whether its
+        node is still the primary, and leaves it when the sentinels name another: after a
+        ``SENTINEL FAILOVER`` that leaves the old primary running, nothing is published there
+        any more, and Sentinel reconfigures it (closing its clients) only about 10 s later.
+        """
         unconfirmed = set(self.channels)
         ping_unanswered = False
+        following = self._pool if isinstance(self._pool, FollowingSentinelPool) else None
+        wait = self._keepalive if following is None else min(self._keepalive, FOLLOW_PRIMARY_SECONDS)
+        idle = 0.0
         while True:
             connection = pubsub.connection
             if connection is None or not connection.is_connected:
                 raise ConnectionError("pub/sub connection closed")
-            message = await pubsub.get_message(timeout=self._keepalive)
+            message = await pubsub.get_message(timeout=wait)
             if message is None:
+                if following is not None and not await following.serves(connection):
+                    raise ConnectionError("the sentinels named another primary")
+                idle += wait
+                if idle < self._keepalive:
+                    continue
                 if ping_unanswered:
                     raise TimeoutError(f"no answer to PING within {self._keepalive:g}s")
-                ping_unanswered = True
+                ping_unanswered, idle = True, 0.0
                 await pubsub.ping()
                 continue
-            ping_unanswered = False
-            kind, channel = message["type"], message["channel"]
-            if kind == "smessage":
-                self._on_message(channel.decode(), message["data"])
-            elif kind == "ssubscribe":
-                unconfirmed.discard(channel.decode())
-                if not unconfirmed:
-                    self._confirmed(resync)
-            elif kind == "sunsubscribe":  # Cluster moved the slot away: follow it
-                raise ConnectionError(f"Redis dropped the subscription to {channel.decode()}")
+            ping_unanswered, idle = False, 0.0
+            self._dispatch(message, unconfirmed, resync)
+
+    def _dispatch(self, message: dict[str, Any], unconfirmed: set[str], resync: bool) -> None:
+        """One message off the connection: a published one, or a (un)subscription's answer."""
+        kind, channel = message["type"], message["channel"]
+        if kind == "smessage":
+            self._on_message(channel.decode(), message["data"])
+        elif kind == "ssubscribe":
+            unconfirmed.discard(channel.decode())
+            if not unconfirmed:
+                self._confirmed(resync)
+        elif kind == "sunsubscribe":  # Cluster moved the slot away: follow it
+            raise ConnectionError(f"Redis dropped the subscription to {channel.decode()}")
 
     def _confirmed(self, resync: bool) -> None:
         self.confirmed.set()

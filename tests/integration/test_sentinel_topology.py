@@ -26,6 +26,7 @@ from broker.settings import load_settings
 from broker.store import JobStore
 from broker.topology import FollowingSentinelPool, parse_redis_url, pubsub_pool
 from devtools.embedded_redis import free_port
+from hub.subscriptions import ShardSubscriptions
 from tests.support.sentinel_servers import SERVICE, SentinelServers
 from web.resources import open_web_redis
 
@@ -216,4 +217,52 @@ async def test_clients_leave_a_replaced_primary_that_still_runs_within_about_a_s
             assert old.role() == "master", "Sentinel had already reconfigured the old primary"
             print(f"\nmanual failover {old.port} -> {new.port}: creates followed in {followed:.2f} s")
         finally:
+            await redis.aclose()
+
+
+async def test_the_event_hub_leaves_a_replaced_primary_that_still_runs_within_about_a_second(
+    tmp_path: Path, prefix: str
+) -> None:
+    """The pub/sub reader as well: nothing is published on the old primary once every client
+    moved, so a reader that stayed there would hear nothing until Sentinel reconfigures it.
+    It asks every second while idle, moves, and its reader re-reads what it follows."""
+    with SentinelServers(tmp_path / "sentinels") as servers:
+        settings = load_settings({}, redis_url=servers.sentinel_url(), prefix=prefix)
+        redis = open_web_redis(settings.topology)
+        channel = settings.keys.events(0)
+        heard: asyncio.Queue[bytes] = asyncio.Queue()
+        resynced = asyncio.Event()
+
+        async def on_resubscribed(_channels: list[str]) -> None:
+            resynced.set()
+
+        hub = ShardSubscriptions(
+            settings.topology,
+            redis,
+            [channel],
+            lambda _channel, data: heard.put_nowait(data),
+            on_resubscribed,
+            client_name="test-hub",
+            connect_timeout=5.0,
+        )
+        await hub.start()
+        try:
+            await asyncio.wait_for(hub.subscriptions[0].confirmed.wait(), 5)
+            old = servers.primary()
+            with servers.sentinels[0].client() as sentinel:
+                sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+            new = await asyncio.to_thread(servers.until_failed_over, old)
+            switched = time.monotonic()
+            await asyncio.wait_for(resynced.wait(), 5)
+            moved = time.monotonic() - switched
+            assert old.role() == "master", "Sentinel had already reconfigured the old primary"
+            publisher = Redis(port=new.port, socket_timeout=5)
+            try:
+                await publisher.spublish(channel, b"on the new primary")
+            finally:
+                await publisher.aclose()
+            assert await asyncio.wait_for(heard.get(), 5) == b"on the new primary"
+            print(f"\nmanual failover {old.port} -> {new.port}: the hub followed in {moved:.2f} s")
+        finally:
+            await hub.stop()
             await redis.aclose()
