@@ -218,11 +218,13 @@ class ClusterScriptBatcher(ScriptBatcher):
     a batch is split by the primary that serves each call's slot, and each part goes to its
     node as one packed write on one of that node's connections, the nodes in parallel, as
     the single-Redis batcher does (redis-py's cluster pipeline packed, routed and parsed each
-    command in Python: twice the worker's CPU per job). A call the node redirects (MOVED,
-    ASK) or cannot take yet (TRYAGAIN, CLUSTERDOWN) did not run: it is sent again through
-    redis-py's own routing, which follows the redirect and refreshes its slot map. A node
-    that fails fails the calls sent to it (never sent twice, as on one Redis), and its
-    callers' retries find the slot's new primary: a failure starts a refresh of the map."""
+    command in Python, and wrote each node's part in many pieces). A call the node redirects
+    (MOVED, ASK) did not run: it goes once to the node the answer names (after ASKING, for
+    ASK), and the slot map is refreshed. A call that could not run (TRYAGAIN, CLUSTERDOWN, a
+    slot with no known node, a second redirect) fails as a connection error, which its
+    caller's policy may retry. A node that fails fails the calls sent to it. Nothing is ever
+    sent twice (redis-py's own routing retries a command after a connection error, so a
+    call it re-sent once ran twice in a test), and a failure starts a refresh of the map."""
 
     def __init__(self, redis: RedisCluster, max_batch: int = 512, max_in_flight: int = 2) -> None:
         super().__init__(redis, max_batch, max_in_flight)
@@ -262,7 +264,10 @@ class ClusterScriptBatcher(ScriptBatcher):
             assert node is not None  # a primary always (None answers a replica asked for)
             parts.setdefault(node.name, (node, []))[1].append(index)
         outcomes = await asyncio.gather(
-            *(self._node_exchange(node, [batch[i] for i in indexes]) for node, indexes in parts.values()),
+            *(
+                self._node_exchange(node, b"".join(batch[i].packed for i in indexes), len(indexes))
+                for node, indexes in parts.values()
+            ),
             return_exceptions=True,
         )
         for (_node, indexes), outcome in zip(parts.values(), outcomes, strict=True):
@@ -272,17 +277,38 @@ class ClusterScriptBatcher(ScriptBatcher):
                 self._refresh_slots(batch[indexes[0]])
             for position, index in enumerate(indexes):
                 replies[index] = outcome if isinstance(outcome, Exception) else outcome[position]
-        for index, reply in enumerate(replies):
-            if isinstance(reply, _NOT_RUN):
-                replies[index] = await self._rerouted(batch[index])
+        redirected = [index for index, reply in enumerate(replies) if isinstance(reply, _NOT_RUN)]
+        outcomes = await asyncio.gather(*(self._redirected(batch[i], replies[i]) for i in redirected))
+        for index, reply in zip(redirected, outcomes, strict=True):
+            replies[index] = reply
         return replies
 
+    async def _redirected(self, call: _Call, answer: Exception) -> Any:
+        """The reply (or error) of ``call``, which did not run where it was sent, sent once more
+        to the node a MOVED or ASK names; anything else fails as a connection error."""
+        self._refresh_slots(call)
+        node = None
+        if isinstance(answer, AskError):  # MOVED is an AskError too
+            node = self.cluster.get_node(host=answer.host, port=answer.port)
+        if node is None:
+            return RedisConnectionError(f"the cluster could not take the call yet ({answer!r})")
+        asking = not isinstance(answer, MovedError)
+        packed = (pack_command(("ASKING",)) if asking else b"") + call.packed
+        try:
+            reply = (await self._node_exchange(node, packed, 2 if asking else 1))[-1]
+        except Exception as err:  # the call's own outcome, as in a batch
+            return err
+        if isinstance(reply, _NOT_RUN):
+            return RedisConnectionError(f"the cluster redirected the call again ({reply!r})")
+        return reply
+
     @staticmethod
-    async def _node_exchange(node: ClusterNode, calls: list[_Call]) -> list[Any]:
-        """One packed write of ``calls`` to ``node`` and their replies; a failed connection is dropped."""
+    async def _node_exchange(node: ClusterNode, packed: bytes, count: int) -> list[Any]:
+        """One write of ``packed`` (``count`` commands) to ``node`` and their replies; a failed
+        connection is dropped."""
         conn = node.acquire_connection()
         try:
-            return await _round_trip(conn, b"".join(call.packed for call in calls), len(calls))
+            return await _round_trip(conn, packed, count)
         except BaseException as err:
             await conn.disconnect()  # its replies may be half read: never reuse it
             if isinstance(err, CLIENT_BREAKAGE):
@@ -290,13 +316,6 @@ class ClusterScriptBatcher(ScriptBatcher):
             raise
         finally:
             node.release(conn)
-
-    async def _rerouted(self, call: _Call) -> Any:
-        """``call`` through redis-py's routing (it did not run where it was sent): its reply or error."""
-        try:
-            return await self.cluster.execute_command(*call.args)
-        except Exception as err:  # the call's own outcome, as in a batch
-            return err
 
     def _refresh_slots(self, call: _Call) -> None:
         """Have redis-py find the current primary of ``call``'s slot (one refresh at a time)."""

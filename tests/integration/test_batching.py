@@ -4,15 +4,17 @@ failed batch is never sent again."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from broker.batching import ScriptBatcher
+from broker.batching import ScriptBatcher, batcher_for
 from broker.lua_source import Script
 from broker.settings import load_settings
 from broker.store import JobStore
@@ -150,3 +152,44 @@ async def test_a_resend_safe_script_is_sent_again_by_its_caller_as_the_client_sa
     finally:
         await client.aclose()
         await admin.aclose()
+
+
+INCR = Script.of("incr", "return redis.call('INCR', KEYS[1])")
+
+
+async def _assign(cluster: RedisCluster, slot: int, owner: ClusterNode) -> None:
+    """Give ``slot`` (empty) to ``owner``, told to every primary at once (no gossip to wait for)."""
+    owner_id = await cluster.cluster_myid(owner)
+    for node in cluster.get_primaries():
+        await cluster.execute_command("CLUSTER SETSLOT", slot, "NODE", owner_id, target_nodes=node)
+
+
+@pytest.mark.topologies("cluster")
+@pytest.mark.timeout(30)
+async def test_calls_to_a_slot_that_moved_run_once_where_it_went_and_the_map_follows(
+    redis: RedisCluster, prefix: str
+) -> None:
+    """The Cluster batcher sends by its slot map; a node that no longer serves a slot answers
+    MOVED (the call did not run), the call goes once to the node named, and the map is
+    refreshed, so the next calls go there directly."""
+    await redis.script_load(INCR.source)  # on every primary
+    batcher = batcher_for(redis)
+    key = f"{{{prefix}moved}}:n"
+    slot = redis.keyslot(key)
+    assert await redis.cluster_countkeysinslot(slot) == 0
+    source = redis.get_node_from_key(key)
+    assert source is not None
+    (target, *_rest) = [node for node in redis.get_primaries() if node.name != source.name]
+    await _assign(redis, slot, target)  # this client's map still says ``source``
+    try:
+        replies = await asyncio.gather(*(batcher.call(INCR, (key,), ()) for _ in range(5)))
+        assert sorted(replies) == [1, 2, 3, 4, 5]  # each ran exactly once
+        deadline = time.monotonic() + 5
+        while (moved := redis.get_node_from_key(key)) is None or moved.name != target.name:
+            assert time.monotonic() < deadline, "the slot map never followed the slot"
+            await asyncio.sleep(0.02)
+        assert sorted(await asyncio.gather(*(batcher.call(INCR, (key,), ()) for _ in range(3)))) == [6, 7, 8]
+    finally:
+        await redis.delete(key)
+        await _assign(redis, slot, source)
+        await redis.exists(key)  # the client's map follows it back
