@@ -7,7 +7,7 @@
 // at once and a transport that is not plainly alive is renewed.
 
 import { JobstreamError, childController, sleep } from "./basics.js";
-import { Backoff, onWake, openEventStream } from "./live.js";
+import { Backoff, onWake, replaceStream } from "./live.js";
 
 export class FeedWatch {
   constructor(client, { onJobs = () => {}, onUpdate = () => {}, onMode = () => {}, limit = 50 } = {}) {
@@ -72,21 +72,9 @@ export class FeedWatch {
       return;
     }
     if (this.closed) return;
-    if (this.stream) this.stream.close();
-    this.stream = openEventStream(url, {
-      openTimeoutMs: this.client.sseOpenTimeoutMs,
-      maxErrors: this.client.sseMaxErrors,
-      onOpen: () => {
-        this.backoff.reset();
-        this.stopPolling();
-        this.setMode("sse");
-      },
+    replaceStream(this, url, {
       onJob: (job) => this.collect(job),
       onReconnecting: () => { if (!this.polling) this.setMode("reconnecting"); }, // a probe's retry
-      onFailure: () => {
-        this.stream = null;
-        this.sseFailed();
-      },
     });
   }
 

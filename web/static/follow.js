@@ -8,7 +8,7 @@
 // can make a job go backwards.
 
 import { JobstreamError, JobstreamTimeoutError, childController, isTerminal, isTransient, retryAfterMs, sleep } from "./basics.js";
-import { Backoff, onWake, openEventStream } from "./live.js";
+import { Backoff, onWake, replaceStream } from "./live.js";
 
 export class JobFollow {
   constructor(client, job, { onUpdate = () => {}, onMode = () => {}, signal, timeoutMs, persist = false } = {}) {
@@ -105,21 +105,7 @@ export class JobFollow {
       return;
     }
     if (this.settled) return;
-    if (this.stream) this.stream.close();
-    this.stream = openEventStream(url, {
-      openTimeoutMs: this.client.sseOpenTimeoutMs,
-      maxErrors: this.client.sseMaxErrors,
-      onOpen: () => {
-        this.backoff.reset();
-        this.stopPolling();
-        this.setMode("sse");
-      },
-      onJob: (job) => this.offer(job, "sse"),
-      onFailure: () => {
-        this.stream = null;
-        this.sseFailed();
-      },
-    });
+    replaceStream(this, url, { onJob: (job) => this.offer(job, "sse") });
   }
 
   // SSE failed (at first, or again after a probe): poll, and try SSE again later.

@@ -45,6 +45,29 @@ export function openEventStream(url, { openTimeoutMs, maxErrors, onOpen, onJob, 
   };
 }
 
+// Gives a watcher (FeedWatch, JobFollow) a new stream on `url` in place of its old one: once
+// it opens, the watcher's polling stops and its mode is "sse"; when it fails, the watcher
+// falls back through its sseFailed(). The watcher has client, backoff, stream, setMode,
+// stopPolling and sseFailed.
+export function replaceStream(watcher, url, { onJob, onReconnecting }) {
+  if (watcher.stream) watcher.stream.close();
+  watcher.stream = openEventStream(url, {
+    openTimeoutMs: watcher.client.sseOpenTimeoutMs,
+    maxErrors: watcher.client.sseMaxErrors,
+    onOpen: () => {
+      watcher.backoff.reset();
+      watcher.stopPolling();
+      watcher.setMode("sse");
+    },
+    onJob,
+    onReconnecting,
+    onFailure: () => {
+      watcher.stream = null;
+      watcher.sseFailed();
+    },
+  });
+}
+
 // Calls `callback` when the page comes back into view or the browser comes back online:
 // the moments when a transport may have died unnoticed (a phone froze the tab, the network
 // changed). Returns the function that stops listening.
