@@ -68,7 +68,7 @@ class _Call:
     script: Script
     packed: bytes
     future: asyncio.Future[Any]
-    args: tuple[EncodableT, ...] = ()  # the command, unpacked (Cluster: redis-py routes it)
+    key: EncodableT | None = None  # its first key (on Cluster, its slot's node serves it)
     reloaded: bool = False
     durable: bool = False  # its batch waits for replicas (``wait_for_replicas``)
 
@@ -117,7 +117,7 @@ class ScriptBatcher:
         """
         packed = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Call(script, packed, future, durable=durable))
+        self._enqueue(_Call(script, packed, future, keys[0] if keys else None, durable=durable))
         return await future
 
     def _enqueue(self, call: _Call) -> None:
@@ -236,29 +236,16 @@ class ClusterScriptBatcher(ScriptBatcher):
         if replicas > 0:
             raise ValueError("waiting for replicas is for one Redis or Sentinel, not Cluster")
 
-    async def call(
-        self,
-        script: Script,
-        keys: tuple[EncodableT, ...],
-        args: tuple[EncodableT, ...],
-        *,
-        durable: bool = False,
-    ) -> Any:
-        """As :meth:`ScriptBatcher.call`, routed by the first key (``durable`` changes nothing here)."""
-        if not keys:
-            raise ValueError(f"script {script.name} has no key to route it by")
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Call(script, pack_command(command), future, command))
-        return await future
-
     async def _exchange(self, batch: list[_Call]) -> list[Any]:
         parts: dict[str, tuple[ClusterNode, list[int]]] = {}
         replies: list[Any] = [None] * len(batch)
         for index, call in enumerate(batch):
+            if call.key is None:
+                replies[index] = ValueError(f"script {call.script.name} has no key to route it by")
+                continue
             try:
-                node = self.cluster.get_node_from_key(call.args[3])  # type: ignore[arg-type]
-            except SlotNotCoveredError as err:  # no map of the slot yet: redis-py's routing finds it
+                node = self.cluster.get_node_from_key(call.key)  # type: ignore[arg-type]
+            except SlotNotCoveredError as err:  # no map of the slot yet: fails as not run
                 replies[index] = err
                 continue
             assert node is not None  # a primary always (None answers a replica asked for)
@@ -324,7 +311,7 @@ class ClusterScriptBatcher(ScriptBatcher):
 
         async def refresh() -> None:
             with suppress(RedisError, OSError, *CLIENT_BREAKAGE):
-                await self.cluster.exists(call.args[3])  # type: ignore[arg-type]
+                await self.cluster.exists(call.key)  # type: ignore[arg-type]
 
         self._refreshing = asyncio.ensure_future(refresh())
 
