@@ -80,6 +80,15 @@ async def sign_in(page: Page, stack: Stack, name: str, *, admin: bool = False) -
     await page.click("#token-form button")
 
 
+# What a tab's hiding and showing again looks like to the page (``page.evaluate(SET_VISIBILITY, hidden)``).
+SET_VISIBILITY = """(hidden) => {
+    const state = hidden ? "hidden" : "visible";
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
 async def abort_event_streams(page: Page, pattern: str = "**/events**") -> None:
     """Make SSE impossible (a proxy that drops it): the page must fall back to polling."""
 

@@ -19,7 +19,7 @@ import pytest
 from playwright.async_api import Page, Request, Route, expect
 
 from devtools.embedded_redis import EmbeddedRedis
-from tests.browser.helpers import JWT_ENV, Stack, abort_event_streams, open_blank, user
+from tests.browser.helpers import JWT_ENV, SET_VISIBILITY, Stack, abort_event_streams, open_blank, user
 from tests.support.procs import WebServer
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="session")]
@@ -159,14 +159,6 @@ def restartable(
         yield server
     finally:
         server.close()
-
-
-SET_VISIBILITY = """(hidden) => {
-    const state = hidden ? "hidden" : "visible";
-    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
-    Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
-    document.dispatchEvent(new Event("visibilitychange"));
-}"""
 
 
 async def sleep_then_wake(page: Page, wake: str, asleep: bool) -> None:

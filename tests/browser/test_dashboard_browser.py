@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 from playwright.async_api import Page, Request, expect
 
-from tests.browser.helpers import Stack, abort_event_streams, sign_in, user
+from tests.browser.helpers import SET_VISIBILITY, Stack, abort_event_streams, sign_in, user
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="session")]
 
@@ -84,14 +84,6 @@ async def test_dashboard_falls_back_to_polling_and_returns_to_live(page: Page, s
     job = await stack.create(name, "demo.sleep", {"seconds": 2.5, "steps": 5})
     await expect(page.locator(f'#jobs tr[data-id="{job["id"]}"] .status')).to_have_text("SUCCESS")
     assert listings == []  # live again: polling stopped
-
-
-SET_VISIBILITY = """(hidden) => {
-    const state = hidden ? "hidden" : "visible";
-    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
-    Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
-    document.dispatchEvent(new Event("visibilitychange"));
-}"""
 
 
 async def test_dashboard_catches_up_when_it_comes_back_into_view(page: Page, stack: Stack) -> None:

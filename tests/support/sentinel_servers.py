@@ -51,13 +51,31 @@ def _client(port: int, password: str | None) -> redis.Redis:
     )
 
 
-class DataNode(EmbeddedRedis):
+class _GuardedNode(EmbeddedRedis):
+    """A server of the set whose clients may need a password (``auth``, None: none)."""
+
+    auth: str | None = None
+
+    def client(self) -> redis.Redis:
+        """A short-timeout client of this node (strings back)."""
+        return _client(self.port, self.auth)
+
+    def _is_ours_and_ready(self, pid: int) -> bool:
+        """As ``EmbeddedRedis``'s check, with this node's password."""
+        with self.client() as client:
+            try:
+                return int(client.info("server")["process_id"]) == pid
+            except redis.RedisError:
+                return False
+
+
+class DataNode(_GuardedNode):
     """A ``redis-server`` of the set (AOF fsynced every second, Redis's default), optionally
     a replica of ``replica_of`` (a port), optionally with a password."""
 
     def __init__(self, data_dir: Path, *, password: str | None, replica_of: int | None = None) -> None:
         super().__init__(data_dir=data_dir)
-        self.password = password
+        self.password = self.auth = password
         self.replica_of = replica_of
 
     def command(self) -> list[str]:
@@ -68,18 +86,6 @@ class DataNode(EmbeddedRedis):
             argv += ["--replicaof", HOST, str(self.replica_of)]
         return argv
 
-    def client(self) -> redis.Redis:
-        """A short-timeout client of this node (strings back)."""
-        return _client(self.port, self.password)
-
-    def _is_ours_and_ready(self, pid: int) -> bool:
-        """As ``EmbeddedRedis``'s check, with this node's password."""
-        with self.client() as client:
-            try:
-                return int(client.info("server")["process_id"]) == pid
-            except redis.RedisError:
-                return False
-
     def role(self) -> str:
         """``master`` or ``slave`` (the node's own word), or ``down``."""
         with self.client() as client:
@@ -89,7 +95,7 @@ class DataNode(EmbeddedRedis):
                 return "down"
 
 
-class SentinelNode(EmbeddedRedis):
+class SentinelNode(_GuardedNode):
     """A ``redis-sentinel`` monitoring ``SERVICE`` at ``primary_port``; its config file (which
     Sentinel rewrites as it learns) lives in its folder."""
 
@@ -99,7 +105,7 @@ class SentinelNode(EmbeddedRedis):
         super().__init__(data_dir=data_dir)
         self.primary_port = primary_port
         self.password = password
-        self.sentinel_password = sentinel_password
+        self.sentinel_password = self.auth = sentinel_password
 
     def command(self) -> list[str]:
         config = self.data_dir / "sentinel.conf"
@@ -122,16 +128,6 @@ class SentinelNode(EmbeddedRedis):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config.write_text("\n".join(lines) + "\n")
         return ["redis-sentinel", str(config)]
-
-    def client(self) -> redis.Redis:
-        return _client(self.port, self.sentinel_password)
-
-    def _is_ours_and_ready(self, pid: int) -> bool:
-        with self.client() as client:
-            try:
-                return int(client.info("server")["process_id"]) == pid
-            except redis.RedisError:
-                return False
 
     def primary_address(self) -> tuple[str, int] | None:
         """Where this sentinel says the primary is (None: it cannot be asked)."""
